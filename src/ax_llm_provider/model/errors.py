@@ -1,0 +1,15 @@
+"""Errors about model directories and names. Each message names the file and what to do."""
+
+from __future__ import annotations
+
+
+class ModelError(ValueError):
+    """Base class for model problems the user can fix."""
+
+
+class ModelDirectoryError(ModelError):
+    """A model directory is incomplete or damaged."""
+
+
+class ModelNotFoundError(ModelError):
+    """No model of that name in the store."""

@@ -1,0 +1,92 @@
+"""Open a model directory: files, manifest, tokenizer, embedding table and a decoder stack on a backend."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..runtime.backends import open_stack, resolve_backend
+from ..runtime.protocol import DecoderStack
+from .embeddings import EmbeddingTable
+from .errors import ModelDirectoryError
+from .layout import MANIFEST_NAME, ModelFiles, scan_model_dir
+from .manifest import ModelManifest, read_manifest
+from .tokenizer import ChatTokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    """One model ready to run. Owns its decoder stack: call close() (or use it as a context manager)."""
+
+    name: str
+    files: ModelFiles
+    manifest: ModelManifest | None
+    tokenizer: ChatTokenizer
+    embeddings: EmbeddingTable
+    stack: DecoderStack
+    backend: str
+    load_seconds: float
+    post_config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def context_length(self) -> int:
+        """Usable context: the compiled KV capacity, not the trained context."""
+        return self.stack.spec.decode_capacity
+
+    def close(self) -> None:
+        self.stack.close()
+        self.embeddings.close()
+
+    def __enter__(self) -> LoadedModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _check_manifest_geometry(manifest: ModelManifest | None, model: DecoderStack, root: Path) -> None:
+    if manifest is None:
+        return
+    spec = model.spec
+    for field_name in ("layers", "hidden", "kv_dim", "vocab"):
+        declared = getattr(manifest, field_name)
+        actual = getattr(spec, field_name)
+        if declared is not None and declared != actual:
+            raise ModelDirectoryError(
+                f"{root / MANIFEST_NAME} says {field_name}={declared} but the model files have {actual}; "
+                "fix or delete the override"
+            )
+
+
+def load_model(path: str | Path, *, name: str | None = None, backend: str = "auto", device: int = 0,
+               threads: int | None = None) -> LoadedModel:
+    """Validate and load a model directory. Errors name the file and the expected layout."""
+    started = time.perf_counter()
+    root = Path(path).expanduser()
+    manifest_path = root / MANIFEST_NAME
+    manifest = read_manifest(manifest_path) if manifest_path.is_file() else None
+    files = scan_model_dir(root, tokenizer_hint=manifest.tokenizer_dir if manifest else None)
+    resolved = resolve_backend(files, backend)
+    tokenizer = ChatTokenizer(files.tokenizer_dir, extra_eos_ids=(manifest.eos_token_ids or []) if manifest else [])
+    post_config = json.loads(files.post_config.read_text(encoding="utf-8")) if files.post_config else {}
+    stack = open_stack(files, resolved, device=device, threads=threads)
+    try:
+        _check_manifest_geometry(manifest, stack, root)
+        embeddings = EmbeddingTable(files.embedding, hidden=stack.spec.hidden, vocab=stack.spec.vocab)
+    except Exception:
+        stack.close()  # never leave a half-loaded model holding the device
+        raise
+    seconds = time.perf_counter() - started
+    log.info("loaded %s (%d layers, capacity %d) on %s in %.2f s", root, stack.spec.layers,
+             stack.spec.decode_capacity, resolved, seconds)
+    return LoadedModel(
+        name=name or (manifest.name if manifest and manifest.name else root.name),
+        files=files, manifest=manifest, tokenizer=tokenizer, embeddings=embeddings, stack=stack,
+        backend=resolved, load_seconds=seconds, post_config=post_config,
+    )

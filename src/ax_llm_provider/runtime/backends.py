@@ -1,0 +1,47 @@
+"""Choose and open a backend for a model directory. SDK modules are imported only here, lazily."""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import TYPE_CHECKING, Literal
+
+from .protocol import DecoderStack
+
+if TYPE_CHECKING:
+    from ..model.layout import ModelFiles
+
+BackendName = Literal["auto", "onnx", "axcl", "axengine", "simulated"]
+BACKENDS: tuple[str, ...] = ("auto", "onnx", "axcl", "axengine", "simulated")
+
+
+class BackendUnavailableError(RuntimeError):
+    """The chosen backend cannot run here; the message says what to install or choose instead."""
+
+
+def resolve_backend(files: ModelFiles, backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend != "auto":
+        return backend
+    if files.kind == "onnx":
+        return "onnx"
+    if importlib.util.find_spec("axcl") is not None:
+        return "axcl"
+    if importlib.util.find_spec("axengine") is not None:
+        return "axengine"
+    raise BackendUnavailableError(
+        f"{files.root} is a vendor bundle (.axmodel) but neither pyaxcl (module axcl) nor pyaxengine is "
+        "installed; install the vendor wheels on the Pi (docs/hardware.md) or convert a CPU twin with `ax-llm convert`"
+    )
+
+
+def open_stack(files: ModelFiles, backend: str = "auto", device: int = 0, threads: int | None = None) -> DecoderStack:
+    """Open the decoder stack of `files` on the chosen backend."""
+    name = resolve_backend(files, backend)
+    if name == "onnx":
+        if files.kind != "onnx":
+            raise BackendUnavailableError(f"the onnx backend runs CPU twins (.onnx); {files.root} holds .axmodel files")
+        from .onnx_backend import OnnxDecoderStack
+
+        return OnnxDecoderStack(files.layers, files.post, threads=threads)
+    raise BackendUnavailableError(f"backend {name!r} is not wired into open_stack yet")

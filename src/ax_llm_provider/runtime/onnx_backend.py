@@ -1,0 +1,162 @@
+"""The `onnx` backend: onnxruntime on the CPU twin, with the host holding the KV cache.
+
+It follows the vendor contract exactly (group shapes, masks, positions) so that what passes here
+passes on the card; only the place where the KV lives differs. KV rows live in one preallocated
+float32 array per layer, [1, C, kv_dim], written by position (gpt-fast style).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .contract import Chunk, decode_indices, decode_mask, plan_prefill, prefill_indices, prefill_mask
+from .protocol import KVSnapshot
+from .spec import ShapeGroup, StackSpec
+
+log = logging.getLogger(__name__)
+
+LAYER_INPUTS = ("input", "indices", "mask", "K_cache", "V_cache")
+LAYER_OUTPUTS = ("K_cache_out", "V_cache_out", "output")
+
+
+class TwinFormatError(ValueError):
+    """A twin graph does not follow docs/cpu-twin.md."""
+
+
+def _import_onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as exc:  # the core must import without it
+        raise ImportError(
+            "the onnx backend needs onnxruntime: pip install 'ax-llm-provider[cpu]'"
+        ) from exc
+    return onnxruntime
+
+
+def read_shape_groups(metadata: dict[str, str], path: Path) -> tuple[ShapeGroup, ...]:
+    raw = metadata.get("ax.shape_groups")
+    if raw is None:
+        raise TwinFormatError(f"{path} has no 'ax.shape_groups' metadata; convert it with `ax-llm convert`")
+    try:
+        return tuple(
+            ShapeGroup(index=i, tokens=int(g["tokens"]), history=int(g["history"]), kv_rows=int(g["kv_rows"]))
+            for i, g in enumerate(json.loads(raw))
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise TwinFormatError(f"{path} has malformed 'ax.shape_groups' metadata: {raw!r}") from exc
+
+
+class OnnxDecoderStack:
+    """DecoderStack over onnxruntime sessions, one per layer file plus the post graph."""
+
+    def __init__(self, layer_paths: Sequence[Path], post_path: Path, *, threads: int | None = None) -> None:
+        ort = _import_onnxruntime()
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self._layers = [ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for p in layer_paths]
+        self._post = ort.InferenceSession(str(post_path), options, providers=["CPUExecutionProvider"])
+        self.spec = self._read_spec(layer_paths)
+        c, kv = self.spec.decode_capacity, self.spec.kv_dim
+        self._k = [np.zeros((1, c, kv), dtype=np.float32) for _ in self._layers]
+        self._v = [np.zeros((1, c, kv), dtype=np.float32) for _ in self._layers]
+        self._closed = False
+
+    def _read_spec(self, layer_paths: Sequence[Path]) -> StackSpec:
+        first = self._layers[0]
+        groups = read_shape_groups(first.get_modelmeta().custom_metadata_map, layer_paths[0])
+        for session, path in zip(self._layers[1:], layer_paths[1:], strict=True):
+            if read_shape_groups(session.get_modelmeta().custom_metadata_map, path) != groups:
+                raise TwinFormatError(f"{path} has other shape groups than {layer_paths[0]}")
+        names = [i.name for i in first.get_inputs()]
+        if tuple(names) != LAYER_INPUTS:
+            raise TwinFormatError(f"{layer_paths[0]} inputs are {names}, expected {list(LAYER_INPUTS)}")
+        shapes = {i.name: i.shape for i in first.get_inputs()}
+        vocab = self._post.get_outputs()[0].shape[-1]
+        return StackSpec(
+            layers=len(self._layers),
+            hidden=int(shapes["input"][-1]),
+            kv_dim=int(shapes["K_cache"][-1]),
+            vocab=int(vocab),
+            groups=groups,
+            io_dtype="float32",
+        )
+
+    # -- execution ---------------------------------------------------------------------------
+
+    def _run_layers(self, x: np.ndarray, indices: np.ndarray, mask: np.ndarray, group: ShapeGroup,
+                    start: int, count: int) -> np.ndarray:
+        """Run all layers on x [1, S, H]; write the first `count` new K/V rows at `start`."""
+        rows = group.kv_rows
+        for layer, session in enumerate(self._layers):
+            k_out, v_out, x = session.run(
+                LAYER_OUTPUTS,
+                {"input": x, "indices": indices, "mask": mask,
+                 "K_cache": self._k[layer][:, :rows], "V_cache": self._v[layer][:, :rows]},
+            )
+            self._k[layer][0, start:start + count] = k_out[0, :count]
+            self._v[layer][0, start:start + count] = v_out[0, :count]
+        return x
+
+    def _run_chunk(self, chunk: Chunk, embeds: np.ndarray) -> np.ndarray:
+        group = chunk.group
+        if group.is_decode:
+            x = embeds.reshape(1, 1, -1)
+            out = self._run_layers(x, decode_indices(chunk.start), decode_mask(chunk.start, group.history),
+                                   group, chunk.start, 1)
+            return out[0, 0]
+        x = np.zeros((1, group.tokens, self.spec.hidden), dtype=np.float32)
+        x[0, :chunk.count] = embeds
+        out = self._run_layers(x, prefill_indices(chunk.start, chunk.count, group.tokens),
+                               prefill_mask(chunk.start, group), group, chunk.start, chunk.count)
+        return out[0, chunk.count - 1]
+
+    def _logits(self, hidden: np.ndarray) -> np.ndarray:
+        (logits,) = self._post.run(None, {"input": hidden.reshape(1, 1, -1).astype(np.float32, copy=False)})
+        return logits.reshape(-1)
+
+    def prefill(self, embeds: np.ndarray, start: int, want_logits: bool = True) -> np.ndarray | None:
+        embeds = np.asarray(embeds, dtype=np.float32)
+        hidden = None
+        for chunk in plan_prefill(self.spec, start, len(embeds)):
+            offset = chunk.start - start
+            hidden = self._run_chunk(chunk, embeds[offset:offset + chunk.count])
+        assert hidden is not None  # plan_prefill never returns an empty plan
+        return self._logits(hidden) if want_logits else None
+
+    def decode(self, embed: np.ndarray, pos: int) -> np.ndarray:
+        group = self.spec.decode_group
+        hidden = self._run_chunk(Chunk(pos, 1, group), np.asarray(embed, dtype=np.float32))
+        return self._logits(hidden)
+
+    # -- prefix cache support ----------------------------------------------------------------
+
+    def kv_save(self, length: int) -> KVSnapshot:
+        return KVSnapshot(
+            length=length,
+            k=tuple(k[0, :length].copy() for k in self._k),
+            v=tuple(v[0, :length].copy() for v in self._v),
+        )
+
+    def kv_restore(self, snapshot: KVSnapshot) -> None:
+        n = snapshot.length
+        for layer in range(len(self._k)):
+            self._k[layer][0, :n] = snapshot.k[layer]
+            self._v[layer][0, :n] = snapshot.v[layer]
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._layers.clear()
+        self._k.clear()
+        self._v.clear()
+        log.debug("onnx decoder stack closed")

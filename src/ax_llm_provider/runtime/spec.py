@@ -1,0 +1,91 @@
+"""Geometry of a compiled decoder stack: layers, widths and the shape groups of each layer.
+
+A vendor layer model (`*_p128_lN_together.axmodel`) carries several shape groups. Group 0 decodes one
+token against the whole KV capacity C; groups 1..N prefill a P-token chunk (P = 128) against a history
+window of Hc rows. The CPU twin carries the same groups in its ONNX metadata (`ax.shape_groups`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+IoDtype = Literal["bfloat16", "float32"]
+
+
+@dataclass(frozen=True)
+class ShapeGroup:
+    """One compiled shape of a layer model.
+
+    tokens:  rows of `input` / `indices` (1 for decode, P for prefill).
+    history: Hc, the history columns of `mask` (`mask` is [1, tokens, history + tokens]).
+    kv_rows: rows of the `K_cache` / `V_cache` inputs. Equal to `history`, except for the
+             "no history" prefill group whose placeholder cache has one row.
+    """
+
+    index: int
+    tokens: int
+    history: int
+    kv_rows: int
+
+    @property
+    def is_decode(self) -> bool:
+        return self.tokens == 1
+
+    @property
+    def mask_columns(self) -> int:
+        return self.history + self.tokens
+
+
+@dataclass(frozen=True)
+class StackSpec:
+    """Everything the engine needs to know about a loaded decoder stack."""
+
+    layers: int
+    hidden: int
+    kv_dim: int
+    vocab: int
+    groups: tuple[ShapeGroup, ...]
+    io_dtype: IoDtype = "bfloat16"
+    # Bookkeeping only; the engine never reads these for correctness.
+    notes: dict[str, str] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        decode = [g for g in self.groups if g.is_decode]
+        if len(decode) != 1:
+            raise ValueError(f"a decoder stack needs exactly one decode group (tokens == 1), found {len(decode)}")
+        chunks = {g.tokens for g in self.groups if not g.is_decode}
+        if len(chunks) > 1:
+            raise ValueError(f"prefill groups disagree on the chunk length: {sorted(chunks)}")
+
+    @property
+    def decode_group(self) -> ShapeGroup:
+        return next(g for g in self.groups if g.is_decode)
+
+    @property
+    def prefill_groups(self) -> tuple[ShapeGroup, ...]:
+        """Prefill groups ordered by growing history capacity."""
+        return tuple(sorted((g for g in self.groups if not g.is_decode), key=lambda g: g.history))
+
+    @property
+    def decode_capacity(self) -> int:
+        """C: rows of the per-layer KV cache, so the largest number of positions a sequence can hold."""
+        return self.decode_group.history
+
+    @property
+    def prefill_chunk(self) -> int:
+        """P: tokens per prefill call (128 on every published bundle); 1 when the model has no prefill group."""
+        groups = self.prefill_groups
+        return groups[0].tokens if groups else 1
+
+    @property
+    def max_prefill_history(self) -> int:
+        """Largest history a prefill chunk can see; beyond it the prompt continues through decode steps."""
+        groups = self.prefill_groups
+        return groups[-1].history if groups else 0
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """Host bytes of one position's K and V over all layers, at the stack's I/O dtype."""
+        width = 2 if self.io_dtype == "bfloat16" else 4
+        return 2 * self.layers * self.kv_dim * width
