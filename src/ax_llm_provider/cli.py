@@ -18,23 +18,23 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 
 def _progress_bar() -> tuple[Callable[[str, int, int], None], Callable[[], None]]:
-    """A tqdm bar per stage, driven by (stage, done, total) callbacks."""
+    """One tqdm bar driven by (stage, done, total) callbacks; the stage becomes its description."""
     from tqdm import tqdm
 
-    bars: dict[str, tqdm] = {}
+    bar: tqdm | None = None
 
     def update(stage: str, done: int, total: int) -> None:
-        bar = bars.get(stage)
-        if bar is None:
-            for other in bars.values():
-                other.close()
-            bar = bars[stage] = tqdm(total=total, desc=stage, unit="step", file=sys.stderr, leave=False)
-        bar.total = total
+        nonlocal bar
+        if bar is None or bar.total != total:
+            if bar is not None:
+                bar.close()
+            bar = tqdm(total=total, unit="step", file=sys.stderr, leave=False)
+        bar.set_description(stage, refresh=False)
         bar.n = done
         bar.refresh()
 
     def close() -> None:
-        for bar in bars.values():
+        if bar is not None:
             bar.close()
 
     return update, close

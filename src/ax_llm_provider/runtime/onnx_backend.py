@@ -1,8 +1,14 @@
 """The `onnx` backend: onnxruntime on the CPU twin, with the host holding the KV cache.
 
-It follows the vendor contract exactly (group shapes, masks, positions) so that what passes here
-passes on the card; only the place where the KV lives differs. KV rows live in one preallocated
-float32 array per layer, [1, C, kv_dim], written by position (gpt-fast style).
+It follows the vendor contract (groups, masks, positions) so that what passes here passes on the
+card; only the place where the KV lives differs. KV rows live in one preallocated float32 array per
+layer, [1, C, kv_dim], written by position (gpt-fast style).
+
+With `exact_shapes=True` every call uses the compiled group shapes, as the card does (padding rows,
+full history windows). By default the CPU trims them: the twin's graphs have symbolic dimensions, so a
+chunk of n tokens after h valid rows runs as [1, n, H] against exactly h history rows. Masked-out
+columns contribute exp(-65536) = 0 to attention, so the real rows' results are the same, and the CPU
+does not pay for 128-row padding or a 2047-row window at a 40-token context.
 """
 
 from __future__ import annotations
@@ -55,7 +61,9 @@ def read_shape_groups(metadata: dict[str, str], path: Path) -> tuple[ShapeGroup,
 class OnnxDecoderStack:
     """DecoderStack over onnxruntime sessions, one per layer file plus the post graph."""
 
-    def __init__(self, layer_paths: Sequence[Path], post_path: Path, *, threads: int | None = None) -> None:
+    def __init__(self, layer_paths: Sequence[Path], post_path: Path, *, threads: int | None = None,
+                 exact_shapes: bool = False) -> None:
+        self.exact_shapes = exact_shapes
         ort = _import_onnxruntime()
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -92,32 +100,38 @@ class OnnxDecoderStack:
 
     # -- execution ---------------------------------------------------------------------------
 
-    def _run_layers(self, x: np.ndarray, indices: np.ndarray, mask: np.ndarray, group: ShapeGroup,
+    def _run_layers(self, x: np.ndarray, indices: np.ndarray, mask: np.ndarray, kv_rows: int,
                     start: int, count: int) -> np.ndarray:
-        """Run all layers on x [1, S, H]; write the first `count` new K/V rows at `start`."""
-        rows = group.kv_rows
+        """Run all layers on x [1, S, H] against kv_rows cache rows; write the first `count` new K/V rows at `start`."""
         for layer, session in enumerate(self._layers):
             k_out, v_out, x = session.run(
                 LAYER_OUTPUTS,
                 {"input": x, "indices": indices, "mask": mask,
-                 "K_cache": self._k[layer][:, :rows], "V_cache": self._v[layer][:, :rows]},
+                 "K_cache": self._k[layer][:, :kv_rows], "V_cache": self._v[layer][:, :kv_rows]},
             )
             self._k[layer][0, start:start + count] = k_out[0, :count]
             self._v[layer][0, start:start + count] = v_out[0, :count]
         return x
 
     def _run_chunk(self, chunk: Chunk, embeds: np.ndarray) -> np.ndarray:
-        group = chunk.group
+        """Hidden state of the chunk's last token."""
+        group, start, count = chunk.group, chunk.start, chunk.count
+        if not self.exact_shapes:
+            # Trimmed: n real rows against exactly `start` history rows (a one-row placeholder when none).
+            mask = np.zeros((1, count, start + count), dtype=np.float32)
+            mask[0, :, start:] = prefill_mask(0, ShapeGroup(-1, count, 0, 1))[0]
+            indices = np.arange(start, start + count, dtype=np.uint32).reshape(1, count)
+            out = self._run_layers(embeds.reshape(1, count, -1), indices, mask, max(start, 1), start, count)
+            return out[0, count - 1]
         if group.is_decode:
-            x = embeds.reshape(1, 1, -1)
-            out = self._run_layers(x, decode_indices(chunk.start), decode_mask(chunk.start, group.history),
-                                   group, chunk.start, 1)
+            out = self._run_layers(embeds.reshape(1, 1, -1), decode_indices(start), decode_mask(start, group.history),
+                                   group.kv_rows, start, 1)
             return out[0, 0]
         x = np.zeros((1, group.tokens, self.spec.hidden), dtype=np.float32)
-        x[0, :chunk.count] = embeds
-        out = self._run_layers(x, prefill_indices(chunk.start, chunk.count, group.tokens),
-                               prefill_mask(chunk.start, group), group, chunk.start, chunk.count)
-        return out[0, chunk.count - 1]
+        x[0, :count] = embeds
+        out = self._run_layers(x, prefill_indices(start, count, group.tokens), prefill_mask(start, group),
+                               group.kv_rows, start, count)
+        return out[0, count - 1]
 
     def _logits(self, hidden: np.ndarray) -> np.ndarray:
         (logits,) = self._post.run(None, {"input": hidden.reshape(1, 1, -1).astype(np.float32, copy=False)})

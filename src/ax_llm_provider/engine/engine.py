@@ -1,0 +1,284 @@
+"""The Engine: one per process, owns the device through one worker thread, serves Ollama's requests.
+
+Public methods take Ollama's request bodies (dicts or the pydantic models in engine/requests.py) and
+return Ollama's response bodies as dicts, streamed as iterators; ollama/client.py wraps them in the
+`ollama` package's types, the optional HTTP server writes them as NDJSON.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from ..model.errors import ModelNotFoundError
+from ..model.loader import load_model
+from ..model.store import ModelStore, normalize_name
+from .context import fit_messages, truncate_tokens
+from .errors import (
+    EngineBusyError,
+    EngineError,
+    InvalidRequestError,
+    RequestCanceledError,
+    RequestTimedOutError,
+)
+from .keepalive import parse_keep_alive
+from .options import InvalidOptionError, parse_options
+from .prompt import template_message
+from .requests import ChatRequest, GenerateRequest, parse_request
+from .responses import ExtraMetadata, Timings, chat_chunk, final_fields, generate_chunk
+from .runner import ModelRunner, RunResult
+from .scheduler import CancelToken, DeviceWorker, QueueFullError, RequestCancelled, RequestTimeoutError
+from .state import LoadedEntry, ModelInfo
+
+log = logging.getLogger(__name__)
+Chunk = dict[str, Any]
+
+
+def _default_keep_alive() -> float:
+    """Forever unless AX_LLM_KEEP_ALIVE says otherwise: reloading a model on the card takes 10-130 s."""
+    return parse_keep_alive(os.environ.get("AX_LLM_KEEP_ALIVE"), default=math.inf)
+
+
+class Engine:
+    """Loads models on first use, runs one request at a time on the device, FIFO, thread-safe."""
+
+    def __init__(self, store: ModelStore | str | None = None, *, backend: str = "auto", device: int = 0,
+                 keep_alive: float | str | None = None, max_queue: int = 512,
+                 request_timeout: float | None = None, stall_timeout: float | None = 60.0,
+                 snapshot_bytes: int = 256 << 20, max_loaded_models: int = 1) -> None:
+        self.store = store if isinstance(store, ModelStore) else ModelStore(store)
+        self.backend, self.device = backend, device
+        self.default_keep_alive = parse_keep_alive(keep_alive, default=_default_keep_alive())
+        self.request_timeout, self.stall_timeout = request_timeout, stall_timeout
+        self.snapshot_bytes, self.max_loaded_models = snapshot_bytes, max_loaded_models
+        self._worker = DeviceWorker(max_queue=max_queue)
+        self._models: dict[str, LoadedEntry] = {}  # touched only on the device thread
+        self._lock = threading.Lock()  # guards _models for readers (ps) on other threads
+        self._timers: dict[str, threading.Timer] = {}
+        self._closed = False
+
+    # ---- model lifecycle (device thread) -------------------------------------------------------
+
+    def _ensure_loaded(self, name: str) -> tuple[LoadedEntry, int]:
+        """The loaded entry for `name` and the nanoseconds spent loading it now (0 if it was loaded)."""
+        stored = self.store.resolve(name)
+        with self._lock:
+            entry = self._models.get(stored.name)
+        if entry is not None:
+            return entry, 0
+        while len(self._models) >= self.max_loaded_models:
+            self._unload(next(iter(self._models)))
+        started = time.perf_counter_ns()
+        model = load_model(stored.path, name=stored.name, backend=self.backend, device=self.device)
+        entry = LoadedEntry(runner=ModelRunner(model, snapshot_bytes=self.snapshot_bytes), path=stored.path)
+        with self._lock:
+            self._models[stored.name] = entry
+        return entry, time.perf_counter_ns() - started
+
+    def _unload(self, name: str) -> bool:
+        with self._lock:
+            entry = self._models.pop(name, None)
+        if entry is None:
+            return False
+        entry.runner.model.close()
+        log.info("unloaded %s", name)
+        return True
+
+    def _after_request(self, entry: LoadedEntry, keep_alive: float) -> None:
+        """Ollama's keep_alive: 0 unloads now, inf never, otherwise a timer from now."""
+        name = entry.runner.model.name
+        timer = self._timers.pop(name, None)
+        if timer is not None:
+            timer.cancel()
+        entry.expires_at = time.time() + keep_alive if math.isfinite(keep_alive) else None
+        if keep_alive <= 0:
+            self._unload(name)
+        elif math.isfinite(keep_alive):
+            timer = threading.Timer(keep_alive, self._expire, args=(name, entry))
+            timer.daemon = True
+            self._timers[name] = timer
+            timer.start()
+
+    def _expire(self, name: str, entry: LoadedEntry) -> None:
+        def unload_if_still_expired() -> None:
+            if self._models.get(name) is entry and entry.expires_at is not None and entry.expires_at <= time.time():
+                self._unload(name)
+
+        if not self._closed:
+            try:
+                self._worker.call(unload_if_still_expired)
+            except (QueueFullError, RequestCancelled, RequestTimeoutError) as exc:
+                log.warning("keep_alive unload of %s postponed: %s", name, exc)
+
+    # ---- request plumbing ----------------------------------------------------------------------
+
+    def _stream(self, job: Callable[[CancelToken], Iterator[Chunk]]) -> Iterator[Chunk]:
+        """Run a job on the device worker; map scheduler errors to Ollama-like ones; close frees the device."""
+        if self._closed:
+            raise EngineError("the engine is closed; create a new Engine")
+        try:
+            stream = self._worker.submit(job, timeout=self.request_timeout, stall_timeout=self.stall_timeout)
+        except QueueFullError as exc:
+            raise EngineBusyError(str(exc)) from exc
+        return _mapped(stream)
+
+    def _options(self, raw: dict[str, Any] | None) -> tuple[Any, list[str]]:
+        try:
+            return parse_options(raw)
+        except InvalidOptionError as exc:
+            raise InvalidRequestError(str(exc)) from exc
+
+    def _keep_alive(self, value: float | str | None) -> float:
+        try:
+            return parse_keep_alive(value, default=self.default_keep_alive)
+        except ValueError as exc:
+            raise InvalidRequestError(str(exc)) from exc
+
+    # ---- /api/chat -----------------------------------------------------------------------------
+
+    def chat(self, request: ChatRequest | dict[str, Any]) -> Iterator[Chunk]:
+        req = parse_request(ChatRequest, request)
+        opts, warnings = self._options(req.options)
+        keep_alive = self._keep_alive(req.keep_alive)
+        name = normalize_name(req.model)
+        self.store.resolve(name)  # model not found is raised here, before queueing
+
+        def job(cancel: CancelToken) -> Iterator[Chunk]:
+            timings = Timings(started_ns=time.perf_counter_ns())
+            entry, timings.load_ns = self._ensure_loaded(name)
+            runner = entry.runner
+            model_name = runner.model.name
+            if not req.messages:  # Ollama: empty messages = load (or unload with keep_alive 0)
+                self._after_request(entry, keep_alive)
+                reason = "unload" if keep_alive <= 0 else "load"
+                yield {**chat_chunk(model_name), **final_fields(timings, reason, time.perf_counter_ns())}
+                return
+            runner.prompts.check_chat(req)
+            window = opts.context_size(runner.capacity)
+            fit = fit_messages([template_message(m) for m in req.messages], runner.prompts.chat_renderer(req),
+                               window, num_keep=opts.num_keep, truncate=req.truncate, cuts=runner.cuts)
+            result = RunResult()
+            meta = ExtraMetadata(warnings=warnings, backend=runner.model.backend,
+                                 truncation=fit.report.as_metadata() if fit.report.truncated else None)
+            try:
+                for delta in runner.run(fit.tokens, opts, cancel, result, window=window,
+                                        logprobs=req.logprobs, top_logprobs=req.top_logprobs):
+                    yield chat_chunk(model_name, delta.text, logprobs=delta.logprobs)
+            finally:
+                self._after_request(entry, keep_alive)
+            yield self._final(chat_chunk(model_name), timings, result, meta)
+
+        return self._stream(job)
+
+    # ---- /api/generate -------------------------------------------------------------------------
+
+    def generate(self, request: GenerateRequest | dict[str, Any]) -> Iterator[Chunk]:
+        req = parse_request(GenerateRequest, request)
+        opts, warnings = self._options(req.options)
+        keep_alive = self._keep_alive(req.keep_alive)
+        name = normalize_name(req.model)
+        self.store.resolve(name)
+
+        def job(cancel: CancelToken) -> Iterator[Chunk]:
+            timings = Timings(started_ns=time.perf_counter_ns())
+            entry, timings.load_ns = self._ensure_loaded(name)
+            runner = entry.runner
+            model_name = runner.model.name
+            if not req.prompt and not req.suffix and not req.context:  # load / unload request
+                self._after_request(entry, keep_alive)
+                reason = "unload" if keep_alive <= 0 else "load"
+                yield {**generate_chunk(model_name), **final_fields(timings, reason, time.perf_counter_ns())}
+                return
+            window = opts.context_size(runner.capacity)
+            tokens = runner.prompts.generate_tokens(req)
+            fit_report = None
+            if len(tokens) > window:
+                if not req.truncate:
+                    raise InvalidRequestError(f"the prompt is {len(tokens)} tokens, longer than the context length {window}")
+                tokens, dropped = truncate_tokens(tokens, window, opts.num_keep)
+                fit_report = {"window": window, "prompt_tokens": len(tokens), "dropped_messages": 0,
+                              "truncated_tokens": dropped}
+            result = RunResult()
+            meta = ExtraMetadata(warnings=warnings, backend=runner.model.backend, truncation=fit_report)
+            try:
+                for delta in runner.run(tokens, opts, cancel, result, window=window,
+                                        logprobs=req.logprobs, top_logprobs=req.top_logprobs):
+                    yield generate_chunk(model_name, delta.text, logprobs=delta.logprobs)
+            finally:
+                self._after_request(entry, keep_alive)
+            final = self._final(generate_chunk(model_name), timings, result, meta)
+            if not req.raw:
+                final["context"] = result.tokens
+            yield final
+
+        return self._stream(job)
+
+    @staticmethod
+    def _final(chunk: Chunk, timings: Timings, result: RunResult, meta: ExtraMetadata) -> Chunk:
+        timings.prompt_eval_count, timings.prompt_eval_ns = result.prompt_tokens, result.prompt_ns
+        timings.eval_count, timings.eval_ns = result.eval_count, result.eval_ns
+        meta.reused_tokens = result.reused_tokens
+        return {**chunk, **final_fields(timings, result.done_reason, time.perf_counter_ns()), "ax": meta.as_dict()}
+
+    # ---- models: list / show / ps / load / unload ----------------------------------------------
+
+    def list(self) -> dict[str, Any]:
+        return {"models": [ModelInfo.from_path(m.name, m.path).list_entry() for m in self.store.list()]}
+
+    def show(self, model: str) -> dict[str, Any]:
+        stored = self.store.resolve(model)
+        with self._lock:
+            entry = self._models.get(stored.name)
+        return ModelInfo.from_path(stored.name, stored.path, entry.runner if entry else None).show()
+
+    def ps(self) -> dict[str, Any]:
+        with self._lock:
+            entries = list(self._models.items())
+        return {"models": [ModelInfo.from_path(name, e.path, e.runner).ps_entry(e.expires_at) for name, e in entries]}
+
+    def load(self, model: str, keep_alive: float | str | None = None) -> None:
+        """Preload a model (service start-up): load everything before the first request."""
+        list(self.chat({"model": model, "messages": [], "keep_alive": keep_alive}))
+
+    def unload(self, model: str) -> bool:
+        name = self.store.resolve(model).name
+        return bool(self._worker.call(lambda: self._unload(name)))
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Cancel queued work, finish the running request, unload every model. Idempotent."""
+        if self._closed:
+            return
+        for timer in self._timers.values():
+            timer.cancel()
+        try:
+            self._worker.call(lambda: [self._unload(n) for n in list(self._models)], timeout=timeout)
+        finally:
+            self._closed = True
+            self._worker.shutdown(wait=True, timeout=timeout)
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _mapped(stream: Any) -> Iterator[Chunk]:
+    """Iterate a RequestStream, turning scheduler errors into the engine's; closing cancels the request."""
+    try:
+        yield from stream
+    except QueueFullError as exc:
+        raise EngineBusyError(str(exc)) from exc
+    except RequestTimeoutError as exc:
+        raise RequestTimedOutError(str(exc)) from exc
+    except RequestCancelled as exc:
+        raise RequestCanceledError(str(exc)) from exc
+    except ModelNotFoundError:
+        raise
+    finally:
+        stream.close()

@@ -1,0 +1,80 @@
+"""Response chunks in Ollama's JSON shape (dicts), built once and shared by the Client and the server."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+
+def now_rfc3339() -> str:
+    """RFC3339 with nanosecond-style fraction and a Z, as Ollama writes created_at."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass
+class Timings:
+    """Nanosecond counters of one request (Ollama's final-chunk fields)."""
+
+    started_ns: int
+    load_ns: int = 0
+    prompt_eval_count: int = 0
+    prompt_eval_ns: int = 0
+    eval_count: int = 0
+    eval_ns: int = 0
+
+
+@dataclass
+class ExtraMetadata:
+    """What Ollama does not report but a user of a small card needs to see (under the key `ax`)."""
+
+    reused_tokens: int = 0
+    truncation: dict[str, Any] | None = None
+    warnings: list[str] = field(default_factory=list)
+    backend: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"prompt_cache_reused_tokens": self.reused_tokens, "backend": self.backend}
+        if self.truncation:
+            out["truncation"] = self.truncation
+        if self.warnings:
+            out["warnings"] = list(self.warnings)
+        return out
+
+
+def final_fields(timings: Timings, done_reason: str, now_ns: int) -> dict[str, Any]:
+    """done:true fields; Ollama omits zero counters."""
+    fields: dict[str, Any] = {
+        "done": True,
+        "done_reason": done_reason,
+        "total_duration": max(now_ns - timings.started_ns, 1),
+        "load_duration": timings.load_ns,
+        "prompt_eval_count": timings.prompt_eval_count,
+        "prompt_eval_duration": timings.prompt_eval_ns,
+        "eval_count": timings.eval_count,
+        "eval_duration": timings.eval_ns,
+    }
+    return {k: v for k, v in fields.items() if v not in (0, None) or k in ("done", "done_reason")}
+
+
+def chat_chunk(model: str, content: str = "", *, thinking: str | None = None,
+               tool_calls: list[dict[str, Any]] | None = None, logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if thinking:
+        message["thinking"] = thinking
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    chunk: dict[str, Any] = {"model": model, "created_at": now_rfc3339(), "message": message, "done": False}
+    if logprobs:
+        chunk["logprobs"] = logprobs
+    return chunk
+
+
+def generate_chunk(model: str, response: str = "", *, thinking: str | None = None,
+                   logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    chunk: dict[str, Any] = {"model": model, "created_at": now_rfc3339(), "response": response, "done": False}
+    if thinking:
+        chunk["thinking"] = thinking
+    if logprobs:
+        chunk["logprobs"] = logprobs
+    return chunk
