@@ -12,11 +12,13 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from ..model.errors import ModelNotFoundError
 from ..model.loader import load_model
+from ..model.pull import pull
+from ..model.registry import lookup
 from ..model.store import ModelStore, normalize_name
 from .context import fit_messages, truncate_tokens
 from .errors import (
@@ -32,11 +34,21 @@ from .prompt import template_message
 from .requests import ChatRequest, GenerateRequest, parse_request
 from .responses import ExtraMetadata, Timings, chat_chunk, final_fields, generate_chunk
 from .runner import ModelRunner, RunResult
-from .scheduler import CancelToken, DeviceWorker, QueueFullError, RequestCancelled, RequestTimeoutError
+from .scheduler import (
+    AsyncRequestStream,
+    CancelToken,
+    DeviceWorker,
+    QueueFullError,
+    RequestCancelled,
+    RequestStream,
+    RequestTimeoutError,
+    SchedulerError,
+)
 from .state import LoadedEntry, ModelInfo
 
 log = logging.getLogger(__name__)
 Chunk = dict[str, Any]
+Job = Callable[[CancelToken], Iterator[Chunk]]
 
 
 def _default_keep_alive() -> float:
@@ -50,7 +62,7 @@ class Engine:
     def __init__(self, store: ModelStore | str | None = None, *, backend: str = "auto", device: int = 0,
                  keep_alive: float | str | None = None, max_queue: int = 512,
                  request_timeout: float | None = None, stall_timeout: float | None = 60.0,
-                 snapshot_bytes: int = 256 << 20, max_loaded_models: int = 1) -> None:
+                 snapshot_bytes: int = 256 << 20, max_loaded_models: int = 1, auto_pull: bool = True) -> None:
         self.store = store if isinstance(store, ModelStore) else ModelStore(store)
         self.backend, self.device = backend, device
         self.default_keep_alive = parse_keep_alive(keep_alive, default=_default_keep_alive())
@@ -60,6 +72,8 @@ class Engine:
         self._models: dict[str, LoadedEntry] = {}  # touched only on the device thread
         self._lock = threading.Lock()  # guards _models for readers (ps) on other threads
         self._timers: dict[str, threading.Timer] = {}
+        self.auto_pull = auto_pull  # fetch registry models (the embedded default) on first use
+        self._pull_lock = threading.Lock()
         self._closed = False
 
     # ---- model lifecycle (device thread) -------------------------------------------------------
@@ -117,15 +131,34 @@ class Engine:
 
     # ---- request plumbing ----------------------------------------------------------------------
 
-    def _stream(self, job: Callable[[CancelToken], Iterator[Chunk]]) -> Iterator[Chunk]:
-        """Run a job on the device worker; map scheduler errors to Ollama-like ones; close frees the device."""
+    def _resolve(self, model: str) -> str:
+        """The stored name of `model`; the embedded default is pulled on first use, as `ollama run` would."""
+        name = normalize_name(model)
+        try:
+            return self.store.resolve(name).name
+        except ModelNotFoundError:
+            if not self.auto_pull or lookup(name) is None:
+                raise
+        with self._pull_lock:
+            log.info("%s is not in the store yet: pulling it once", name)
+            pull(name, self.store)
+        return self.store.resolve(name).name
+
+    def _submit(self, job: Job, asynchronous: bool) -> Any:
         if self._closed:
             raise EngineError("the engine is closed; create a new Engine")
+        submit = self._worker.asubmit if asynchronous else self._worker.submit
         try:
-            stream = self._worker.submit(job, timeout=self.request_timeout, stall_timeout=self.stall_timeout)
+            return submit(job, timeout=self.request_timeout, stall_timeout=self.stall_timeout)
         except QueueFullError as exc:
             raise EngineBusyError(str(exc)) from exc
-        return _mapped(stream)
+
+    def _stream(self, job: Job) -> Iterator[Chunk]:
+        """Run a job on the device worker; map scheduler errors to Ollama-like ones; close frees the device."""
+        return _mapped(self._submit(job, asynchronous=False))
+
+    def _astream(self, job: Job) -> AsyncIterator[Chunk]:
+        return _amapped(self._submit(job, asynchronous=True))
 
     def _options(self, raw: dict[str, Any] | None) -> tuple[Any, list[str]]:
         try:
@@ -142,11 +175,17 @@ class Engine:
     # ---- /api/chat -----------------------------------------------------------------------------
 
     def chat(self, request: ChatRequest | dict[str, Any]) -> Iterator[Chunk]:
+        """Ollama's /api/chat, streamed as response dicts (the last one has done=True)."""
+        return self._stream(self._chat_job(request))
+
+    def achat(self, request: ChatRequest | dict[str, Any]) -> AsyncIterator[Chunk]:
+        return self._astream(self._chat_job(request))
+
+    def _chat_job(self, request: ChatRequest | dict[str, Any]) -> Job:
         req = parse_request(ChatRequest, request)
         opts, warnings = self._options(req.options)
         keep_alive = self._keep_alive(req.keep_alive)
-        name = normalize_name(req.model)
-        self.store.resolve(name)  # model not found is raised here, before queueing
+        name = self._resolve(req.model)  # model not found is raised here, before queueing
 
         def job(cancel: CancelToken) -> Iterator[Chunk]:
             timings = Timings(started_ns=time.perf_counter_ns())
@@ -173,16 +212,22 @@ class Engine:
                 self._after_request(entry, keep_alive)
             yield self._final(chat_chunk(model_name), timings, result, meta)
 
-        return self._stream(job)
+        return job
 
     # ---- /api/generate -------------------------------------------------------------------------
 
     def generate(self, request: GenerateRequest | dict[str, Any]) -> Iterator[Chunk]:
+        """Ollama's /api/generate, streamed as response dicts."""
+        return self._stream(self._generate_job(request))
+
+    def agenerate(self, request: GenerateRequest | dict[str, Any]) -> AsyncIterator[Chunk]:
+        return self._astream(self._generate_job(request))
+
+    def _generate_job(self, request: GenerateRequest | dict[str, Any]) -> Job:
         req = parse_request(GenerateRequest, request)
         opts, warnings = self._options(req.options)
         keep_alive = self._keep_alive(req.keep_alive)
-        name = normalize_name(req.model)
-        self.store.resolve(name)
+        name = self._resolve(req.model)
 
         def job(cancel: CancelToken) -> Iterator[Chunk]:
             timings = Timings(started_ns=time.perf_counter_ns())
@@ -216,7 +261,7 @@ class Engine:
                 final["context"] = result.tokens
             yield final
 
-        return self._stream(job)
+        return job
 
     @staticmethod
     def _final(chunk: Chunk, timings: Timings, result: RunResult, meta: ExtraMetadata) -> Chunk:
@@ -268,17 +313,31 @@ class Engine:
         self.close()
 
 
-def _mapped(stream: Any) -> Iterator[Chunk]:
+def _engine_error(exc: SchedulerError) -> EngineError:
+    if isinstance(exc, QueueFullError):
+        return EngineBusyError(str(exc))
+    if isinstance(exc, RequestTimeoutError):
+        return RequestTimedOutError(str(exc))
+    if isinstance(exc, RequestCancelled):
+        return RequestCanceledError(str(exc))
+    return EngineError(str(exc))
+
+
+def _mapped(stream: RequestStream[Chunk]) -> Iterator[Chunk]:
     """Iterate a RequestStream, turning scheduler errors into the engine's; closing cancels the request."""
     try:
         yield from stream
-    except QueueFullError as exc:
-        raise EngineBusyError(str(exc)) from exc
-    except RequestTimeoutError as exc:
-        raise RequestTimedOutError(str(exc)) from exc
-    except RequestCancelled as exc:
-        raise RequestCanceledError(str(exc)) from exc
-    except ModelNotFoundError:
-        raise
+    except SchedulerError as exc:
+        raise _engine_error(exc) from exc
     finally:
         stream.close()
+
+
+async def _amapped(stream: AsyncRequestStream[Chunk]) -> AsyncIterator[Chunk]:
+    try:
+        async for chunk in stream:
+            yield chunk
+    except SchedulerError as exc:
+        raise _engine_error(exc) from exc
+    finally:
+        await stream.aclose()
