@@ -1,0 +1,187 @@
+"""`Client` and `AsyncClient` with ollama.Client's method names, parameters and return types, in process.
+
+Requests are normalized by the `ollama` package's own request models (so messages, Message objects,
+Python functions as tools and Options objects behave exactly as with `ollama`), then run by the
+shared Engine. Errors are `ollama.ResponseError` with Ollama's status codes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import ollama
+from ollama._client import _copy_messages, _copy_tools
+from ollama._types import ChatRequest as OllamaChatRequest
+from ollama._types import GenerateRequest as OllamaGenerateRequest
+
+from ..engine.default import get_engine
+from ..engine.engine import Engine
+from ..engine.errors import EngineError
+from ..model.errors import ModelError, ModelNotFoundError
+from .merge import merge_chat, merge_generate
+from .types import ChatResponse, GenerateResponse
+
+
+def response_error(exc: Exception) -> ollama.ResponseError:
+    """Ollama's error for an engine or model failure, with the HTTP status Ollama would send."""
+    if isinstance(exc, ModelNotFoundError):
+        return ollama.ResponseError(str(exc), 404)
+    if isinstance(exc, EngineError):
+        return ollama.ResponseError(str(exc), exc.status_code)
+    if isinstance(exc, ModelError | ValueError):
+        return ollama.ResponseError(str(exc), 400)
+    return ollama.ResponseError(str(exc), 500)
+
+
+def _require_model(model: str) -> None:
+    if not model:
+        raise ollama.RequestError("must provide a model")
+
+
+def _chat_body(model: str, messages: Any, tools: Any, stream: bool, think: Any, logprobs: Any, top_logprobs: Any,
+               format: Any, options: Any, keep_alive: Any, tool_choice: str | None) -> dict[str, Any]:
+    _require_model(model)
+    body = OllamaChatRequest(
+        model=model, messages=list(_copy_messages(messages)), tools=list(_copy_tools(tools)), stream=stream,
+        think=think, logprobs=logprobs, top_logprobs=top_logprobs, format=format, options=options,
+        keep_alive=keep_alive,
+    ).model_dump(exclude_none=True)
+    if tool_choice is not None:
+        body["tool_choice"] = tool_choice
+    return body
+
+
+def _generate_body(model: str, prompt: Any, suffix: Any, system: Any, template: Any, context: Any, stream: bool,
+                   think: Any, logprobs: Any, top_logprobs: Any, raw: Any, format: Any, images: Any, options: Any,
+                   keep_alive: Any) -> dict[str, Any]:
+    _require_model(model)
+    from ollama._client import _copy_images
+
+    return OllamaGenerateRequest(
+        model=model, prompt=prompt, suffix=suffix, system=system, template=template, context=context,
+        stream=stream, think=think, logprobs=logprobs, top_logprobs=top_logprobs, raw=raw, format=format,
+        images=list(_copy_images(images)) if images else None, options=options, keep_alive=keep_alive,
+    ).model_dump(exclude_none=True)
+
+
+class _Base:
+    def __init__(self, host: str | None = None, *, engine: Engine | None = None, **kwargs: Any) -> None:
+        # host, headers, timeout, follow_redirects ... belong to the HTTP client this package removes:
+        # accepted so ollama code runs unchanged, and ignored.
+        self.host = host
+        self._engine = engine
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine or get_engine()
+
+
+class Client(_Base):
+    """Drop-in for `ollama.Client`: `from ax_llm_provider import Client` and nothing else changes."""
+
+    def _iterate(self, start: Callable[[], Iterator[dict[str, Any]]], cls: type[Any]) -> Iterator[Any]:
+        try:
+            for chunk in start():
+                yield cls(**chunk)
+        except (EngineError, ModelError, ValueError) as exc:
+            raise response_error(exc) from exc
+
+    def _collect(self, start: Callable[[], Iterator[dict[str, Any]]], merge: Callable[[list[dict[str, Any]]], dict[str, Any]], cls: type[Any]) -> Any:
+        try:
+            return cls(**merge(list(start())))
+        except (EngineError, ModelError, ValueError) as exc:
+            raise response_error(exc) from exc
+
+    def chat(self, model: str = "", messages: Sequence[Mapping[str, Any] | ollama.Message] | None = None, *,
+             tools: Sequence[Mapping[str, Any] | ollama.Tool | Callable[..., Any]] | None = None, stream: bool = False,
+             think: bool | str | None = None, logprobs: bool | None = None, top_logprobs: int | None = None,
+             format: str | dict[str, Any] | None = None, options: Mapping[str, Any] | ollama.Options | None = None,
+             keep_alive: float | str | None = None, tool_choice: str | None = None) -> Any:
+        body = _chat_body(model, messages, tools, stream, think, logprobs, top_logprobs, format, options, keep_alive,
+                          tool_choice)
+        start = lambda: self.engine.chat(body)  # noqa: E731 - deferred so errors surface where ollama raises them
+        return self._iterate(start, ChatResponse) if stream else self._collect(start, merge_chat, ChatResponse)
+
+    def generate(self, model: str = "", prompt: str | None = None, suffix: str | None = None, *,
+                 system: str | None = None, template: str | None = None, context: Sequence[int] | None = None,
+                 stream: bool = False, think: bool | str | None = None, logprobs: bool | None = None,
+                 top_logprobs: int | None = None, raw: bool | None = None, format: str | dict[str, Any] | None = None,
+                 images: Sequence[Any] | None = None, options: Mapping[str, Any] | ollama.Options | None = None,
+                 keep_alive: float | str | None = None, **kwargs: Any) -> Any:
+        body = _generate_body(model, prompt, suffix, system, template, context, stream, think, logprobs,
+                              top_logprobs, raw, format, images, options, keep_alive)
+        start = lambda: self.engine.generate(body)  # noqa: E731
+        return self._iterate(start, GenerateResponse) if stream else self._collect(start, merge_generate, GenerateResponse)
+
+    def list(self) -> ollama.ListResponse:
+        return ollama.ListResponse(**self.engine.list())
+
+    def show(self, model: str) -> ollama.ShowResponse:
+        try:
+            return ollama.ShowResponse(**self.engine.show(model))
+        except (EngineError, ModelError, ValueError) as exc:
+            raise response_error(exc) from exc
+
+    def ps(self) -> ollama.ProcessResponse:
+        return ollama.ProcessResponse(**self.engine.ps())
+
+
+class AsyncClient(_Base):
+    """Drop-in for `ollama.AsyncClient`; safe to use from several event loops."""
+
+    async def _aiterate(self, chunks: AsyncIterator[dict[str, Any]], cls: type[Any]) -> AsyncIterator[Any]:
+        try:
+            async for chunk in chunks:
+                yield cls(**chunk)
+        except (EngineError, ModelError, ValueError) as exc:
+            raise response_error(exc) from exc
+
+    async def _acollect(self, chunks: AsyncIterator[dict[str, Any]], merge: Callable[[list[dict[str, Any]]], dict[str, Any]], cls: type[Any]) -> Any:
+        try:
+            return cls(**merge([c async for c in chunks]))
+        except (EngineError, ModelError, ValueError) as exc:
+            raise response_error(exc) from exc
+
+    async def chat(self, model: str = "", messages: Sequence[Mapping[str, Any] | ollama.Message] | None = None, *,
+                   tools: Sequence[Mapping[str, Any] | ollama.Tool | Callable[..., Any]] | None = None,
+                   stream: bool = False, think: bool | str | None = None, logprobs: bool | None = None,
+                   top_logprobs: int | None = None, format: str | dict[str, Any] | None = None,
+                   options: Mapping[str, Any] | ollama.Options | None = None, keep_alive: float | str | None = None,
+                   tool_choice: str | None = None) -> Any:
+        body = _chat_body(model, messages, tools, stream, think, logprobs, top_logprobs, format, options, keep_alive,
+                          tool_choice)
+        try:
+            chunks = self.engine.achat(body)
+        except (EngineError, ModelError, ValueError) as exc:
+            raise response_error(exc) from exc
+        return self._aiterate(chunks, ChatResponse) if stream else await self._acollect(chunks, merge_chat, ChatResponse)
+
+    async def generate(self, model: str = "", prompt: str | None = None, suffix: str | None = None, *,
+                       system: str | None = None, template: str | None = None, context: Sequence[int] | None = None,
+                       stream: bool = False, think: bool | str | None = None, logprobs: bool | None = None,
+                       top_logprobs: int | None = None, raw: bool | None = None,
+                       format: str | dict[str, Any] | None = None, images: Sequence[Any] | None = None,
+                       options: Mapping[str, Any] | ollama.Options | None = None,
+                       keep_alive: float | str | None = None, **kwargs: Any) -> Any:
+        body = _generate_body(model, prompt, suffix, system, template, context, stream, think, logprobs,
+                              top_logprobs, raw, format, images, options, keep_alive)
+        try:
+            chunks = self.engine.agenerate(body)
+        except (EngineError, ModelError, ValueError) as exc:
+            raise response_error(exc) from exc
+        if stream:
+            return self._aiterate(chunks, GenerateResponse)
+        return await self._acollect(chunks, merge_generate, GenerateResponse)
+
+    async def list(self) -> ollama.ListResponse:
+        return ollama.ListResponse(**self.engine.list())
+
+    async def show(self, model: str) -> ollama.ShowResponse:
+        try:
+            return ollama.ShowResponse(**self.engine.show(model))
+        except (EngineError, ModelError, ValueError) as exc:
+            raise response_error(exc) from exc
+
+    async def ps(self) -> ollama.ProcessResponse:
+        return ollama.ProcessResponse(**self.engine.ps())
