@@ -31,7 +31,7 @@ from .errors import (
 from .keepalive import parse_keep_alive
 from .options import InvalidOptionError, parse_options
 from .prompt import template_message
-from .requests import ChatRequest, GenerateRequest, parse_request
+from .requests import ChatRequest, EmbedRequest, GenerateRequest, parse_request
 from .responses import ExtraMetadata, Timings, chat_chunk, final_fields, generate_chunk
 from .runner import ModelRunner, RunResult
 from .scheduler import (
@@ -269,6 +269,27 @@ class Engine:
         timings.eval_count, timings.eval_ns = result.eval_count, result.eval_ns
         meta.reused_tokens = result.reused_tokens
         return {**chunk, **final_fields(timings, result.done_reason, time.perf_counter_ns()), "ax": meta.as_dict()}
+
+    # ---- /api/embed -----------------------------------------------------------------------------
+
+    def embed(self, request: EmbedRequest | dict[str, Any]) -> dict[str, Any]:
+        """Ollama's /api/embed: L2-normalized vectors, one per input (see engine/embedder.py)."""
+        req = parse_request(EmbedRequest, request)
+        from .embedder import run_embed
+
+        try:
+            return self._worker.call(lambda: run_embed(self, req), timeout=self.request_timeout)
+        except SchedulerError as exc:
+            raise _engine_error(exc) from exc
+
+    async def aembed(self, request: EmbedRequest | dict[str, Any]) -> dict[str, Any]:
+        req = parse_request(EmbedRequest, request)
+        from .embedder import run_embed
+
+        try:
+            return await self._worker.acall(lambda: run_embed(self, req), timeout=self.request_timeout)
+        except SchedulerError as exc:
+            raise _engine_error(exc) from exc
 
     # ---- models: list / show / ps / load / unload ----------------------------------------------
 
