@@ -125,7 +125,7 @@ def fit_messages(
     *,
     num_keep: int = 4,
     truncate: bool = True,
-    target_fraction: float = 0.5,
+    target_fraction: float = 0.4,
     cuts: ConversationCuts | None = None,
 ) -> FitResult:
     """Render messages into at most `window` tokens, dropping old messages in stable blocks."""

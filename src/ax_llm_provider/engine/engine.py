@@ -19,7 +19,7 @@ from ..model.errors import ModelNotFoundError
 from ..model.loader import load_model
 from ..model.pull import pull
 from ..model.registry import lookup
-from ..model.store import ModelStore, normalize_name
+from ..model.store import ModelStore, is_path_like, normalize_name
 from .context import fit_messages, truncate_tokens
 from .errors import (
     EngineBusyError,
@@ -133,6 +133,8 @@ class Engine:
 
     def _resolve(self, model: str) -> str:
         """The stored name of `model`; the embedded default is pulled on first use, as `ollama run` would."""
+        if is_path_like(model):
+            return self.store.resolve(model).name
         name = normalize_name(model)
         try:
             return self.store.resolve(name).name

@@ -110,8 +110,7 @@ class ModelRunner:
             # KV holds the prompt and every generated token that was fed back (all but the last sampled).
             if clean or generated:
                 self.cache.commit(prompt + generated[:-1])
-            else:
-                self.cache.invalidate()  # failed inside the prefill: rows are uncertain
+            # else: failed inside the prefill; prepare() already limited the live KV to the reused rows
             result.prompt_ns, result.eval_ns = stats.prompt_ns, stats.decode_ns
             result.eval_count = len(generated)
             result.done_reason = text.done_reason or "stop"

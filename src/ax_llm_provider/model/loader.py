@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..runtime.backends import open_stack, resolve_backend
+from ..runtime.backends import check_backend, open_stack, resolve_backend
 from ..runtime.protocol import DecoderStack
 from .embeddings import EmbeddingTable
 from .errors import ModelDirectoryError
@@ -73,6 +73,7 @@ def load_model(path: str | Path, *, name: str | None = None, backend: str = "aut
     manifest = read_manifest(manifest_path) if manifest_path.is_file() else None
     files = scan_model_dir(root, tokenizer_hint=manifest.tokenizer_dir if manifest else None)
     resolved = resolve_backend(files, backend)
+    check_backend(files, resolved)
     tokenizer = ChatTokenizer(files.tokenizer_dir, extra_eos_ids=(manifest.eos_token_ids or []) if manifest else [])
     post_config = json.loads(files.post_config.read_text(encoding="utf-8")) if files.post_config else {}
     stack = open_stack(files, resolved, device=device, threads=threads)

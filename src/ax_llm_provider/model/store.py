@@ -23,6 +23,11 @@ def default_store_dir() -> Path:
     return data_home / "ax-llm" / "models"
 
 
+def is_path_like(name: str) -> bool:
+    """A model given as a directory rather than a name (`./twin`, `/models/qwen`, `~/m`)."""
+    return "/" in name or name.startswith((".", "~"))
+
+
 def normalize_name(name: str) -> str:
     """`SmolLM2` -> `smollm2:latest`; names are case-insensitive like Ollama's."""
     name = name.strip().lower()
@@ -69,9 +74,11 @@ class ModelStore:
 
     def resolve(self, name_or_path: str) -> StoredModel:
         """A stored model by name, or a model directory given as a path."""
-        candidate = Path(name_or_path).expanduser()
-        if ("/" in name_or_path or name_or_path.startswith(".")) and candidate.is_dir():
-            return StoredModel(name=candidate.name, path=candidate)
+        if is_path_like(name_or_path):
+            candidate = Path(name_or_path).expanduser().resolve()
+            if candidate.is_dir():
+                return StoredModel(name=str(candidate), path=candidate)
+            raise ModelNotFoundError(f"model directory {candidate} does not exist")
         name = normalize_name(name_or_path)
         path = self.path_for(name)
         if path.is_dir():

@@ -31,6 +31,8 @@ class ChatTokenizer:
     def __init__(self, directory: str | Path, extra_eos_ids: Iterable[int] = ()) -> None:
         self.directory = Path(directory)
         self._tok = _load_fast_tokenizer(self.directory)
+        # The engine fits prompts to the compiled context itself; silence transformers' length warning.
+        self._tok.model_max_length = 1 << 30
         self.chat_template: str | None = self._tok.chat_template
         self.bos_id: int | None = self._tok.bos_token_id
         eos = {i for i in [self._tok.eos_token_id, *extra_eos_ids] if i is not None}

@@ -35,12 +35,17 @@ def resolve_backend(files: ModelFiles, backend: str) -> str:
     )
 
 
+def check_backend(files: ModelFiles, name: str) -> None:
+    """Fail fast (before any expensive load) when the backend cannot run these files."""
+    if name == "onnx" and files.kind != "onnx":
+        raise BackendUnavailableError(f"the onnx backend runs CPU twins (.onnx); {files.root} holds .axmodel files")
+
+
 def open_stack(files: ModelFiles, backend: str = "auto", device: int = 0, threads: int | None = None) -> DecoderStack:
     """Open the decoder stack of `files` on the chosen backend."""
     name = resolve_backend(files, backend)
+    check_backend(files, name)
     if name == "onnx":
-        if files.kind != "onnx":
-            raise BackendUnavailableError(f"the onnx backend runs CPU twins (.onnx); {files.root} holds .axmodel files")
         from .onnx_backend import OnnxDecoderStack
 
         return OnnxDecoderStack(files.layers, files.post, threads=threads)

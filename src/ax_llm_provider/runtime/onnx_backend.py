@@ -70,6 +70,8 @@ class OnnxDecoderStack:
         if threads:
             options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # No spin-waiting: on a Pi or a shared CI machine a spinning pool starves the host's other threads.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._layers = [ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for p in layer_paths]
         self._post = ort.InferenceSession(str(post_path), options, providers=["CPUExecutionProvider"])
         self.spec = self._read_spec(layer_paths)

@@ -1,0 +1,495 @@
+"""The device worker: one thread owns the NPU and runs requests one at a time, FIFO.
+
+The NPU runtime wants one thread per device context, and the card runs one model step at a time, so a
+single daemon thread executes every piece of device work. A request is a generator factory
+`work(token) -> Iterator[T]`; the worker iterates it and hands each item to the consumer through a small
+bounded buffer. Cancellation is cooperative but prompt: between items the worker checks the request's
+`CancelToken`, and when the consumer closes its `RequestStream` the worker closes the generator before
+producing the next item, so the device is free again within one token. A consumer that stops reading
+without closing is cut off after `stall_timeout` (the job waits on a full buffer until then), and a
+request's `timeout` covers its queue wait too; neither needs a timer thread.
+
+All state lives under one re-entrant lock shared by the queue condition and every request's condition,
+which rules out lock-ordering deadlocks between consumers, cancellers and the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class SchedulerError(RuntimeError):
+    """Base class of the device worker's errors."""
+
+
+class QueueFullError(SchedulerError):
+    """Too many requests are waiting (Ollama answers 503)."""
+
+
+class RequestCancelled(SchedulerError):
+    """The request was cancelled before it finished (Ollama answers 499)."""
+
+
+class ConsumerStalledError(RequestCancelled):
+    """The consumer stopped reading for longer than the stall timeout, so the device was given back."""
+
+
+class RequestTimeoutError(SchedulerError):
+    """The request's deadline (queue wait included) passed."""
+
+
+class WorkerStoppedError(SchedulerError):
+    """The device worker was shut down (or died) before the request could finish."""
+
+
+class CancelToken:
+    """What a job consults to learn that it should stop: cancellation by the consumer, or its deadline.
+
+    Reading `cancelled` after the deadline cancels the token with a timeout, so a job that checks it in
+    its own inner loops (chunked prefill) stops at the deadline without any timer thread.
+    """
+
+    def __init__(self, timeout: float | None = None, *, _cond: threading.Condition | None = None,
+                 _label: str = "request") -> None:
+        self.timeout = timeout
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self._cond = _cond if _cond is not None else threading.Condition(threading.RLock())
+        self._label = _label
+        self._error: tuple[type[SchedulerError], str] | None = None
+        self._on_cancel: Callable[[], None] | None = None
+
+    @property
+    def cancelled(self) -> bool:
+        if self._error is None and self.expired():
+            self._cancel(RequestTimeoutError, self._timeout_message())
+        return self._error is not None
+
+    @property
+    def reason(self) -> str | None:
+        return None if self._error is None else self._error[1]
+
+    def remaining(self) -> float | None:
+        """Seconds left before the deadline (None when there is none, 0.0 once it passed)."""
+        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+
+    def expired(self) -> bool:
+        return self.remaining() == 0.0
+
+    def check(self) -> None:
+        """Raise the cancellation error if the request was cancelled or ran out of time."""
+        if self.cancelled:
+            raise self.error()
+
+    def error(self) -> SchedulerError:
+        """A fresh exception describing the cancellation (fresh so two threads never share a traceback)."""
+        if self._error is None:
+            raise ValueError(f"{self._label} was not cancelled; check `cancelled` before asking for the error")
+        kind, message = self._error
+        return kind(message)
+
+    def _cancel(self, kind: type[SchedulerError], message: str) -> bool:
+        with self._cond:
+            if self._error is not None:
+                return False  # the first reason wins
+            self._error = (kind, message)
+            if self._on_cancel is not None:
+                self._on_cancel()
+            return True
+
+    def _timeout_message(self) -> str:
+        return (f"{self._label} timed out after {self.timeout:g} s (queue wait included); "
+                "raise the timeout, lower num_predict, or retry when the device is less busy")
+
+
+_QUEUED, _RUNNING, _FINISHED = "queued", "running", "finished"
+
+
+class _Request(Generic[T]):
+    """Shared state of one request between the worker and its consumer; guarded by the worker's lock."""
+
+    def __init__(self, rid: str, work: Callable[[CancelToken], Iterator[T]], lock: threading.RLock,
+                 timeout: float | None, stall_timeout: float | None) -> None:
+        self.id, self.work, self.stall_timeout = rid, work, stall_timeout
+        self.cond = threading.Condition(lock)
+        self.token = CancelToken(timeout, _cond=self.cond, _label=f"request {rid}")
+        self.token._on_cancel = self.notify
+        self.state = _QUEUED
+        self.buffer: deque[T] = deque()
+        self.error: BaseException | None = None
+        self.last_take = time.monotonic()  # consumer's last read, for the stall timeout
+        self.wakers: list[Callable[[], None]] = []  # one-shot callbacks of async waiters
+
+    def notify(self) -> None:
+        """Wake blocked threads and async waiters; call with the lock held."""
+        self.cond.notify_all()
+        wakers, self.wakers = self.wakers, []
+        for wake in wakers:
+            wake()
+
+
+class RequestStream(Generic[T]):
+    """Consumer side of a request: iterate it for the job's items; close it to give the device back."""
+
+    def __init__(self, worker: DeviceWorker, request: _Request[T]) -> None:
+        self._worker, self._req, self._closed = worker, request, False
+        self.request_id, self.token = request.id, request.token
+
+    def __iter__(self) -> RequestStream[T]:
+        return self
+
+    def __next__(self) -> T:
+        while True:
+            ready, item = self._poll(None)
+            if ready:
+                return item
+            if threading.current_thread() is self._worker._thread:
+                raise SchedulerError(f"request {self._req.id} was read from the device thread itself, which "
+                                     "would deadlock; call the device function directly inside the job")
+            with self._req.cond:
+                if not self._req.buffer and self._req.state != _FINISHED and self._req.token._error is None:
+                    self._req.cond.wait(self._req.token.remaining())
+
+    def _poll(self, waker: Callable[[], None] | None) -> tuple[bool, Any]:
+        """Non-blocking step: (True, item), raise the terminal outcome, or (False, None) if nothing yet.
+
+        A waker given here is registered atomically with the "nothing yet" answer, so it cannot miss
+        the event it waits for.
+        """
+        req = self._req
+        error: BaseException | None = None
+        with req.cond:
+            if self._closed:
+                raise StopIteration
+            if req.state != _FINISHED and req.token.expired():
+                self._worker._cancel(req, RequestTimeoutError, req.token._timeout_message())
+            if req.token._error is not None:
+                error = req.error if req.error is not None else req.token.error()
+            elif req.buffer:
+                req.last_take = time.monotonic()
+                item = req.buffer.popleft()
+                req.notify()  # room in the buffer for the worker
+                return True, item
+            elif req.state == _FINISHED:
+                error = req.error
+            else:
+                if waker is not None:
+                    req.wakers.append(waker)
+                return False, None
+            self._closed = True
+        if error is None:
+            raise StopIteration
+        raise error  # the job's own exception object, with its worker-side traceback
+
+    def cancel(self, reason: str = "cancelled by the caller") -> None:
+        """Cancel the request; a reader blocked in `next()` gets `RequestCancelled(reason)`."""
+        self._worker._cancel(self._req, RequestCancelled, f"request {self._req.id} {reason}")
+
+    def close(self) -> None:
+        """Stop reading: cancel the request if it has not finished; later `next()` ends the iteration."""
+        with self._req.cond:
+            if self._closed and self._req.state == _FINISHED:
+                return
+            self._closed = True
+            self.cancel("closed by the consumer")
+            self._req.buffer.clear()
+
+    def __enter__(self) -> RequestStream[T]:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # A dropped stream must not hold the device; never let an error escape a finalizer.
+        try:
+            self.close()
+        except Exception:
+            logger.debug("closing an abandoned request stream failed", exc_info=True)
+
+
+class AsyncRequestStream(Generic[T]):
+    """Async view of a RequestStream with no loop-bound state: each wait uses a future on the current loop.
+
+    The worker wakes the future through `loop.call_soon_threadsafe`, so the same worker serves any number
+    of event loops (Jupyter's and one a helper thread runs) and no executor thread is held while waiting.
+    """
+
+    def __init__(self, stream: RequestStream[T]) -> None:
+        self.stream = stream
+        self.request_id = stream.request_id
+
+    def __aiter__(self) -> AsyncRequestStream[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        loop = asyncio.get_running_loop()
+        while True:
+            fut: asyncio.Future[None] = loop.create_future()
+
+            def wake(fut: asyncio.Future[None] = fut) -> None:
+                try:
+                    loop.call_soon_threadsafe(_resolve, fut)
+                except RuntimeError:
+                    logger.debug("event loop closed before request %s woke it", self.request_id)
+
+            try:
+                ready, item = self.stream._poll(wake)
+            except StopIteration:
+                raise StopAsyncIteration from None
+            if ready:
+                return item
+            # The timeout only makes the next poll notice the request's deadline.
+            await asyncio.wait((fut,), timeout=self.stream.token.remaining())
+
+    async def aclose(self) -> None:
+        self.stream.close()
+
+    async def __aenter__(self) -> AsyncRequestStream[T]:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.stream.close()
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+@dataclass(frozen=True)
+class WorkerStats:
+    queued: int
+    running: str | None
+    completed: int
+    cancelled: int
+    timed_out: int
+    stalled: int
+    failed: int
+
+
+def _call_once(fn: Callable[[], T]) -> Callable[[CancelToken], Iterator[T]]:
+    def work(token: CancelToken) -> Iterator[T]:
+        yield fn()
+    return work
+
+
+class DeviceWorker:
+    """One daemon thread that owns the device and runs submitted jobs one at a time, in FIFO order."""
+
+    def __init__(self, max_queue: int = 512, name: str = "ax-llm-device", *, buffer_size: int = 8) -> None:
+        if max_queue < 0 or buffer_size < 1:
+            raise ValueError(f"need max_queue >= 0 and buffer_size >= 1, got {max_queue} and {buffer_size}")
+        self.max_queue, self.buffer_size = max_queue, buffer_size  # buffer: how far a job may run ahead
+        self._lock = threading.RLock()
+        self._work_ready = threading.Condition(self._lock)
+        self._queue: deque[_Request[Any]] = deque()
+        self._running: _Request[Any] | None = None
+        self._stopping = False
+        self._ids = itertools.count(1)
+        self._counts = dict.fromkeys(("completed", "cancelled", "timed_out", "stalled", "failed"), 0)
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    # -- producer-facing API ------------------------------------------------------------------------
+
+    def submit(self, work: Callable[[CancelToken], Iterator[T]], *, timeout: float | None = None,
+               stall_timeout: float | None = 60.0, request_id: str | None = None) -> RequestStream[T]:
+        """Queue `work`; the worker calls it with a CancelToken and streams its items to the result."""
+        with self._lock:
+            if self._stopping:
+                raise WorkerStoppedError(f"device worker {self._thread.name} is stopped; "
+                                         "create a new engine (or restart the service) to run more requests")
+            if len(self._queue) >= self.max_queue:  # expired requests nobody has read yet free their slots
+                for stale in [r for r in self._queue if r.token.expired()]:
+                    self._cancel(stale, RequestTimeoutError, stale.token._timeout_message())
+            if len(self._queue) >= self.max_queue:
+                raise QueueFullError(f"server busy, please try again. maximum pending requests exceeded "
+                                     f"({len(self._queue)} waiting, max_queue={self.max_queue})")
+            req: _Request[T] = _Request(request_id or f"r{next(self._ids)}", work, self._lock,
+                                        timeout, stall_timeout)
+            self._queue.append(req)
+            self._work_ready.notify()
+            logger.debug("request %s queued (%d waiting)", req.id, len(self._queue))
+        return RequestStream(self, req)
+
+    def asubmit(self, work: Callable[[CancelToken], Iterator[T]], **kwargs: Any) -> AsyncRequestStream[T]:
+        """`submit` for async callers; it never blocks, only the iteration waits."""
+        return AsyncRequestStream(self.submit(work, **kwargs))
+
+    def call(self, fn: Callable[[], T], timeout: float | None = None) -> T:
+        """Run one piece of device work (load, unload, embed) through the queue and return its result.
+
+        A timeout stops the wait; work already running on the device cannot be interrupted and finishes.
+        """
+        with self.submit(_call_once(fn), timeout=timeout, stall_timeout=None) as stream:
+            return next(stream)
+
+    async def acall(self, fn: Callable[[], T], timeout: float | None = None) -> T:
+        async with self.asubmit(_call_once(fn), timeout=timeout, stall_timeout=None) as stream:
+            return await stream.__anext__()
+
+    def shutdown(self, wait: bool = True, timeout: float | None = None, *, cancel_running: bool = False) -> bool:
+        """Stop accepting work, fail queued requests, let the running one finish, join the thread.
+
+        The running request gets `timeout` seconds to finish (all of them with cancel_running=False and
+        timeout=None), then it is cancelled and the thread joined again for as long. Returns whether the
+        thread has stopped.
+        """
+        with self._lock:
+            self._stopping = True
+            while self._queue:
+                self._finish(self._queue.popleft(), WorkerStoppedError(
+                    "device worker is shutting down; the request was not run. Retry after the engine restarts"))
+            if cancel_running and self._running is not None:
+                self._cancel(self._running, WorkerStoppedError, "device worker is shutting down")
+            self._work_ready.notify_all()
+        if not wait or threading.current_thread() is self._thread:
+            return not self._thread.is_alive()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            with self._lock:
+                running = self._running
+                if running is not None:
+                    self._cancel(running, WorkerStoppedError, "device worker is shutting down")
+            self._thread.join(timeout)
+        if self._thread.is_alive():
+            logger.warning("device worker %s did not stop within %s s", self._thread.name, timeout)
+        return not self._thread.is_alive()
+
+    def __enter__(self) -> DeviceWorker:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.shutdown(cancel_running=True)
+
+    # -- observability ------------------------------------------------------------------------------
+
+    @property
+    def queue_length(self) -> int:
+        return len(self._queue)
+
+    @property
+    def running_request_id(self) -> str | None:
+        return getattr(self._running, "id", None)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and not self._stopping
+
+    def stats(self) -> WorkerStats:
+        with self._lock:
+            return WorkerStats(queued=len(self._queue), running=self.running_request_id, **self._counts)
+
+    # -- internals (the lock is re-entrant; every helper below may be called with it held) -----------
+
+    def _cancel(self, req: _Request[Any], kind: type[SchedulerError], message: str) -> None:
+        with self._lock:
+            if req.state == _FINISHED or not req.token._cancel(kind, message):
+                return
+            logger.debug("request %s cancelled (%s): %s", req.id, req.state, message)
+            if req.state == _QUEUED:  # never ran: drop it now so it does not occupy a queue slot
+                self._queue.remove(req)
+                self._finish(req, req.token.error())
+
+    def _finish(self, req: _Request[Any], error: BaseException | None) -> None:
+        with self._lock:
+            if req.token._error is not None and not isinstance(error, SchedulerError):
+                error = req.token.error()  # a cancelled job may fail in any way; report why it stopped
+            req.state, req.error = _FINISHED, error
+            req.token.deadline = None  # a finished request cannot time out any more
+            if self._running is req:
+                self._running = None
+            kind = ("completed" if error is None else "timed_out" if isinstance(error, RequestTimeoutError)
+                    else "stalled" if isinstance(error, ConsumerStalledError)
+                    else "cancelled" if isinstance(error, SchedulerError) else "failed")
+            self._counts[kind] += 1
+            req.notify()
+        logger.log(logging.WARNING if kind in ("timed_out", "stalled") else logging.DEBUG,
+                   "request %s %s%s", req.id, kind, "" if error is None else f": {error!r}")
+
+    def _loop(self) -> None:
+        try:
+            while (req := self._take()) is not None:
+                self._run(req)
+        finally:
+            # Normal exit or a BaseException from a job: nobody may wait forever on this thread.
+            with self._lock:
+                self._stopping = True
+                for req in [*self._queue, *([self._running] if self._running else [])]:
+                    self._finish(req, WorkerStoppedError(f"device worker {self._thread.name} stopped"))
+                self._queue.clear()
+
+    def _take(self) -> _Request[Any] | None:
+        with self._lock:
+            while not self._queue and not self._stopping:
+                self._work_ready.wait()
+            if not self._queue:
+                return None
+            req = self._queue.popleft()
+            req.state, req.last_take = _RUNNING, time.monotonic()
+            self._running = req
+            return req
+
+    def _run(self, req: _Request[Any]) -> None:
+        token, error = req.token, None
+        if token.cancelled:  # expired between queueing and now
+            self._finish(req, token.error())
+            return
+        logger.debug("request %s started", req.id)
+        gen: Iterator[Any] | None = None
+        try:
+            gen = iter(req.work(token))
+            while not token.cancelled:
+                try:
+                    item = next(gen)
+                except StopIteration:
+                    break
+                if not self._deliver(req, item):
+                    break
+        except Exception as exc:  # noqa: BLE001 -- forwarded to the consumer, who re-raises it
+            exc.add_note(f"(raised on the device thread while running request {req.id})")
+            error = exc
+        except BaseException as exc:  # forward so the consumer does not hang, then let the thread die
+            self._finish(req, exc)
+            raise
+        finally:
+            close = getattr(gen, "close", None)
+            if close is not None:
+                try:
+                    close()  # runs the job's finally blocks here, on the device thread
+                except Exception as exc:
+                    logger.warning("request %s: closing its generator failed", req.id, exc_info=True)
+                    error = error or exc
+        self._finish(req, error)
+
+    def _deliver(self, req: _Request[Any], item: Any) -> bool:
+        """Buffer one item, waiting while the buffer is full; False when the request must stop."""
+        with self._lock:
+            while len(req.buffer) >= self.buffer_size and not req.token.cancelled:
+                wait = req.token.remaining()
+                if req.stall_timeout is not None:
+                    idle = time.monotonic() - req.last_take
+                    if idle >= req.stall_timeout:
+                        req.token._cancel(ConsumerStalledError, (
+                            f"request {req.id} was cancelled because its consumer stopped reading for more "
+                            f"than {req.stall_timeout:g} s; read the stream promptly or close it"))
+                        break
+                    wait = req.stall_timeout - idle if wait is None else min(wait, req.stall_timeout - idle)
+                req.cond.wait(wait)
+            if req.token.cancelled:
+                return False
+            req.buffer.append(item)
+            req.notify()
+            return True
