@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -71,7 +71,6 @@ class ModelConfig:
     tie_embeddings: bool
     attn_biases: tuple[str, ...] = ()  # which of "q", "k", "v", "o" carry a bias
     qk_norm: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def q_dim(self) -> int:

@@ -139,10 +139,22 @@ class OnnxDecoderStack:
         (logits,) = self._post.run(None, {"input": hidden.reshape(1, 1, -1).astype(np.float32, copy=False)})
         return logits.reshape(-1)
 
+    def _plan(self, start: int, count: int) -> list[Chunk]:
+        if self.exact_shapes:
+            return plan_prefill(self.spec, start, count)
+        # Trimmed shapes need no compiled window, so even a history longer than the largest prefill
+        # group is prefilled in P-token chunks (the card would fall back to one decode call per token).
+        if start + count > self.spec.decode_capacity:
+            return plan_prefill(self.spec, start, count)  # raises the capacity error
+        size = self.spec.prefill_chunk
+        return [Chunk(s, min(size, start + count - s), self.spec.decode_group) for s in range(start, start + count, size)]
+
     def prefill(self, embeds: np.ndarray, start: int, want_logits: bool = True) -> np.ndarray | None:
         embeds = np.asarray(embeds, dtype=np.float32)
+        if len(embeds) < 1:
+            raise ValueError("nothing to prefill: no embeddings given")
         hidden = None
-        for chunk in plan_prefill(self.spec, start, len(embeds)):
+        for chunk in self._plan(start, len(embeds)):
             offset = chunk.start - start
             hidden = self._run_chunk(chunk, embeds[offset:offset + chunk.count])
         assert hidden is not None  # plan_prefill never returns an empty plan

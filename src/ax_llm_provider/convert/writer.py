@@ -1,0 +1,58 @@
+"""Files of a CPU twin directory: ONNX graphs (external data when large), the bf16 embedding, the manifest."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+log = logging.getLogger(__name__)
+
+# A protobuf cannot exceed 2 GiB; keep a margin for the graph itself.
+EXTERNAL_DATA_THRESHOLD = int(1.8 * 1024**3)
+EMBED_FILE = "model.embed_tokens.weight.bfloat16.bin"
+MANIFEST_FILE = "ax_model.json"
+_BF16_ROWS_PER_CHUNK = 4096
+
+
+def float32_to_bf16_bits(values: np.ndarray) -> np.ndarray:
+    """Round float32 to bfloat16 (nearest, ties to even) and return the uint16 bit patterns."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    # Adding 0x7FFF plus the lowest kept bit rounds half-way cases to the even neighbour.
+    rounded = ((bits + (((bits >> 16) & 1) + 0x7FFF)) >> 16).astype(np.uint16)
+    nan = np.isnan(values)
+    if nan.any():
+        rounded[nan] = 0x7FC0  # a quiet NaN; the rounding add could have turned it into inf
+    return rounded
+
+
+def write_bf16_table(path: Path, table: np.ndarray) -> None:
+    """Raw little-endian bf16, row-major [rows, cols], written in chunks to bound memory."""
+    with path.open("wb") as fh:
+        for start in range(0, table.shape[0], _BF16_ROWS_PER_CHUNK):
+            chunk = float32_to_bf16_bits(table[start : start + _BF16_ROWS_PER_CHUNK])
+            fh.write(chunk.astype("<u2", copy=False).tobytes())
+
+
+def initializer_bytes(model: onnx.ModelProto) -> int:
+    return sum(len(t.raw_data) for t in model.graph.initializer)
+
+
+def save_onnx(model: onnx.ModelProto, path: Path) -> None:
+    """Save a graph, moving the weights to `<name>.data` when the protobuf would get too large."""
+    if initializer_bytes(model) > EXTERNAL_DATA_THRESHOLD:
+        location = path.name + ".data"
+        log.info("%s: weights go to external data %s", path.name, location)
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=location, size_threshold=1024)
+    else:
+        onnx.save_model(model, str(path))
+
+
+def write_manifest(path: Path, manifest: Mapping[str, Any]) -> None:
+    path.write_text(json.dumps(dict(manifest), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
