@@ -15,11 +15,13 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+from ..model.embedding_model import assert_not_embedding_model
 from ..model.errors import ModelNotFoundError
 from ..model.loader import load_model
 from ..model.pull import pull
 from ..model.registry import lookup
 from ..model.store import ModelStore, is_path_like, normalize_name
+from .constraints import format_grammar
 from .context import fit_messages, truncate_tokens
 from .errors import (
     EngineBusyError,
@@ -30,8 +32,8 @@ from .errors import (
 )
 from .keepalive import parse_keep_alive
 from .options import InvalidOptionError, parse_options
-from .prompt import template_message
 from .requests import ChatRequest, EmbedRequest, GenerateRequest, parse_request
+from .response_parser import chat_chunks, chat_decoding, generate_chunks, generate_decoding
 from .responses import ExtraMetadata, Timings, chat_chunk, final_fields, generate_chunk
 from .runner import ModelRunner, RunResult
 from .scheduler import (
@@ -45,6 +47,8 @@ from .scheduler import (
     SchedulerError,
 )
 from .state import LoadedEntry, ModelInfo
+from .thinking import think_requested
+from .toolcalls import request_key
 
 log = logging.getLogger(__name__)
 Chunk = dict[str, Any]
@@ -81,6 +85,7 @@ class Engine:
     def _ensure_loaded(self, name: str) -> tuple[LoadedEntry, int]:
         """The loaded entry for `name` and the nanoseconds spent loading it now (0 if it was loaded)."""
         stored = self.store.resolve(name)
+        assert_not_embedding_model(stored.path, stored.name)
         with self._lock:
             entry = self._models.get(stored.name)
         if entry is not None:
@@ -187,6 +192,7 @@ class Engine:
         req = parse_request(ChatRequest, request)
         opts, warnings = self._options(req.options)
         keep_alive = self._keep_alive(req.keep_alive)
+        format_spec = format_grammar(req.format)  # an invalid schema is a 400 before queueing
         name = self._resolve(req.model)  # model not found is raised here, before queueing
 
         def job(cancel: CancelToken) -> Iterator[Chunk]:
@@ -199,17 +205,23 @@ class Engine:
                 reason = "unload" if keep_alive <= 0 else "load"
                 yield {**chat_chunk(model_name), **final_fields(timings, reason, time.perf_counter_ns())}
                 return
-            runner.prompts.check_chat(req)
+            plan = runner.prompts.chat_plan(req)
             window = opts.context_size(runner.capacity)
-            fit = fit_messages([template_message(m) for m in req.messages], runner.prompts.chat_renderer(req),
-                               window, num_keep=opts.num_keep, truncate=req.truncate, cuts=runner.cuts)
+            fit = fit_messages(plan.messages, plan.render, window, num_keep=opts.num_keep, truncate=req.truncate,
+                               cuts=runner.cuts)
+            key = request_key(model_name, [m.model_dump(exclude_none=True) for m in req.messages], plan.tools)
+            decoding = chat_decoding(plan, fit.tokens, decode=runner.model.tokenizer.decode,
+                                     grammars=runner.grammars if plan.forced else None, format_spec=format_spec,
+                                     call_key=key, builder_family=runner.prompts.family)
             result = RunResult()
-            meta = ExtraMetadata(warnings=warnings, backend=runner.model.backend,
+            meta = ExtraMetadata(warnings=warnings + decoding.warnings, backend=runner.model.backend,
                                  truncation=fit.report.as_metadata() if fit.report.truncated else None)
+            parser = decoding.parser
             try:
-                for delta in runner.run(fit.tokens, opts, cancel, result, window=window,
-                                        logprobs=req.logprobs, top_logprobs=req.top_logprobs):
-                    yield chat_chunk(model_name, delta.text, logprobs=delta.logprobs)
+                for delta in runner.run(fit.tokens, opts, cancel, result, window=window, logprobs=req.logprobs,
+                                        top_logprobs=req.top_logprobs, constraint=decoding.constraint):
+                    yield from chat_chunks(model_name, parser.feed(delta.text), delta.logprobs)
+                yield from chat_chunks(model_name, parser.finish(), None)
             finally:
                 self._after_request(entry, keep_alive)
             yield self._final(chat_chunk(model_name), timings, result, meta)
@@ -229,6 +241,7 @@ class Engine:
         req = parse_request(GenerateRequest, request)
         opts, warnings = self._options(req.options)
         keep_alive = self._keep_alive(req.keep_alive)
+        format_spec = format_grammar(req.format)
         name = self._resolve(req.model)
 
         def job(cancel: CancelToken) -> Iterator[Chunk]:
@@ -250,12 +263,19 @@ class Engine:
                 tokens, dropped = truncate_tokens(tokens, window, opts.num_keep)
                 fit_report = {"window": window, "prompt_tokens": len(tokens), "dropped_messages": 0,
                               "truncated_tokens": dropped}
+            prompts = runner.prompts
+            decoding = generate_decoding(think=think_requested(req.think, prompts.thinking_model),
+                                         thinking_model=prompts.thinking_model, raw=req.raw, prompt=tokens,
+                                         decode=runner.model.tokenizer.decode, format_spec=format_spec)
             result = RunResult()
-            meta = ExtraMetadata(warnings=warnings, backend=runner.model.backend, truncation=fit_report)
+            meta = ExtraMetadata(warnings=warnings + decoding.warnings, backend=runner.model.backend,
+                                 truncation=fit_report)
+            parser = decoding.parser
             try:
-                for delta in runner.run(tokens, opts, cancel, result, window=window,
-                                        logprobs=req.logprobs, top_logprobs=req.top_logprobs):
-                    yield generate_chunk(model_name, delta.text, logprobs=delta.logprobs)
+                for delta in runner.run(tokens, opts, cancel, result, window=window, logprobs=req.logprobs,
+                                        top_logprobs=req.top_logprobs, constraint=decoding.constraint):
+                    yield from generate_chunks(model_name, parser.feed(delta.text), delta.logprobs)
+                yield from generate_chunks(model_name, parser.finish(), None)
             finally:
                 self._after_request(entry, keep_alive)
             final = self._final(generate_chunk(model_name), timings, result, meta)
@@ -279,6 +299,7 @@ class Engine:
         req = parse_request(EmbedRequest, request)
         from .embedder import run_embed
 
+        self._resolve(req.model)  # a first-use pull happens here, not while holding the device queue
         try:
             return self._worker.call(lambda: run_embed(self, req), timeout=self.request_timeout)
         except SchedulerError as exc:
@@ -288,6 +309,7 @@ class Engine:
         req = parse_request(EmbedRequest, request)
         from .embedder import run_embed
 
+        self._resolve(req.model)
         try:
             return await self._worker.acall(lambda: run_embed(self, req), timeout=self.request_timeout)
         except SchedulerError as exc:
@@ -323,8 +345,15 @@ class Engine:
             return
         for timer in self._timers.values():
             timer.cancel()
+        from .embedder import unload_embedders
+
+        def unload_all() -> None:
+            for name in list(self._models):
+                self._unload(name)
+            unload_embedders(self)
+
         try:
-            self._worker.call(lambda: [self._unload(n) for n in list(self._models)], timeout=timeout)
+            self._worker.call(unload_all, timeout=timeout)
         finally:
             self._closed = True
             self._worker.shutdown(wait=True, timeout=timeout)

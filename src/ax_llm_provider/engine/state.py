@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..model.embedding_model import EmbeddingManifest, read_embedding_manifest
 from ..model.layout import MANIFEST_NAME
 from ..model.manifest import ModelManifest, read_manifest
 from .prompt import template_supports_thinking, template_supports_tools
@@ -40,9 +41,16 @@ class ModelInfo:
     path: Path
     manifest: ModelManifest | None
     runner: ModelRunner | None = None
+    embedding: EmbeddingManifest | None = None  # set for an embedding model (all-minilm), None for an LLM
 
     @classmethod
     def from_path(cls, name: str, path: Path, runner: ModelRunner | None = None) -> ModelInfo:
+        embedding = read_embedding_manifest(path)
+        if embedding is not None:
+            common = ModelManifest.model_validate(
+                embedding.model_dump(include={"format", "name", "architecture", "quantization", "parameter_count",
+                                              "source"}))
+            return cls(name, path, common, runner, embedding)
         manifest_path = path / MANIFEST_NAME
         manifest = read_manifest(manifest_path) if manifest_path.is_file() else None
         return cls(name, path, manifest, runner)
@@ -84,6 +92,8 @@ class ModelInfo:
                 "digest": self.digest, "details": self.details()}
 
     def capabilities(self) -> list[str]:
+        if self.embedding is not None:
+            return ["embedding"]
         caps = ["completion"]
         if self.runner is not None:
             tok = self.runner.model.tokenizer
@@ -97,6 +107,10 @@ class ModelInfo:
         m = self.manifest
         arch = (m.architecture if m else None) or "unknown"
         info: dict[str, Any] = {"general.architecture": arch}
+        if self.embedding is not None:  # Ollama's keys for a BERT embedding model
+            info |= {f"{arch}.context_length": self.embedding.max_seq_length,
+                     f"{arch}.embedding_length": self.embedding.dimension,
+                     f"{arch}.pooling_type": self.embedding.pooling, "ax.backend": "onnx-cpu"}
         if self.runner is not None:
             spec = self.runner.model.stack.spec
             # The usable context is the compiled KV capacity, not the trained length (llama-index reads this key).

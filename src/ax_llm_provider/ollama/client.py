@@ -13,11 +13,15 @@ from typing import Any
 import ollama
 from ollama._client import _copy_messages, _copy_tools
 from ollama._types import ChatRequest as OllamaChatRequest
+from ollama._types import EmbeddingsRequest as OllamaEmbeddingsRequest
+from ollama._types import EmbedRequest as OllamaEmbedRequest
 from ollama._types import GenerateRequest as OllamaGenerateRequest
 
 from ..engine.default import get_engine
+from ..engine.embedder import LegacyEmbeddingsRequest
 from ..engine.engine import Engine
 from ..engine.errors import EngineError
+from ..engine.requests import parse_request
 from ..model.errors import ModelError, ModelNotFoundError
 from .merge import merge_chat, merge_generate
 from .types import ChatResponse, GenerateResponse
@@ -63,6 +67,33 @@ def _generate_body(model: str, prompt: Any, suffix: Any, system: Any, template: 
         stream=stream, think=think, logprobs=logprobs, top_logprobs=top_logprobs, raw=raw, format=format,
         images=list(_copy_images(images)) if images else None, options=options, keep_alive=keep_alive,
     ).model_dump(exclude_none=True)
+
+
+def _embed_body(model: str, input: Any, truncate: Any, options: Any, keep_alive: Any,
+                dimensions: Any) -> dict[str, Any]:
+    _require_model(model)
+    body = OllamaEmbedRequest(model=model, input=input, truncate=truncate, options=options, keep_alive=keep_alive,
+                              dimensions=dimensions).model_dump(exclude_none=True)
+    if not isinstance(body["input"], str):
+        body["input"] = list(body["input"])
+    return body
+
+
+def _embeddings_request(model: str, prompt: Any, options: Any, keep_alive: Any) -> LegacyEmbeddingsRequest:
+    """The legacy /api/embeddings body as an embed request whose vector is not normalized (as Ollama)."""
+    _require_model(model)
+    body = OllamaEmbeddingsRequest(model=model, prompt=prompt, options=options,
+                                   keep_alive=keep_alive).model_dump(exclude_none=True)
+    body["input"] = [body.pop("prompt")] if body.get("prompt") else []
+    return parse_request(LegacyEmbeddingsRequest, body)
+
+
+def _embed_response(result: dict[str, Any]) -> ollama.EmbedResponse:
+    return ollama.EmbedResponse(**{k: v for k, v in result.items() if k != "ax"})
+
+
+def _embeddings_response(result: dict[str, Any]) -> ollama.EmbeddingsResponse:
+    return ollama.EmbeddingsResponse(embedding=result["embeddings"][0] if result["embeddings"] else [])
 
 
 class _Base:
@@ -113,6 +144,25 @@ class Client(_Base):
                               top_logprobs, raw, format, images, options, keep_alive)
         start = lambda: self.engine.generate(body)  # noqa: E731
         return self._iterate(start, GenerateResponse) if stream else self._collect(start, merge_generate, GenerateResponse)
+
+    def embed(self, model: str = "", input: str | Sequence[str] = "", truncate: bool | None = None,
+              options: Mapping[str, Any] | ollama.Options | None = None, keep_alive: float | str | None = None,
+              dimensions: int | None = None) -> ollama.EmbedResponse:
+        """Ollama's /api/embed: one L2-normalized vector per input (see engine/embedder.py)."""
+        body = _embed_body(model, input, truncate, options, keep_alive, dimensions)
+        try:
+            return _embed_response(self.engine.embed(body))
+        except (EngineError, ModelError, ValueError) as exc:
+            raise response_error(exc) from exc
+
+    def embeddings(self, model: str = "", prompt: str | None = None,
+                   options: Mapping[str, Any] | ollama.Options | None = None,
+                   keep_alive: float | str | None = None) -> ollama.EmbeddingsResponse:
+        """Deprecated in favor of `embed`, as in ollama. The vector is not normalized (Ollama's /api/embeddings)."""
+        try:
+            return _embeddings_response(self.engine.embed(_embeddings_request(model, prompt, options, keep_alive)))
+        except (EngineError, ModelError, ValueError) as exc:
+            raise response_error(exc) from exc
 
     def list(self) -> ollama.ListResponse:
         return ollama.ListResponse(**self.engine.list())
@@ -173,6 +223,23 @@ class AsyncClient(_Base):
         if stream:
             return self._aiterate(chunks, GenerateResponse)
         return await self._acollect(chunks, merge_generate, GenerateResponse)
+
+    async def embed(self, model: str = "", input: str | Sequence[str] = "", truncate: bool | None = None,
+                    options: Mapping[str, Any] | ollama.Options | None = None,
+                    keep_alive: float | str | None = None, dimensions: int | None = None) -> ollama.EmbedResponse:
+        body = _embed_body(model, input, truncate, options, keep_alive, dimensions)
+        try:
+            return _embed_response(await self.engine.aembed(body))
+        except (EngineError, ModelError, ValueError) as exc:
+            raise response_error(exc) from exc
+
+    async def embeddings(self, model: str = "", prompt: str | None = None,
+                         options: Mapping[str, Any] | ollama.Options | None = None,
+                         keep_alive: float | str | None = None) -> ollama.EmbeddingsResponse:
+        try:
+            return _embeddings_response(await self.engine.aembed(_embeddings_request(model, prompt, options, keep_alive)))
+        except (EngineError, ModelError, ValueError) as exc:
+            raise response_error(exc) from exc
 
     async def list(self) -> ollama.ListResponse:
         return ollama.ListResponse(**self.engine.list())
