@@ -1,13 +1,34 @@
-"""Turn validated requests into prompt tokens through the model's chat template."""
+"""Turn validated requests into prompt tokens through the model's chat template.
+
+Tools, tool_choice and thinking are decided here (`PromptBuilder.chat_plan`):
+
+- Tools are rendered by the chat template; the template's family (toolcalls.py) says how the model
+  writes calls. A template that cannot express tools (no `tools` in it, e.g. SmolLM2's ChatML)
+  answers tools with Ollama's "<model> does not support tools" under tool_choice "auto": the model
+  was never taught a call syntax, so unconstrained output would rarely be a call.
+- tool_choice (beyond Ollama): "auto" (default), "none", "required"/"any", or a tool name.
+  "required"/"any"/<name> force exactly one call through a grammar (constraints.py). On a
+  template-less model the tools are then listed in the system message by our code, in the generic
+  JSON syntax ({"name": ..., "arguments": {...}}), and earlier calls are written the same way.
+  "none" renders no tools, parses no calls and bans the family's call-start token.
+- Thinking: `think` omitted on a thinking model means on (Ollama); the template's `enable_thinking`
+  switch gets it. Reasoning of assistant turns before the last user message is dropped (Ollama
+  does this for qwen3 / deepseek-r1).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ..model.tokenizer import ChatTokenizer
 from .errors import CapabilityError, InvalidRequestError
 from .requests import ChatMessage, ChatRequest, GenerateRequest, ToolSpec
+from .thinking import strip_earlier_thinking, think_requested
+from .toolcalls import GENERIC_JSON, ToolFamily, calls_as_text, family_for_template, tools_system_text
+
+FORCING_CHOICES = ("required", "any")
 
 TemplateMessage = dict[str, Any]
 
@@ -39,13 +60,44 @@ def tool_schemas(tools: Sequence[ToolSpec] | None) -> list[dict[str, Any]] | Non
 
 
 def template_supports_tools(tokenizer: ChatTokenizer) -> bool:
-    template = tokenizer.chat_template or ""
-    return "tools" in template
+    return family_for_template(tokenizer.chat_template) is not None
 
 
 def template_supports_thinking(tokenizer: ChatTokenizer) -> bool:
     template = tokenizer.chat_template or ""
     return "enable_thinking" in template or "<think>" in template
+
+
+@dataclass
+class ChatPlan:
+    """What a chat request renders and how its output is read."""
+
+    messages: list[TemplateMessage]
+    render: Callable[[Sequence[Mapping[str, Any]]], list[int]]
+    tools: list[dict[str, Any]] | None  # the request's tools (for parsing and forcing)
+    family: ToolFamily | None  # how calls in the output are parsed; None: no parsing
+    tool_choice: str  # "auto", "none", "required"/"any" or a tool name
+    think: bool  # the model is asked to think (the output is split)
+    thinking_model: bool
+
+    @property
+    def forced(self) -> bool:
+        return self.tool_choice not in ("auto", "none") and bool(self.tools)
+
+
+def _injected_tools(messages: list[TemplateMessage], tools: list[dict[str, Any]]) -> list[TemplateMessage]:
+    """Tools in the system message and earlier calls as text, for a template without tool syntax."""
+    out = [dict(m) for m in messages]
+    for message in out:
+        calls = message.pop("tool_calls", None)
+        if calls and message.get("role") == "assistant":
+            message["content"] = "\n".join(p for p in (message.get("content") or "", calls_as_text(calls)) if p)
+    text = tools_system_text(tools)
+    if out and out[0].get("role") == "system":
+        out[0]["content"] = f"{out[0].get('content') or ''}\n\n{text}".lstrip()
+    else:
+        out.insert(0, {"role": "system", "content": text})
+    return out
 
 
 class PromptBuilder:
@@ -54,24 +106,65 @@ class PromptBuilder:
     def __init__(self, tokenizer: ChatTokenizer, model_name: str) -> None:
         self.tokenizer = tokenizer
         self.model_name = model_name
+        self.family = family_for_template(tokenizer.chat_template)
+        self.thinking_model = template_supports_thinking(tokenizer)
 
     def template_kwargs(self, think: bool | str | None) -> dict[str, Any]:
-        if think is None or not template_supports_thinking(self.tokenizer):
+        if think is None or not self.thinking_model:
             return {}
         return {"enable_thinking": bool(think)}
 
-    def check_chat(self, request: ChatRequest) -> None:
-        if request.tools and not template_supports_tools(self.tokenizer):
-            raise CapabilityError(f"{self.model_name} does not support tools")
-        if request.think not in (None, False) and not template_supports_thinking(self.tokenizer):
+    def _check_think(self, think: bool | str | None) -> None:
+        if think not in (None, False) and not self.thinking_model:
             raise CapabilityError(f'"{self.model_name}" does not support thinking')
+
+    def tool_choice(self, request: ChatRequest) -> str:
+        """The normalized tool_choice; raises for choices the request cannot honour."""
+        choice = (request.tool_choice or "auto").strip()
+        choice = choice.lower() if choice.lower() in ("auto", "none", *FORCING_CHOICES) else choice
+        if choice in ("auto", "none"):
+            if choice == "auto" and request.tools and self.family is None:
+                raise CapabilityError(f"{self.model_name} does not support tools")
+            return choice
+        if not request.tools:
+            raise InvalidRequestError(f'tool_choice "{choice}" needs tools in the request')
+        names = [t.function.name for t in request.tools]
+        if choice not in FORCING_CHOICES and choice not in names:
+            raise InvalidRequestError(
+                f'tool_choice "{choice}" is not "auto", "none", "required", "any" or a tool of the request '
+                f"(tools: {', '.join(names)})")
+        if request.format not in (None, ""):
+            raise InvalidRequestError("format cannot be combined with a tool_choice that forces a tool call")
+        return choice
+
+    def check_chat(self, request: ChatRequest) -> None:
+        self.tool_choice(request)
+        self._check_think(request.think)
         if any(m.images for m in request.messages):
             raise CapabilityError(f"{self.model_name} does not support vision")
 
-    def chat_renderer(self, request: ChatRequest) -> Callable[[Sequence[Mapping[str, Any]]], list[int]]:
-        """A function from template messages to prompt tokens (used by the context fitter)."""
+    def chat_plan(self, request: ChatRequest) -> ChatPlan:
+        """Validate the request and decide rendering, parsing and thinking (see the module doc)."""
+        self.check_chat(request)
+        choice = self.tool_choice(request)
         tools = tool_schemas(request.tools)
-        kwargs = self.template_kwargs(request.think)
+        messages = [template_message(m) for m in request.messages]
+        if self.thinking_model:
+            messages = strip_earlier_thinking(messages)
+        family: ToolFamily | None = self.family
+        template_tools = tools
+        if not tools or choice == "none":
+            family, template_tools = None, None
+        elif family is None:  # a forced call on a template without tool syntax
+            family, template_tools = GENERIC_JSON, None
+            messages = _injected_tools(messages, tools)
+        return ChatPlan(messages=messages, render=self._renderer(template_tools, request.think), tools=tools,
+                        family=family, tool_choice=choice, think=think_requested(request.think, self.thinking_model),
+                        thinking_model=self.thinking_model)
+
+    def _renderer(self, tools: list[dict[str, Any]] | None,
+                  think: bool | str | None) -> Callable[[Sequence[Mapping[str, Any]]], list[int]]:
+        kwargs = self.template_kwargs(think)
 
         def render(messages: Sequence[Mapping[str, Any]]) -> list[int]:
             text = self.tokenizer.render_chat(messages, tools=tools, add_generation_prompt=True, **kwargs)
@@ -79,14 +172,17 @@ class PromptBuilder:
 
         return render
 
+    def chat_renderer(self, request: ChatRequest) -> Callable[[Sequence[Mapping[str, Any]]], list[int]]:
+        """A function from template messages to prompt tokens (used by the context fitter)."""
+        return self._renderer(tool_schemas(request.tools), request.think)
+
     def generate_tokens(self, request: GenerateRequest) -> list[int]:
         """Prompt tokens for /api/generate: raw text, or the template around system + prompt, after `context`."""
         if request.suffix:
             raise CapabilityError(f"{self.model_name} does not support insert")
         if request.images:
             raise CapabilityError(f"{self.model_name} does not support vision")
-        if request.think not in (None, False) and not template_supports_thinking(self.tokenizer):
-            raise CapabilityError(f'"{self.model_name}" does not support thinking')
+        self._check_think(request.think)
         prompt = request.prompt or ""
         if request.raw:
             if request.template or request.system or request.context:

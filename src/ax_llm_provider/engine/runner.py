@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..model.loader import LoadedModel
+from .constraints import GrammarCompiler
 from .context import ConversationCuts
 from .generator import GenerationStats, generate_tokens
+from .grammar_sampler import ConstraintPlan
 from .options import GenerationOptions
 from .prefix_cache import PrefixCache
 from .prompt import PromptBuilder
-from .sampler import TokenSampler
+from .sampler import TokenSampler, make_logits_processors
 from .scheduler import CancelToken
 from .textstream import TextStream
 
@@ -54,6 +56,16 @@ class ModelRunner:
         self.cache = PrefixCache(model.stack, max_snapshot_bytes=snapshot_bytes)
         self.cuts = ConversationCuts()
         self.busy = False
+        self._grammars: GrammarCompiler | None = None
+
+    @property
+    def grammars(self) -> GrammarCompiler:
+        """Grammar matchers over this model's vocabulary (built on the first constrained request)."""
+        if self._grammars is None:
+            tok = self.model.tokenizer
+            self._grammars = GrammarCompiler(tok.hf, vocab=self.model.stack.spec.vocab, eos_ids=tok.eos_ids,
+                                             key=str(tok.directory))
+        return self._grammars
 
     @property
     def capacity(self) -> int:
@@ -73,8 +85,13 @@ class ModelRunner:
         return [out]
 
     def run(self, prompt: Sequence[int], opts: GenerationOptions, cancel: CancelToken, result: RunResult, *,
-            window: int, logprobs: bool = False, top_logprobs: int = 0) -> Iterator[RunDelta]:
-        """Generate after `prompt` (already fitted to `window`); yield text deltas; fill `result`."""
+            window: int, logprobs: bool = False, top_logprobs: int = 0,
+            constraint: ConstraintPlan | None = None) -> Iterator[RunDelta]:
+        """Generate after `prompt` (already fitted to `window`); yield text deltas; fill `result`.
+
+        `constraint` (format, forced tool calls, banned markers) wraps the sampler; a grammar that is
+        complete ends the generation with done_reason "stop" (grammar_sampler.py).
+        """
         prompt = list(prompt)
         if not prompt:
             raise ValueError("empty prompt: nothing to evaluate")
@@ -84,13 +101,24 @@ class ModelRunner:
         sampler = TokenSampler.from_options(opts, context_size=window, logprobs=logprobs, top_logprobs=top_logprobs)
         text = TextStream(self._decode, stop=opts.stop, eos_token_ids=tokenizer.eos_ids,
                           max_tokens=opts.max_new_tokens(), context_left=window - len(prompt), prompt_ids=prompt)
+        guided = None
+        if constraint is not None:
+            budget = window - len(prompt)
+            limit = opts.max_new_tokens()
+            penalties = make_logits_processors(
+                repeat_penalty=opts.repeat_penalty, repeat_last_n=opts.penalty_window(window),
+                presence_penalty=opts.presence_penalty, frequency_penalty=opts.frequency_penalty)
+            guided = constraint.bind(self.grammars, sampler, max_tokens=min(budget, limit or budget),
+                                     compact=not penalties, want_logprobs=logprobs or top_logprobs > 0)
         stats = GenerationStats()
         generated: list[int] = []
         reused = self.cache.prepare(prompt)
         result.prompt_tokens, result.reused_tokens = len(prompt), reused
         clean = False
         try:
-            tokens = generate_tokens(self.model.stack, self.model.embeddings, prompt, sampler=sampler,
+            if guided is not None:
+                guided.start()  # the first mask is filled while the prompt runs
+            tokens = generate_tokens(self.model.stack, self.model.embeddings, prompt, sampler=guided or sampler,
                                      end_ids=tokenizer.eos_ids, start=reused, stats=stats,
                                      max_new_tokens=window - len(prompt))
             for token in tokens:
@@ -100,20 +128,22 @@ class ModelRunner:
                 entries = self._logprob_entries(sampler) if logprobs or top_logprobs else None
                 if delta or entries:
                     yield RunDelta(delta, entries)
-                if text.done:
+                if text.done or (guided is not None and guided.finished):
                     break
             rest = text.finish("length" if stats.finish == "length" else "stop")
             if rest:
                 yield RunDelta(rest)
             clean = True
         finally:
+            if guided is not None:
+                guided.close()
             # KV holds the prompt and every generated token that was fed back (all but the last sampled).
             if clean or generated:
                 self.cache.commit(prompt + generated[:-1])
             # else: failed inside the prefill; prepare() already limited the live KV to the reused rows
             result.prompt_ns, result.eval_ns = stats.prompt_ns, stats.decode_ns
             result.eval_count = len(generated)
-            result.done_reason = text.done_reason or "stop"
+            result.done_reason = "stop" if guided is not None and guided.finished else text.done_reason or "stop"
             result.stop_string = text.stop_string
             result.tokens = prompt + generated
             log.debug("run: prompt %d (reused %d) eval %d reason %s", len(prompt), reused, len(generated),
