@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from typing import TYPE_CHECKING, Literal
 
 from .protocol import DecoderStack
@@ -39,6 +40,11 @@ def check_backend(files: ModelFiles, name: str) -> None:
     """Fail fast (before any expensive load) when the backend cannot run these files."""
     if name == "onnx" and files.kind != "onnx":
         raise BackendUnavailableError(f"the onnx backend runs CPU twins (.onnx); {files.root} holds .axmodel files")
+    if name == "simulated" and files.kind != "onnx":
+        raise BackendUnavailableError(
+            f"the simulated card executes CPU twins (.onnx), not compiled .axmodel files; {files.root} is a vendor "
+            "bundle: run it on the card (backend axcl) or convert the original checkpoint with `ax-llm convert`"
+        )
 
 
 def open_stack(files: ModelFiles, backend: str = "auto", device: int = 0, threads: int | None = None) -> DecoderStack:
@@ -49,4 +55,17 @@ def open_stack(files: ModelFiles, backend: str = "auto", device: int = 0, thread
         from .onnx_backend import OnnxDecoderStack
 
         return OnnxDecoderStack(files.layers, files.post, threads=threads)
-    raise BackendUnavailableError(f"backend {name!r} is not wired into open_stack yet")
+    if name == "axcl":
+        from .axcl_backend import AxclDecoderStack
+
+        return AxclDecoderStack(files.layers, files.post, device_index=device)
+    if name == "axengine":
+        from .axengine_backend import AxengineDecoderStack
+
+        return AxengineDecoderStack(files.layers, files.post, device_index=device)
+    # simulated: the axcl backend's real code path over a simulated card running the twin's graphs
+    from .axcl_backend import AxclDecoderStack
+    from .simcard import DEFAULT_PRESET, SimCard
+
+    card = SimCard(os.environ.get("AX_LLM_SIM_PRESET", DEFAULT_PRESET))
+    return AxclDecoderStack(files.layers, files.post, card, device_index=device)

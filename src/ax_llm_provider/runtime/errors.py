@@ -1,0 +1,107 @@
+"""Typed device errors: every non-zero `ret` from the AXCL runtime becomes one of these.
+
+The engine's recovery ladder dispatches on the class (retry, reset and reload, reboot the card, give up),
+so the mapping from code to class lives here, once. Messages name the call, the code in hex and what to do.
+"""
+
+from __future__ import annotations
+
+from . import axcl_codes as codes
+
+
+class DeviceError(RuntimeError):
+    """A call into the NPU runtime failed.
+
+    code:     the signed `ret` as pyaxcl returned it (or -1 for pyaxcl's own guard).
+    function: the SDK function that failed, e.g. 'axcl.rt.engine_execute'.
+    hint:     what the operator or the engine should do about it.
+    """
+
+    default_hint = "check `axcl-smi` and the kernel log; if it repeats, reset the card and reload the model"
+
+    def __init__(self, code: int, function: str, detail: str = "", hint: str | None = None) -> None:
+        self.code = code
+        self.function = function
+        self.hex_code = "-1 (pyaxcl guard)" if code == codes.WRAPPER_GUARD else f"0x{codes.unsigned(code):08X}"
+        self.name = codes.code_name(code)
+        self.hint = hint or self.default_hint
+        extra = f" ({detail})" if detail else ""
+        super().__init__(f"{function} failed with {self.hex_code} {self.name}{extra}; {self.hint}")
+
+
+class DeviceOfflineError(DeviceError):
+    """The card is gone, wedged or owned by another process."""
+
+    default_hint = (
+        "the card is not reachable: check `lspci | grep -i axera`, that no other process owns it "
+        "(`axcl-smi` lists the PID), then reboot the card (`axcl-smi reboot -d 0` / axclrtRebootDevice) and reload"
+    )
+
+
+class DeviceMemoryError(DeviceError):
+    """CMM (the card's NPU memory pool) is exhausted, or a buffer is not device memory."""
+
+    default_hint = (
+        "the card's CMM pool is short: unload other models, use a smaller bundle or context, or wait a few "
+        "seconds after a crash (CMM is released late) and retry"
+    )
+
+
+class DeviceTimeoutError(DeviceError):
+    """A call did not complete in time (the NPU may be hung)."""
+
+    default_hint = "the NPU did not answer in time: reset the card and reload the model; reboot it if this repeats"
+
+
+class DeviceBusyError(DeviceError):
+    """The runtime or NPU is busy or already initialised by someone else."""
+
+    default_hint = "another user holds the NPU: make sure only one process drives the card"
+
+
+_OFFLINE = {codes.ERR_DEVICE_OPEN, codes.ERR_DEVICE_NO_CONNECT, codes.ERR_DEVICE_PROBE, codes.ERR_DEVICE_NOT_ACTIVE,
+            codes.ERR_DEVICE_PORT_ALLOCATE, codes.ERR_DEVICE_REBOOT, codes.ERR_DEVICE_QUERY_DEVICE}
+_MEMORY = {codes.ERR_MEMORY_NOT_DEVICE_MEMORY}
+_GENERIC_NO_MEMORY, _GENERIC_TIMEOUT, _GENERIC_BUSY = 0x07, 0x05, 0x06
+_HINTS = {
+    codes.ERR_DEVICE_PORT_ALLOCATE: "another process holds the card (Set AXCL device failed): stop it "
+                                    "(a second Jupyter kernel?) or reboot the host if none is left",
+    codes.ERR_DEVICE_OPEN: "/dev/axcl_host cannot be opened: `sudo modprobe axcl_host` (after a kernel upgrade "
+                           "`sudo dkms autoinstall`), check the card's power and reseat it",
+    codes.ERR_DEVICE_INVALID_ID: "pass a device id from axcl.rt.get_device_list(), not an index",
+    codes.ERR_DEVICE_NO_ACTIVE_DEVICE: "call set_device / set_current_context on this thread first",
+    codes.ERR_CONTEXT_NO_BIND_CONTEXT: "call set_current_context on this thread first",
+    codes.ERR_ENGINE_EXECUTE_FAIL: "the NPU failed to run the model; retry once, then reset the card and reload",
+    codes.ERR_ENGINE_ILLEGAL_PARAM: "a handle, index or size is invalid: this is a bug in the caller",
+    codes.ERR_ENGINE_INVALID_INDEX: "a tensor index or shape group is out of range: the model is not the "
+                                    "expected AXERA layer model",
+    codes.WRAPPER_GUARD: "pyaxcl refused the call (a NULL/0 handle or empty path) or swallowed an exception; "
+                         "see the pyaxcl log line just before this",
+}
+
+
+def error_class(ret: int) -> type[DeviceError]:
+    """The DeviceError subclass for a runtime code."""
+    code = codes.unsigned(ret)
+    if code in _OFFLINE:
+        return DeviceOfflineError
+    errid = code & 0xFF
+    if code in _MEMORY or errid == _GENERIC_NO_MEMORY:
+        return DeviceMemoryError
+    if errid == _GENERIC_TIMEOUT or code == codes.ERR_STREAM_SYNC_TIMEOUT:
+        return DeviceTimeoutError
+    if errid == _GENERIC_BUSY:
+        return DeviceBusyError
+    return DeviceError
+
+
+def device_error(ret: int, function: str, detail: str = "") -> DeviceError:
+    """Build the typed exception for a failed call (do not raise it here: callers add context)."""
+    key = ret if ret == codes.WRAPPER_GUARD else codes.unsigned(ret)
+    return error_class(ret)(ret, function, detail, _HINTS.get(key))
+
+
+def check(ret: int, function: str, detail: str = "") -> None:
+    """Raise the typed error unless `ret` is AXCL_SUCC."""
+    if ret != 0:
+        raise device_error(ret, function, detail)

@@ -1,0 +1,112 @@
+"""Counters and fault injection of the simulated card.
+
+Faults are scheduled by call count so tests are deterministic: `fail_execute(after=5)` makes the sixth
+engine_execute of the card fail. Every fault says which documented runtime code it returns.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .. import axcl_codes as codes
+
+MEMCPY_KIND_NAMES = {0: "H2H", 1: "H2D", 2: "D2H", 3: "D2D", 4: "HPHY2D", 5: "D2HPHY"}
+
+
+@dataclass
+class Counters:
+    """What the card saw. `calls` counts every API function call by name, including guarded ones."""
+
+    calls: Counter[str] = field(default_factory=Counter)
+    bytes_by_kind: Counter[str] = field(default_factory=Counter)
+    copies_by_kind: Counter[str] = field(default_factory=Counter)
+    executes: int = 0
+
+    @property
+    def total_calls(self) -> int:
+        return sum(self.calls.values())
+
+    @property
+    def bus_bytes(self) -> int:
+        """Bytes that crossed PCIe (H2D + D2H); D2D stays on the card."""
+        return self.bytes_by_kind["H2D"] + self.bytes_by_kind["D2H"]
+
+    def snapshot(self) -> dict[str, int]:
+        return {"calls": self.total_calls, "bus_bytes": self.bus_bytes, "executes": self.executes,
+                **{f"bytes_{k}": v for k, v in self.bytes_by_kind.items()}}
+
+
+@dataclass
+class ScheduledFault:
+    """Fail the matching call with `code` once `after` such calls have succeeded, `times` times (-1: forever)."""
+
+    code: int
+    after: int = 0
+    times: int = 1
+    seen: int = 0
+    fired: int = 0
+
+    def trigger(self) -> bool:
+        self.seen += 1
+        if self.seen <= self.after or (self.times >= 0 and self.fired >= self.times):
+            return False
+        self.fired += 1
+        return True
+
+
+@dataclass
+class HangFault:
+    """engine_execute blocks until `release()` or `timeout_s`, then returns ENGINE_TIMEOUT."""
+
+    after: int = 0
+    timeout_s: float = 30.0
+    times: int = 1
+    seen: int = 0
+    fired: int = 0
+    released: threading.Event = field(default_factory=threading.Event)
+    entered: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class Faults:
+    offline: bool = False
+    offline_code: int = codes.ERR_DEVICE_NO_CONNECT
+    execute: ScheduledFault | None = None
+    load: ScheduledFault | None = None
+    hang: HangFault | None = None
+    cmm_limit_bytes: int | None = None
+    temperature_mc: Callable[[Counters], int] | None = None
+
+    def fail_execute(self, code: int = codes.ERR_ENGINE_EXECUTE_FAIL, after: int = 0, times: int = 1) -> None:
+        self.execute = ScheduledFault(code, after, times)
+
+    def fail_load(self, code: int = codes.ERR_ENGINE_EXECUTE_FAIL, after: int = 0, times: int = 1) -> None:
+        self.load = ScheduledFault(code, after, times)
+
+    def hang_execute(self, after: int = 0, timeout_s: float = 30.0, times: int = 1) -> HangFault:
+        self.hang = HangFault(after=after, timeout_s=timeout_s, times=times)
+        return self.hang
+
+    def release_hang(self) -> None:
+        if self.hang is not None:
+            self.hang.released.set()
+
+    def go_offline(self, code: int = codes.ERR_DEVICE_NO_CONNECT) -> None:
+        """Every device call now fails with `code` (NO_CONNECT: 'device is not connected', heartbeat dead)."""
+        self.offline, self.offline_code = True, code
+
+    def come_online(self) -> None:
+        self.offline = False
+
+    def limit_cmm(self, limit_bytes: int | None) -> None:
+        """Pretend CMM holds only `limit_bytes`: malloc and model loads beyond it fail with NO_MEMORY."""
+        self.cmm_limit_bytes = limit_bytes
+
+    def temperature_ramp(self, start_c: float = 45.0, per_execute_c: float = 0.01, max_c: float = 105.0) -> None:
+        """Junction temperature rising with every execute (milli-degrees C, as the runtime reports it)."""
+        def ramp(counters: Counters) -> int:
+            return int(min(max_c, start_c + per_execute_c * counters.executes) * 1000)
+        self.temperature_mc = ramp
