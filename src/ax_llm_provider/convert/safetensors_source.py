@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ..runtime.bf16 import bf16_to_float32
 from .errors import ConversionError
 from .families import EMBED, ModelConfig, config_from_hf
 from .tokenizer import copy_hf_tokenizer, hf_eos_ids
@@ -92,10 +93,7 @@ class SafetensorsFile:
         raw = self._mmap[start : self._data_start + entry["end"]]
         storage, _ = _DTYPES[dtype]
         values = raw.view(np.dtype(storage).newbyteorder("<"))
-        if dtype == "BF16":
-            out = (values.astype(np.uint32) << 16).view(np.float32)
-        else:
-            out = values.astype(np.float32)
+        out = bf16_to_float32(values) if dtype == "BF16" else values.astype(np.float32)
         return out.reshape(entry["shape"])
 
     def close(self) -> None:

@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import onnx
 
+from ..runtime.bf16 import float32_to_bf16
+
 log = logging.getLogger(__name__)
 
 # A protobuf cannot exceed 2 GiB; keep a margin for the graph itself.
@@ -18,17 +20,8 @@ EXTERNAL_DATA_THRESHOLD = int(1.8 * 1024**3)
 EMBED_FILE = "model.embed_tokens.weight.bfloat16.bin"
 MANIFEST_FILE = "ax_model.json"
 _BF16_ROWS_PER_CHUNK = 4096
-
-
-def float32_to_bf16_bits(values: np.ndarray) -> np.ndarray:
-    """Round float32 to bfloat16 (nearest, ties to even) and return the uint16 bit patterns."""
-    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
-    # Adding 0x7FFF plus the lowest kept bit rounds half-way cases to the even neighbour.
-    rounded = ((bits + (((bits >> 16) & 1) + 0x7FFF)) >> 16).astype(np.uint16)
-    nan = np.isnan(values)
-    if nan.any():
-        rounded[nan] = 0x7FC0  # a quiet NaN; the rounding add could have turned it into inf
-    return rounded
+# One bf16 rounding for the whole package (round to nearest even, NaN kept).
+float32_to_bf16_bits = float32_to_bf16
 
 
 def write_bf16_table(path: Path, table: np.ndarray) -> None:
