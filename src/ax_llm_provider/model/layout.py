@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from .errors import ModelDirectoryError
+from .manifest import read_manifest
 
 ModelKind = Literal["axmodel", "onnx"]
 
@@ -86,7 +87,7 @@ def _layer_dir(root: Path, kind: ModelKind | None) -> tuple[Path, ModelKind]:
     return found[0]
 
 
-def _layers(directory: Path, kind: ModelKind) -> tuple[str, int, tuple[Path, ...]]:
+def _layers(directory: Path, kind: ModelKind, expected: int | None) -> tuple[str, int, tuple[Path, ...]]:
     by_index: dict[int, Path] = {}
     prefixes: set[tuple[str, int]] = set()
     for p in directory.iterdir():
@@ -97,7 +98,7 @@ def _layers(directory: Path, kind: ModelKind) -> tuple[str, int, tuple[Path, ...
     if len(prefixes) != 1:
         raise ModelDirectoryError(f"{directory} mixes layer files of several models: {sorted(prefixes)}")
     prefix, chunk = prefixes.pop()
-    count = max(by_index) + 1
+    count = max(max(by_index) + 1, expected or 0)  # the manifest knows about missing trailing layers
     missing = [i for i in range(count) if i not in by_index]
     if missing:
         example = f"{prefix}_p{chunk}_l{missing[0]}_together.{kind}"
@@ -143,8 +144,12 @@ def scan_model_dir(root: str | Path, kind: ModelKind | None = None, tokenizer_hi
     root = Path(root).expanduser()
     if not root.is_dir():
         raise ModelDirectoryError(f"{root} is not a directory; {EXPECTED_LAYOUT}")
+    manifest_path = root / MANIFEST_NAME
+    manifest = read_manifest(manifest_path) if manifest_path.is_file() else None
+    if manifest is not None and tokenizer_hint is None:
+        tokenizer_hint = manifest.tokenizer_dir
     directory, found_kind = _layer_dir(root, kind)
-    prefix, chunk, layers = _layers(directory, found_kind)
+    prefix, chunk, layers = _layers(directory, found_kind, manifest.layers if manifest else None)
     post = directory / f"{prefix}_post.{found_kind}"
     if not post.is_file():
         others = [p.name for p in directory.iterdir() if POST_PATTERN.match(p.name)]
@@ -155,7 +160,6 @@ def scan_model_dir(root: str | Path, kind: ModelKind | None = None, tokenizer_hi
         raise ModelDirectoryError(f"{root} has no {EMBEDDING_NAMES[0]}; {EXPECTED_LAYOUT}")
     for path in (*layers, post, embedding):
         _reject_lfs(path)
-    manifest = root / MANIFEST_NAME
     post_config = _find_one(root, directory, ("post_config.json",))
     return ModelFiles(
         root=root,
@@ -166,6 +170,6 @@ def scan_model_dir(root: str | Path, kind: ModelKind | None = None, tokenizer_hi
         post=post,
         embedding=embedding,
         tokenizer_dir=_tokenizer_dir(root, prefix, tokenizer_hint),
-        manifest=manifest if manifest.is_file() else None,
+        manifest=manifest_path if manifest is not None else None,
         post_config=post_config,
     )
