@@ -15,7 +15,6 @@ which rules out lock-ordering deadlocks between consumers, cancellers and the wo
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import threading
@@ -23,249 +22,27 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
+
+from .cancel import (
+    CancelToken,
+    ConsumerStalledError,
+    QueueFullError,
+    RequestCancelled,
+    RequestTimeoutError,
+    SchedulerError,
+    WorkerStoppedError,
+)
+from .streams import _FINISHED, _QUEUED, _RUNNING, AsyncRequestStream, RequestStream, _Request
+
+__all__ = [
+    "AsyncRequestStream", "CancelToken", "ConsumerStalledError", "DeviceWorker", "QueueFullError", "RequestCancelled",
+    "RequestStream", "RequestTimeoutError", "SchedulerError", "WorkerStats", "WorkerStoppedError",
+]
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-class SchedulerError(RuntimeError):
-    """Base class of the device worker's errors."""
-
-
-class QueueFullError(SchedulerError):
-    """Too many requests are waiting (Ollama answers 503)."""
-
-
-class RequestCancelled(SchedulerError):
-    """The request was cancelled before it finished (Ollama answers 499)."""
-
-
-class ConsumerStalledError(RequestCancelled):
-    """The consumer stopped reading for longer than the stall timeout, so the device was given back."""
-
-
-class RequestTimeoutError(SchedulerError):
-    """The request's deadline (queue wait included) passed."""
-
-
-class WorkerStoppedError(SchedulerError):
-    """The device worker was shut down (or died) before the request could finish."""
-
-
-class CancelToken:
-    """What a job consults to learn that it should stop: cancellation by the consumer, or its deadline.
-
-    Reading `cancelled` after the deadline cancels the token with a timeout, so a job that checks it in
-    its own inner loops (chunked prefill) stops at the deadline without any timer thread.
-    """
-
-    def __init__(self, timeout: float | None = None, *, _cond: threading.Condition | None = None,
-                 _label: str = "request") -> None:
-        self.timeout = timeout
-        self.deadline = None if timeout is None else time.monotonic() + timeout
-        self._cond = _cond if _cond is not None else threading.Condition(threading.RLock())
-        self._label = _label
-        self._error: tuple[type[SchedulerError], str] | None = None
-        self._on_cancel: Callable[[], None] | None = None
-
-    @property
-    def cancelled(self) -> bool:
-        if self._error is None and self.expired():
-            self._cancel(RequestTimeoutError, self._timeout_message())
-        return self._error is not None
-
-    @property
-    def reason(self) -> str | None:
-        return None if self._error is None else self._error[1]
-
-    def remaining(self) -> float | None:
-        """Seconds left before the deadline (None when there is none, 0.0 once it passed)."""
-        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
-
-    def expired(self) -> bool:
-        return self.remaining() == 0.0
-
-    def check(self) -> None:
-        """Raise the cancellation error if the request was cancelled or ran out of time."""
-        if self.cancelled:
-            raise self.error()
-
-    def error(self) -> SchedulerError:
-        """A fresh exception describing the cancellation (fresh so two threads never share a traceback)."""
-        if self._error is None:
-            raise ValueError(f"{self._label} was not cancelled; check `cancelled` before asking for the error")
-        kind, message = self._error
-        return kind(message)
-
-    def _cancel(self, kind: type[SchedulerError], message: str) -> bool:
-        with self._cond:
-            if self._error is not None:
-                return False  # the first reason wins
-            self._error = (kind, message)
-            if self._on_cancel is not None:
-                self._on_cancel()
-            return True
-
-    def _timeout_message(self) -> str:
-        return (f"{self._label} timed out after {self.timeout:g} s (queue wait included); "
-                "raise the timeout, lower num_predict, or retry when the device is less busy")
-
-
-_QUEUED, _RUNNING, _FINISHED = "queued", "running", "finished"
-
-
-class _Request(Generic[T]):
-    """Shared state of one request between the worker and its consumer; guarded by the worker's lock."""
-
-    def __init__(self, rid: str, work: Callable[[CancelToken], Iterator[T]], lock: threading.RLock,
-                 timeout: float | None, stall_timeout: float | None) -> None:
-        self.id, self.work, self.stall_timeout = rid, work, stall_timeout
-        self.cond = threading.Condition(lock)
-        self.token = CancelToken(timeout, _cond=self.cond, _label=f"request {rid}")
-        self.token._on_cancel = self.notify
-        self.state = _QUEUED
-        self.buffer: deque[T] = deque()
-        self.error: BaseException | None = None
-        self.last_take = time.monotonic()  # consumer's last read, for the stall timeout
-        self.wakers: list[Callable[[], None]] = []  # one-shot callbacks of async waiters
-
-    def notify(self) -> None:
-        """Wake blocked threads and async waiters; call with the lock held."""
-        self.cond.notify_all()
-        wakers, self.wakers = self.wakers, []
-        for wake in wakers:
-            wake()
-
-
-class RequestStream(Generic[T]):
-    """Consumer side of a request: iterate it for the job's items; close it to give the device back."""
-
-    def __init__(self, worker: DeviceWorker, request: _Request[T]) -> None:
-        self._worker, self._req, self._closed = worker, request, False
-        self.request_id, self.token = request.id, request.token
-
-    def __iter__(self) -> RequestStream[T]:
-        return self
-
-    def __next__(self) -> T:
-        while True:
-            ready, item = self._poll(None)
-            if ready:
-                return item
-            if threading.current_thread() is self._worker._thread:
-                raise SchedulerError(f"request {self._req.id} was read from the device thread itself, which "
-                                     "would deadlock; call the device function directly inside the job")
-            with self._req.cond:
-                if not self._req.buffer and self._req.state != _FINISHED and self._req.token._error is None:
-                    self._req.cond.wait(self._req.token.remaining())
-
-    def _poll(self, waker: Callable[[], None] | None) -> tuple[bool, Any]:
-        """Non-blocking step: (True, item), raise the terminal outcome, or (False, None) if nothing yet.
-
-        A waker given here is registered atomically with the "nothing yet" answer, so it cannot miss
-        the event it waits for.
-        """
-        req = self._req
-        error: BaseException | None = None
-        with req.cond:
-            if self._closed:
-                raise StopIteration
-            if req.state != _FINISHED and req.token.expired():
-                self._worker._cancel(req, RequestTimeoutError, req.token._timeout_message())
-            if req.token._error is not None:
-                error = req.error if req.error is not None else req.token.error()
-            elif req.buffer:
-                req.last_take = time.monotonic()
-                item = req.buffer.popleft()
-                req.notify()  # room in the buffer for the worker
-                return True, item
-            elif req.state == _FINISHED:
-                error = req.error
-            else:
-                if waker is not None:
-                    req.wakers.append(waker)
-                return False, None
-            self._closed = True
-        if error is None:
-            raise StopIteration
-        raise error  # the job's own exception object, with its worker-side traceback
-
-    def cancel(self, reason: str = "cancelled by the caller") -> None:
-        """Cancel the request; a reader blocked in `next()` gets `RequestCancelled(reason)`."""
-        self._worker._cancel(self._req, RequestCancelled, f"request {self._req.id} {reason}")
-
-    def close(self) -> None:
-        """Stop reading: cancel the request if it has not finished; later `next()` ends the iteration."""
-        with self._req.cond:
-            if self._closed and self._req.state == _FINISHED:
-                return
-            self._closed = True
-            self.cancel("closed by the consumer")
-            self._req.buffer.clear()
-
-    def __enter__(self) -> RequestStream[T]:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        # A dropped stream must not hold the device; never let an error escape a finalizer.
-        try:
-            self.close()
-        except Exception:
-            logger.debug("closing an abandoned request stream failed", exc_info=True)
-
-
-class AsyncRequestStream(Generic[T]):
-    """Async view of a RequestStream with no loop-bound state: each wait uses a future on the current loop.
-
-    The worker wakes the future through `loop.call_soon_threadsafe`, so the same worker serves any number
-    of event loops (Jupyter's and one a helper thread runs) and no executor thread is held while waiting.
-    """
-
-    def __init__(self, stream: RequestStream[T]) -> None:
-        self.stream = stream
-        self.request_id = stream.request_id
-
-    def __aiter__(self) -> AsyncRequestStream[T]:
-        return self
-
-    async def __anext__(self) -> T:
-        loop = asyncio.get_running_loop()
-        while True:
-            fut: asyncio.Future[None] = loop.create_future()
-
-            def wake(fut: asyncio.Future[None] = fut) -> None:
-                try:
-                    loop.call_soon_threadsafe(_resolve, fut)
-                except RuntimeError:
-                    logger.debug("event loop closed before request %s woke it", self.request_id)
-
-            try:
-                ready, item = self.stream._poll(wake)
-            except StopIteration:
-                raise StopAsyncIteration from None
-            if ready:
-                return item
-            # The timeout only makes the next poll notice the request's deadline.
-            await asyncio.wait((fut,), timeout=self.stream.token.remaining())
-
-    async def aclose(self) -> None:
-        self.stream.close()
-
-    async def __aenter__(self) -> AsyncRequestStream[T]:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.stream.close()
-
-
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
 
 
 @dataclass(frozen=True)
