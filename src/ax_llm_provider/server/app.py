@@ -1,0 +1,229 @@
+"""The Starlette app: Ollama's REST API over the process's one Engine.
+
+Endpoints (Ollama's paths, bodies, status codes and error bodies):
+
+    GET|HEAD /                "Ollama is running" (clients probe it)
+    GET  /api/version         {"version": OLLAMA_VERSION}
+    GET  /api/tags            stored models                    (Engine.list)
+    GET  /api/ps              loaded models                    (Engine.ps)
+    POST /api/show            model details                    (Engine.show)
+    POST /api/chat            NDJSON stream, or one object with "stream": false   (Engine.achat)
+    POST /api/generate        same                                                (Engine.agenerate)
+    POST /api/embed           {"embeddings": [[...]]}                             (Engine.aembed)
+    POST /api/embeddings      legacy {"embedding": [...]}
+
+Nothing here blocks the event loop: request parsing, model resolution (a first-use pull) and the
+model listings run in worker threads; generation is awaited through the engine's async iterators.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import anyio
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.types import Send
+
+from ..engine.embedder import LegacyEmbeddingsRequest
+from ..engine.engine import Engine
+from ..engine.requests import ChatRequest, EmbedRequest, GenerateRequest, parse_request
+from ..ollama.merge import merge_chat, merge_generate
+from .errors import BadRequest, error_parts
+from .streaming import EngineStreamResponse, WatchedResponse, send_json
+
+log = logging.getLogger(__name__)
+
+# The Ollama release whose REST API this server follows (clients gate features on /api/version).
+OLLAMA_VERSION = "0.12.11"
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+# Ollama's default OLLAMA_ORIGINS: browser pages served from this machine and desktop-app schemes.
+LOCAL_ORIGINS = (r"https?://(localhost|127\.0\.0\.1|0\.0\.0\.0|\[::1\])(:\d+)?",
+                 r"(app|file|tauri|vscode-webview)://.*")
+
+
+class _JSON(JSONResponse):
+    media_type = "application/json; charset=utf-8"
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _errors(handler: Handler) -> Handler:
+    """Errors raised before the response starts become Ollama's `{"error": ...}` with its status code."""
+
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except Exception as exc:  # noqa: BLE001 -- every failure is answered in Ollama's error shape
+            status, message = error_parts(exc)
+            return _JSON({"error": message}, status_code=status)
+
+    wrapped.__name__ = handler.__name__
+    wrapped.__doc__ = handler.__doc__
+    return wrapped
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw.strip():
+        raise BadRequest("missing request body")
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"invalid JSON in the request body: {exc}") from exc
+    if not isinstance(body, dict):
+        raise BadRequest(f"the request body must be a JSON object, got {type(body).__name__}")
+    return body
+
+
+def _model(body: dict[str, Any], *keys: str) -> str:
+    for key in keys or ("model",):
+        value = body.get(key)
+        if isinstance(value, str) and value:
+            return value
+    raise BadRequest("model is required")
+
+
+class OllamaAPI:
+    """The handlers, bound to one engine (or to the process's shared engine, resolved on first use)."""
+
+    def __init__(self, engine: Engine | None = None) -> None:
+        self._engine = engine
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            from ..engine.default import get_engine
+
+            self._engine = get_engine()
+        return self._engine
+
+    # ---- probes and listings ---------------------------------------------------------------------
+
+    async def root(self, request: Request) -> Response:
+        return PlainTextResponse("Ollama is running")
+
+    async def version(self, request: Request) -> Response:
+        return _JSON({"version": OLLAMA_VERSION})
+
+    async def tags(self, request: Request) -> Response:
+        return _JSON(await anyio.to_thread.run_sync(self.engine.list))
+
+    async def ps(self, request: Request) -> Response:
+        return _JSON(await anyio.to_thread.run_sync(self.engine.ps))
+
+    async def show(self, request: Request) -> Response:
+        body = await _body(request)
+        model = _model(body, "model", "name")  # "name" is the older spelling
+        return _JSON(await anyio.to_thread.run_sync(self.engine.show, model))
+
+    # ---- generation ------------------------------------------------------------------------------
+
+    async def chat(self, request: Request) -> Response:
+        body = await _body(request)
+        _model(body)
+        engine = self.engine
+
+        def start() -> EngineStreamResponse:
+            # Off the loop: validation, format grammar, model resolution (a first-use pull) and queueing.
+            # A full queue is EngineBusyError (503) here, model not found 404, bad options 400.
+            req = parse_request(ChatRequest, body)
+            return EngineStreamResponse(engine.achat(req), stream=req.stream, merge=merge_chat)
+
+        return await anyio.to_thread.run_sync(start)
+
+    async def generate(self, request: Request) -> Response:
+        body = await _body(request)
+        _model(body)
+        engine = self.engine
+
+        def start() -> EngineStreamResponse:
+            req = parse_request(GenerateRequest, body)
+            return EngineStreamResponse(engine.agenerate(req), stream=req.stream, merge=merge_generate)
+
+        return await anyio.to_thread.run_sync(start)
+
+    # ---- embeddings ------------------------------------------------------------------------------
+
+    async def _embed_response(self, req: EmbedRequest, shape: Callable[[dict[str, Any]], Any]) -> Response:
+        engine = self.engine
+        # A first-use pull (all-minilm) happens while resolving: do it off the loop, before queueing.
+        await anyio.to_thread.run_sync(engine._resolve, req.model)
+
+        async def work(send: Send) -> None:
+            try:
+                result = await engine.aembed(req)
+            except Exception as exc:  # noqa: BLE001 -- answered in Ollama's error shape
+                status, message = error_parts(exc)
+                await send_json(send, status, {"error": message})
+                return
+            await send_json(send, 200, shape(result))
+
+        return WatchedResponse(work)
+
+    async def embed(self, request: Request) -> Response:
+        body = await _body(request)
+        _model(body)
+        req = await anyio.to_thread.run_sync(parse_request, EmbedRequest, body)
+        return await self._embed_response(req, lambda result: result)
+
+    async def embeddings(self, request: Request) -> Response:
+        """Legacy /api/embeddings: {model, prompt} -> {embedding}; the vector is not normalized (as Ollama)."""
+        body = await _body(request)
+        _model(body)
+        prompt = body.get("prompt")
+        legacy = {"model": body["model"], "input": [prompt] if prompt else [], "options": body.get("options"),
+                  "keep_alive": body.get("keep_alive")}
+        req = await anyio.to_thread.run_sync(parse_request, LegacyEmbeddingsRequest, legacy)
+        return await self._embed_response(
+            req, lambda result: {"embedding": result["embeddings"][0] if result["embeddings"] else []})
+
+    # ---- routes ------------------------------------------------------------------------------------
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/", _errors(self.root), methods=["GET", "HEAD"]),
+            Route("/api/version", _errors(self.version), methods=["GET", "HEAD"]),
+            Route("/api/tags", _errors(self.tags), methods=["GET", "HEAD"]),
+            Route("/api/ps", _errors(self.ps), methods=["GET"]),
+            Route("/api/show", _errors(self.show), methods=["POST"]),
+            Route("/api/chat", _errors(self.chat), methods=["POST"]),
+            Route("/api/generate", _errors(self.generate), methods=["POST"]),
+            Route("/api/embed", _errors(self.embed), methods=["POST"]),
+            Route("/api/embeddings", _errors(self.embeddings), methods=["POST"]),
+        ]
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, HTTPException) and exc.status_code != 404:
+        return PlainTextResponse(str(exc.detail), status_code=exc.status_code)
+    return PlainTextResponse("404 page not found", status_code=404)  # Ollama's (gin's) answer
+
+
+def create_app(engine: Engine | None = None, *, origins: Sequence[str] = ()) -> Starlette:
+    """Ollama's REST API over `engine` (default: the process's shared engine from `get_engine()`).
+
+    One engine owns the device per process, so pass the engine the rest of the process uses, or none.
+    Cross-origin browser requests are allowed, as Ollama allows them by default, from pages on this
+    machine (localhost, 127.0.0.1, 0.0.0.0, [::1], any port) and app://, file://, tauri://,
+    vscode-webview:// pages; `origins` adds exact origins ("https://example.com") or "*".
+    """
+    api = OllamaAPI(engine)
+    patterns = [*LOCAL_ORIGINS, *(".*" if o == "*" else re.escape(o) for o in origins)]
+    cors = Middleware(CORSMiddleware, allow_origin_regex="|".join(f"(?:{p})" for p in patterns),
+                      allow_methods=["GET", "HEAD", "POST", "OPTIONS"], allow_headers=["*"])
+    app = Starlette(routes=api.routes(), middleware=[cors], exception_handlers={404: _not_found})
+    app.state.api = api
+    return app
