@@ -85,7 +85,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     try:
         dest = convert(args.src, args.dest, name=args.name, decode_capacity=args.kv_cache_len,
                        prefill_histories=tuple(args.prefill_history or DEFAULT_HISTORIES),
-                       progress=update, overwrite=args.force)
+                       progress=update, overwrite=args.force, weights=args.weights)
     finally:
         close()
     print(f"converted {args.src} -> {dest}")

@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kv-cache-len", type=int, default=2047, help="decode KV capacity C (default 2047)")
     p.add_argument("--prefill-history", type=int, action="append",
                    help="history capacity of a prefill group (repeatable; default 0 128 256 512 1024 1536)")
+    p.add_argument("--weights", choices=("float32", "q4", "int8"),
+                   help="weight storage: q4 = 4-bit MatMulNBits (default for Q4_0/Q4_1/Q4_K GGUFs, exact), "
+                        "int8 = 8-bit, float32 = plain MatMul (default otherwise)")
     p.add_argument("--force", action="store_true", help="replace DEST if it exists")
     p.set_defaults(func="models:cmd_convert")
 

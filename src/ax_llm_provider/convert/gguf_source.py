@@ -24,6 +24,7 @@ from .families import (
     default_inv_freq,
     family_traits,
 )
+from .quant import FOUR_BIT_TYPES, BlockQuant, from_gguf
 from .tokenizer import GGUFVocab, write_gguf_tokenizer
 
 log = logging.getLogger(__name__)
@@ -201,20 +202,57 @@ class GGUFSource:
     def has(self, name: str) -> bool:
         return self._names.get(name) in self._tensors
 
-    def tensor(self, name: str) -> np.ndarray:
+    def _gguf_name(self, name: str) -> str:
         gguf_name = self._names.get(name)
         if gguf_name is None or gguf_name not in self._tensors:
             raise ConversionError(
                 f"{self.path}: tensor {gguf_name or name!r} is missing; the GGUF is incomplete or not a "
                 f"{self.config.architecture} model"
             )
-        values = self._dequantize(gguf_name)
+        return gguf_name
+
+    def _row_heads(self, gguf_name: str) -> int | None:
+        """Head count of a llama Q/K tensor whose rows llama.cpp permuted, else None."""
         if self.config.architecture == "llama" and gguf_name.split(".", 2)[-1] in (
             "attn_q.weight", "attn_q.bias", "attn_k.weight", "attn_k.bias"
         ):
-            heads = self.config.heads if ".attn_q." in gguf_name else self.config.kv_heads
+            return self.config.heads if ".attn_q." in gguf_name else self.config.kv_heads
+        return None
+
+    def tensor(self, name: str) -> np.ndarray:
+        gguf_name = self._gguf_name(name)
+        values = self._dequantize(gguf_name)
+        heads = self._row_heads(gguf_name)
+        if heads is not None:
             values = unpermute_rows(values, heads)
         return values
+
+    def tensor_type(self, name: str) -> str:
+        """The GGUF storage type of a tensor: "Q4_1", "Q8_0", "F32", ..."""
+        return self._tensors[self._gguf_name(name)].tensor_type.name
+
+    def block_quant(self, name: str) -> BlockQuant | None:
+        """A 2-D tensor's exact block-quantized form (codes and scales as stored), or None when its type has none.
+
+        `BlockQuant.dequantize()` of the result equals `tensor(name)` bit for bit.
+        """
+        gguf_name = self._gguf_name(name)
+        t = self._tensors[gguf_name]
+        if len(t.shape) != 2:
+            return None
+        shape = (int(t.shape[1]), int(t.shape[0]))  # GGUF lists dims innermost first
+        quant = from_gguf(np.asarray(t.data), t.tensor_type.name, shape)
+        heads = self._row_heads(gguf_name)
+        if quant is not None and heads is not None:
+            quant = quant.take_rows(unpermute_rows(np.arange(shape[0]), heads))
+        return quant
+
+    def default_weights(self) -> str:
+        """Storage when none is asked for: "q4" if most layer matrices are Q4_0/Q4_1/Q4_K, else "float32"."""
+        types = Counter(t.tensor_type.name for name, t in self._tensors.items()
+                        if name.startswith("blk.") and len(t.shape) == 2)
+        four_bit = sum(n for kind, n in types.items() if kind in FOUR_BIT_TYPES)
+        return "q4" if types and four_bit * 2 >= sum(types.values()) else "float32"
 
     def _vocab(self) -> GGUFVocab:
         fields = self._reader.fields

@@ -15,8 +15,18 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .families import ModelConfig
+from .quant import BlockQuant, concat_rows
 
 OPSET = 17
+CONTRIB_DOMAIN = "com.microsoft"  # MatMulNBits: onnxruntime's contrib op, opset version 1
+# MatMulNBits accuracy levels on onnxruntime's CPU kernels (measured with 1.32, x86-64 AVX-512):
+#   0 -> fp32 compute: B blocks dequantized in registers, float FMA; exact. 4-bit weights use it.
+#   4 -> int8 compute: the input is quantized to int8 per block inside the op (like llama.cpp's Q8
+#        activations). The only fast kernel for 8-bit B (at level 0 a bits=8 op dequantizes the whole
+#        matrix to float on every call, ~100x slower). Alone it costs ~5e-3 relative error per product
+#        (SmolLM2 logits: cosine 0.89 at worst against float), so its input goes through
+#        `_Graph._int8_split`, which brings the error to ~1e-5 for one read of B.
+LEVEL_FP32, LEVEL_INT8 = 0, 4
 IR_VERSION = 8  # what opset 17 shipped with; keeps the files loadable by older onnxruntime
 TWIN_FORMAT = "ax-llm-twin/1"
 PRODUCER = "ax_llm_provider.convert"
@@ -29,6 +39,18 @@ def shape_groups(decode_capacity: int, prefill_chunk: int, histories: Sequence[i
     return groups
 
 
+Weight = np.ndarray | BlockQuant | Sequence[BlockQuant]  # float [out, in], or block-quantized row groups
+
+
+def stack_rows(parts: Sequence[np.ndarray | BlockQuant]) -> Weight:
+    """Fuse projections along the output axis (q|k|v, gate|up), float or block-quantized alike."""
+    if all(isinstance(p, np.ndarray) for p in parts):
+        return np.concatenate([np.asarray(p) for p in parts], axis=0)
+    if all(isinstance(p, BlockQuant) for p in parts):
+        return concat_rows([p for p in parts if isinstance(p, BlockQuant)])
+    raise TypeError("cannot fuse float and block-quantized projections")
+
+
 class _Graph:
     """Accumulates nodes and initializers with unique names."""
 
@@ -36,6 +58,8 @@ class _Graph:
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[TensorProto] = []
         self._count = 0
+        self._cache: dict[tuple[str, ...], str] = {}  # values computed once per input (block sums, splits)
+        self.contrib = False  # uses com.microsoft ops
 
     def _name(self, hint: str) -> str:
         self._count += 1
@@ -58,6 +82,7 @@ class _Graph:
         base = hint or op_type.lower()
         names = [self._name(base) for _ in range(outputs)] if isinstance(outputs, int) else list(outputs)
         self.nodes.append(helper.make_node(op_type, list(inputs), names, name=self._name(f"n_{base}"), **attrs))
+        self.contrib |= attrs.get("domain") == CONTRIB_DOMAIN
         return names[0] if len(names) == 1 else names
 
     def many(self, op_type: str, inputs: Sequence[str], hint: str, outputs: Sequence[str] | int,
@@ -78,12 +103,92 @@ class _Graph:
         normed = self.one("Div", [x, root], f"{hint}_normed")
         return self.one("Mul", [normed, self.const(f"{hint}_weight", weight.astype(np.float32))], hint)
 
-    def linear(self, x: str, weight: np.ndarray, bias: np.ndarray | None, hint: str) -> str:
-        """x @ weight.T (+ bias); `weight` is [out, in] as in HF checkpoints."""
-        y = self.one("MatMul", [x, self.const(f"{hint}_w", weight.T.astype(np.float32))], hint)
+    def linear(self, x: str, weight: Weight, bias: np.ndarray | None, hint: str, out: str | None = None) -> str:
+        """x @ weight.T (+ bias); `weight` is [out, in] as in HF checkpoints, float or block-quantized.
+
+        `out` names the result (otherwise a generated name).
+        """
+        last = out if bias is None else None  # the node that produces the result
+        if isinstance(weight, np.ndarray):
+            w = self.const(f"{hint}_w", weight.T.astype(np.float32))
+            y = self.many("MatMul", [x, w], hint, [last] if last else 1)[0]
+        else:
+            groups = [weight] if isinstance(weight, BlockQuant) else list(weight)
+            if len(groups) == 1:
+                y = self._matmul_nbits(x, groups[0], hint, last)
+            else:  # row groups of different bit widths: one op each, outputs concatenated
+                parts = [self._matmul_nbits(x, q, f"{hint}{i}", None) for i, q in enumerate(groups)]
+                y = self.many("Concat", parts, f"{hint}_cat", [last] if last else 1, axis=-1)[0]
         if bias is not None:
-            y = self.one("Add", [y, self.const(f"{hint}_b", bias.astype(np.float32))], f"{hint}_bias")
+            b = self.const(f"{hint}_b", bias.astype(np.float32))
+            y = self.many("Add", [y, b], f"{hint}_bias", [out] if out else 1)[0]
         return y
+
+    def _matmul_nbits(self, x: str, q: BlockQuant, hint: str, out: str | None) -> str:
+        """com.microsoft.MatMulNBits over the packed codes, plus the per-block offset term when there is one.
+
+        4-bit codes run the fp32 kernel; 8-bit codes the int8 kernel on the split input (`_int8_split`).
+        """
+        n, k = q.shape
+        weights = [self.const(f"{hint}_qw", q.packed_codes()),
+                   self.const(f"{hint}_scales", q.scales)]
+        zp = q.packed_zero_points()
+        if zp is not None:
+            weights.append(self.const(f"{hint}_zp", zp))
+        attrs = {"K": k, "N": n, "bits": q.bits, "block_size": q.block}
+        last = out if q.offsets is None else None
+        if q.bits == 8:
+            y = self._int8_product(x, weights, attrs, q.block, hint, last)
+        else:
+            y = self.many("MatMulNBits", [x, *weights], hint, [last] if last else 1, domain=CONTRIB_DOMAIN,
+                          accuracy_level=LEVEL_FP32, **attrs)[0]
+        if q.offsets is None:
+            return y
+        # sum_b offset[n, b] * (sum of x over block b): block sums [.., kb] @ offsets.T [kb, N].
+        key = ("block_sums", x, str(q.block))
+        if key not in self._cache:
+            blocks = self.one("Reshape", [x, self.ints(f"{hint}_blocks", [0, 0, q.k_blocks, q.block])])
+            self._cache[key] = self.one("ReduceSum", [blocks, self.ints("last", [-1])], f"{hint}_bsum", keepdims=0)
+        offsets = self.const(f"{hint}_offsets", q.offsets.T)
+        shift = self.one("MatMul", [self._cache[key], offsets], f"{hint}_offset")
+        return self.many("Add", [y, shift], f"{hint}_min", [out] if out else 1)[0]
+
+    def _int8_product(self, x: str, weights: Sequence[str], attrs: Mapping[str, int], block: int, hint: str,
+                      out: str | None) -> str:
+        """MatMulNBits at accuracy level 4 on [grid; residual] rows of x, the two halves of the result summed."""
+        y = self.one("MatMulNBits", [self._int8_split(x, attrs["K"], block), *weights], hint,
+                     domain=CONTRIB_DOMAIN, accuracy_level=LEVEL_INT8, **attrs)
+        halves = self.one("Reshape", [y, self.ints(f"{hint}_halves", [1, 2, -1, attrs["N"]])])
+        return self.many("ReduceSum", [halves, self.ints("axis1", [1])], f"{hint}_sum", [out] if out else 1,
+                         keepdims=0)[0]
+
+    def _int8_split(self, x: str, k: int, block: int) -> str:
+        """x [1, S, K] -> [1, 2S, K]: x rounded to the int8 grid of each block (absmax / 127 steps), then the rest.
+
+        The level-4 kernel quantizes each row to int8 per block. The grid row passes that step unchanged (its
+        values are j * step with |j| <= 127), and the residual row, at most half a step, is quantized on a grid
+        ~250x finer: the two rows' products add up to the float product within ~1e-5 of the block maximum.
+        """
+        key = ("split", x, str(block))
+        if key in self._cache:
+            return self._cache[key]
+        padded = -(-k // block) * block
+        if padded != k:  # the last block is short: pad it with zeros, cut them off again below
+            x_blocks = self.one("Pad", [x, self.ints("pads", [0, 0, 0, 0, 0, padded - k])], "x_padded")
+        else:
+            x_blocks = x
+        blocks = self.one("Reshape", [x_blocks, self.ints("blocks", [0, 0, padded // block, block])], "x_blocks")
+        amax = self.one("ReduceMax", [self.one("Abs", [blocks])], "amax", axes=[-1], keepdims=1)
+        step = self.one("Mul", [self.one("Max", [amax, self.scalar("tiny", 1e-30)]), self.scalar("inv127", 1 / 127)],
+                        "step")
+        grid = self.one("Mul", [self.one("Round", [self.one("Div", [blocks, step])]), step], "grid")
+        rows = self.one("Concat", [grid, self.one("Sub", [blocks, grid], "rest")], "split_blocks", axis=1)
+        split = self.one("Reshape", [rows, self.ints("split_shape", [1, -1, padded])], "x_split")
+        if padded != k:
+            split = self.one("Slice", [split, self.ints("zero", [0]), self.ints("k", [k]), self.ints("last", [-1])],
+                             "x_split_k")
+        self._cache[key] = split
+        return split
 
 
 def _rope(g: _Graph, x: str, cos: str, sin: str, half: int, hint: str) -> str:
@@ -96,26 +201,32 @@ def _rope(g: _Graph, x: str, cos: str, sin: str, half: int, hint: str) -> str:
 def _model(g: _Graph, name: str, inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto],
            props: Mapping[str, str]) -> onnx.ModelProto:
     graph = helper.make_graph(g.nodes, name, inputs, outputs, initializer=g.initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name=PRODUCER)
+    opsets = [helper.make_opsetid("", OPSET)]
+    if g.contrib:
+        opsets.append(helper.make_opsetid(CONTRIB_DOMAIN, 1))
+    model = helper.make_model(graph, opset_imports=opsets, producer_name=PRODUCER)
     model.ir_version = IR_VERSION
     helper.set_model_props(model, dict(props))
     return model
 
 
-def build_layer_graph(cfg: ModelConfig, layer: int, weights: Mapping[str, np.ndarray],
+def build_layer_graph(cfg: ModelConfig, layer: int, weights: Mapping[str, np.ndarray | BlockQuant],
                       groups: Sequence[Mapping[str, int]]) -> onnx.ModelProto:
-    """One decoder layer; `weights` maps `families.LAYER_PARTS` keys to HF-layout arrays."""
+    """One decoder layer; `weights` maps `families.LAYER_PARTS` keys to HF-layout arrays.
+
+    The projections (q, k, v, o, gate, up, down) may be `BlockQuant`s: they become MatMulNBits nodes.
+    """
     g = _Graph()
     hd, nh, nkv = cfg.head_dim, cfg.heads, cfg.kv_heads
     rep, kv_dim, q_dim = nh // nkv, cfg.kv_dim, cfg.q_dim
     f32 = TensorProto.FLOAT
 
     # Attention input: one fused q|k|v projection, split afterwards.
-    h = g.rms_norm("input", weights["attn_norm"], cfg.rms_eps, "attn_norm")
-    w_qkv = np.concatenate([weights["q"], weights["k"], weights["v"]], axis=0)
+    h = g.rms_norm("input", _dense(weights["attn_norm"]), cfg.rms_eps, "attn_norm")
+    w_qkv = stack_rows([weights["q"], weights["k"], weights["v"]])
     b_qkv = None
     if {"q", "k", "v"} & set(cfg.attn_biases):
-        b_qkv = np.concatenate([weights.get(f"{p}_bias", np.zeros(n, np.float32))
+        b_qkv = np.concatenate([_dense(weights.get(f"{p}_bias", np.zeros(n, np.float32)))
                                 for p, n in (("q", q_dim), ("k", kv_dim), ("v", kv_dim))])
     qkv = g.linear(h, w_qkv, b_qkv, "qkv")
     q, k, _ = g.many("Split", [qkv, g.ints("qkv_split", [q_dim, kv_dim, kv_dim])], "qkv_split",
@@ -123,8 +234,8 @@ def build_layer_graph(cfg: ModelConfig, layer: int, weights: Mapping[str, np.nda
     q = g.one("Reshape", [q, g.ints("q_shape", [0, 0, nh, hd])], "q_heads")  # [1,S,nh,hd]
     k = g.one("Reshape", [k, g.ints("k_shape", [0, 0, nkv, hd])], "k_heads")  # [1,S,nkv,hd]
     if cfg.qk_norm:
-        q = g.rms_norm(q, weights["q_norm"], cfg.rms_eps, "q_norm")
-        k = g.rms_norm(k, weights["k_norm"], cfg.rms_eps, "k_norm")
+        q = g.rms_norm(q, _dense(weights["q_norm"]), cfg.rms_eps, "q_norm")
+        k = g.rms_norm(k, _dense(weights["k_norm"]), cfg.rms_eps, "k_norm")
 
     # Rotary angles from the absolute positions: [1,S,1,hd] cos/sin, halves duplicated.
     pos = g.one("Unsqueeze", [g.one("Cast", ["indices"], "pos", to=TensorProto.FLOAT), g.ints("ax2", [2])])
@@ -157,12 +268,12 @@ def build_layer_graph(cfg: ModelConfig, layer: int, weights: Mapping[str, np.nda
     ctx = g.one("MatMul", [probs, v_h], "ctx")  # [1,nkv,rep,S,hd]
     ctx = g.one("Transpose", [ctx], "ctx_t", perm=[0, 3, 1, 2, 4])  # [1,S,nkv,rep,hd]
     ctx = g.one("Reshape", [ctx, g.ints("ctx_shape", [0, 0, q_dim])], "ctx_flat")
-    attn = g.linear(ctx, weights["o"], weights.get("o_bias") if "o" in cfg.attn_biases else None, "o_proj")
+    attn = g.linear(ctx, weights["o"], _dense(weights["o_bias"]) if "o" in cfg.attn_biases else None, "o_proj")
     x = g.one("Add", ["input", attn], "resid1")
 
     # SwiGLU MLP with a fused gate|up projection.
-    h = g.rms_norm(x, weights["mlp_norm"], cfg.rms_eps, "mlp_norm")
-    gate_up = g.linear(h, np.concatenate([weights["gate"], weights["up"]], axis=0), None, "gate_up")
+    h = g.rms_norm(x, _dense(weights["mlp_norm"]), cfg.rms_eps, "mlp_norm")
+    gate_up = g.linear(h, stack_rows([weights["gate"], weights["up"]]), None, "gate_up")
     gate, up = g.many("Split", [gate_up, g.ints("ffn_split", [cfg.ffn, cfg.ffn])], "gate_up_split", outputs=2, axis=-1)
     act = g.one("Mul", [g.one("Mul", [gate, g.one("Sigmoid", [gate])], "silu"), up], "act")
     down = g.linear(act, weights["down"], None, "down")
@@ -184,11 +295,20 @@ def build_layer_graph(cfg: ModelConfig, layer: int, weights: Mapping[str, np.nda
     return _model(g, f"{cfg.architecture}_layer_{layer}", inputs, outputs, props)
 
 
-def build_post_graph(cfg: ModelConfig, norm: np.ndarray, head: np.ndarray) -> onnx.ModelProto:
-    """Final RMSNorm + lm_head: [1,1,H] -> [1,1,vocab] logits; `head` is [vocab, H]."""
+def build_post_graph(cfg: ModelConfig, norm: np.ndarray, head: np.ndarray | BlockQuant) -> onnx.ModelProto:
+    """Final RMSNorm + lm_head: [1,1,H] -> [1,1,vocab] logits; `head` is [vocab, H], float or block-quantized."""
     g = _Graph()
     h = g.rms_norm("input", norm, cfg.rms_eps, "final_norm")
-    g.op("MatMul", [h, g.const("lm_head_w", head.T.astype(np.float32))], outputs=["output"])
+    if isinstance(head, BlockQuant):
+        g.linear(h, head, None, "lm_head", out="output")
+    else:
+        g.op("MatMul", [h, g.const("lm_head_w", head.T.astype(np.float32))], outputs=["output"])
     inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 1, cfg.hidden])]
     outputs = [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1, head.shape[0]])]
     return _model(g, f"{cfg.architecture}_post", inputs, outputs, {"ax.format": TWIN_FORMAT})
+
+
+def _dense(value: np.ndarray | BlockQuant) -> np.ndarray:
+    if isinstance(value, BlockQuant):
+        raise TypeError("norm weights and biases stay float")
+    return value
