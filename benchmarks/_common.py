@@ -32,3 +32,14 @@ def model_dir(name: str = "smollm2:135m") -> Path:
     from ax_llm_provider.model.store import ModelStore
 
     return pull(name, ModelStore(os.environ.get("AX_LLM_MODELS") or None))
+
+
+def mapped_rss_mb(name_part: str) -> float:
+    """Resident MB of this process's mappings of files whose path contains `name_part` (Linux smaps)."""
+    total_kb, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if line and not line[0].isupper():  # a mapping header: "addr-addr perms offset dev inode path"
+            inside = name_part in line
+        elif inside and line.startswith("Rss:"):
+            total_kb += int(line.split()[1])
+    return total_kb / 1024

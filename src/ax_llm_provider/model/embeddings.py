@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -9,6 +10,13 @@ import numpy as np
 
 from ..runtime.bf16 import bf16_to_float32
 from .errors import ModelDirectoryError
+
+
+def _advise_random(rows: np.memmap) -> None:
+    """Lookups jump around the table: turn off read-ahead so only the rows used become resident."""
+    mm = getattr(rows, "_mmap", None)
+    if mm is not None and hasattr(mmap, "MADV_RANDOM"):
+        mm.madvise(mmap.MADV_RANDOM)
 
 
 class EmbeddingTable:
@@ -29,6 +37,7 @@ class EmbeddingTable:
                     f"({hidden * 2} bytes each); the file is truncated or belongs to another model"
                 )
             self._rows = np.memmap(self.path, dtype=np.uint16, mode="r", shape=(size // (hidden * 2), hidden))
+            _advise_random(self._rows)
         if self._rows.shape[1] != hidden:
             raise ModelDirectoryError(f"{self.path} rows are {self._rows.shape[1]} wide, the model's hidden size is {hidden}")
         if vocab is not None and self._rows.shape[0] != vocab:
