@@ -17,7 +17,6 @@ from typing import Any
 
 from ..model.embedding_model import assert_not_embedding_model
 from ..model.errors import ModelNotFoundError
-from ..model.loader import load_model
 from ..model.pull import pull
 from ..model.registry import lookup
 from ..model.store import ModelStore, is_path_like, normalize_name
@@ -30,8 +29,10 @@ from .errors import (
     RequestCanceledError,
     RequestTimedOutError,
 )
+from .health import HealthConfig, HealthSnapshot
 from .keepalive import parse_keep_alive
 from .options import InvalidOptionError, parse_options
+from .recovery import HangCancelled, RecoveryPolicy
 from .requests import ChatRequest, EmbedRequest, GenerateRequest, parse_request
 from .response_parser import chat_chunks, chat_decoding, generate_chunks, generate_decoding
 from .responses import ExtraMetadata, Timings, chat_chunk, final_fields, generate_chunk
@@ -47,6 +48,7 @@ from .scheduler import (
     SchedulerError,
 )
 from .state import LoadedEntry, ModelInfo
+from .supervisor import Supervisor
 from .thinking import think_requested
 from .toolcalls import request_key
 
@@ -66,7 +68,13 @@ class Engine:
     def __init__(self, store: ModelStore | str | None = None, *, backend: str = "auto", device: int = 0,
                  keep_alive: float | str | None = None, max_queue: int = 512,
                  request_timeout: float | None = None, stall_timeout: float | None = 60.0,
-                 snapshot_bytes: int = 256 << 20, max_loaded_models: int = 1, auto_pull: bool = True) -> None:
+                 snapshot_bytes: int = 256 << 20, max_loaded_models: int = 1, auto_pull: bool = True,
+                 card: Any | None = None, health: HealthConfig | None = None,
+                 recovery: RecoveryPolicy | None = None, device_lock: bool | None = None) -> None:
+        """card: the `axcl` module or SimCard to drive (default: `import axcl`, or a new SimCard for the
+        simulated backend); health / recovery: monitor thresholds and the recovery ladder's bounds
+        (engine/health.py, engine/recovery.py); device_lock: take the single-owner card lock (default: for
+        the axcl and axengine backends)."""
         self.store = store if isinstance(store, ModelStore) else ModelStore(store)
         self.backend, self.device = backend, device
         self.default_keep_alive = parse_keep_alive(keep_alive, default=_default_keep_alive())
@@ -79,6 +87,7 @@ class Engine:
         self.auto_pull = auto_pull  # fetch registry models (the embedded default) on first use
         self._pull_lock = threading.Lock()
         self._closed = False
+        self._supervisor = Supervisor(self, card=card, health=health, recovery=recovery, device_lock=device_lock)
 
     # ---- model lifecycle (device thread) -------------------------------------------------------
 
@@ -93,7 +102,7 @@ class Engine:
         while len(self._models) >= self.max_loaded_models:
             self._unload(next(iter(self._models)))
         started = time.perf_counter_ns()
-        model = load_model(stored.path, name=stored.name, backend=self.backend, device=self.device)
+        model = self._supervisor.load(stored.path, stored.name)  # lock, retries, progress, recovery hooks
         entry = LoadedEntry(runner=ModelRunner(model, snapshot_bytes=self.snapshot_bytes), path=stored.path)
         with self._lock:
             self._models[stored.name] = entry
@@ -154,9 +163,10 @@ class Engine:
     def _submit(self, job: Job, asynchronous: bool) -> Any:
         if self._closed:
             raise EngineError("the engine is closed; create a new Engine")
+        job, request_id = self._supervisor.guard(job)  # fatal check, thermal gate, recovery, request log
         submit = self._worker.asubmit if asynchronous else self._worker.submit
         try:
-            return submit(job, timeout=self.request_timeout, stall_timeout=self.stall_timeout)
+            return submit(job, timeout=self.request_timeout, stall_timeout=self.stall_timeout, request_id=request_id)
         except QueueFullError as exc:
             raise EngineBusyError(str(exc)) from exc
 
@@ -287,6 +297,9 @@ class Engine:
 
     @staticmethod
     def _final(chunk: Chunk, timings: Timings, result: RunResult, meta: ExtraMetadata) -> Chunk:
+        if result.closing_tokens:
+            meta.warnings.append(f"the JSON was closed early to fit the token budget ({result.closing_tokens} "
+                                 "tokens chosen by the closing policy); raise num_predict for a full answer")
         timings.prompt_eval_count, timings.prompt_eval_ns = result.prompt_tokens, result.prompt_ns
         timings.eval_count, timings.eval_ns = result.eval_count, result.eval_ns
         meta.reused_tokens = result.reused_tokens
@@ -339,24 +352,19 @@ class Engine:
         name = self.store.resolve(model).name
         return bool(self._worker.call(lambda: self._unload(name)))
 
-    def close(self, timeout: float | None = 30.0) -> None:
-        """Cancel queued work, finish the running request, unload every model. Idempotent."""
+    def health(self) -> HealthSnapshot:
+        """The card's and the engine's health now (engine/health.py); `.to_dict()` for JSON."""
+        return self._supervisor.health()
+
+    def close(self, timeout: float | None = 30.0, *, cancel_running: bool = False) -> None:
+        """Fail queued work, let the running request finish (cancel it with cancel_running; a model load
+        always finishes), unload every model, finalize the device, release the card lock. Idempotent."""
         if self._closed:
             return
+        self._closed = True
         for timer in self._timers.values():
             timer.cancel()
-        from .embedder import unload_embedders
-
-        def unload_all() -> None:
-            for name in list(self._models):
-                self._unload(name)
-            unload_embedders(self)
-
-        try:
-            self._worker.call(unload_all, timeout=timeout)
-        finally:
-            self._closed = True
-            self._worker.shutdown(wait=True, timeout=timeout)
+        self._supervisor.close(timeout, cancel_running=cancel_running)
 
     def __enter__(self) -> Engine:
         return self
@@ -365,7 +373,9 @@ class Engine:
         self.close()
 
 
-def _engine_error(exc: SchedulerError) -> EngineError:
+def _engine_error(exc: SchedulerError) -> Exception:
+    if isinstance(exc, HangCancelled):  # the NPU stopped answering: the typed device error
+        return exc.device_error()
     if isinstance(exc, QueueFullError):
         return EngineBusyError(str(exc))
     if isinstance(exc, RequestTimeoutError):

@@ -12,7 +12,8 @@ requests run one at a time on the device thread anyway.
 
 Masking: few allowed tokens (keys, punctuation, enums) -> the sampler runs on the allowed logits
 alone (exactly the same draw when no penalties or logprobs need whole-vocabulary ids), one allowed
-token is taken without sampling; many allowed (string bodies) -> disallowed logits become -inf.
+token is taken without sampling; many allowed (string bodies) -> the worker prepares an additive
+0/-inf bias and the sampling step adds it (one vectorized add instead of a masked write).
 
 Thinking (two phases, as Ollama): unconstrained while the model thinks, constrained from the first
 answer token. `thinking="inside"` when the prompt opened the trace; `"maybe"` when the model may
@@ -20,8 +21,8 @@ open one: the first step allows the `<think>` token besides what the grammar all
 
 Near the end of the token budget (num_predict or the context) the output must still close: see
 `closing.py`. The sampler knows how many tokens the shortest deterministic completion needs from
-the current state (computed by the worker with the masks) and, once the budget gets close, accepts
-the model's token only if a completion still fits after it, else takes the completion's token.
+the current state (measured by the worker with the masks, while the device runs) and, once the
+tokens left are within a small margin of it, takes the completion's tokens instead of the model's.
 """
 
 from __future__ import annotations
@@ -43,9 +44,10 @@ from .errors import EngineError
 Sampler = Callable[[np.ndarray, Sequence[int]], int]
 
 _NEG_INF = np.float32(-np.inf)
-_WATCH = 256  # within this many tokens of the budget, the shortest completion is measured every step
-_REFRESH = 16  # otherwise every this many steps
-_MARGIN = 8
+_ZONE = 64  # the shortest completion is measured every step once tokens left <= 2 x need + _ZONE,
+_REFRESH = 32  # otherwise every this many steps
+_JUMP = 8  # how much one free token may grow the shortest completion (a new object, an enum string)
+_NEED_CAP = 512  # a completion longer than this counts as this long (closing starts this far out)
 _executor: ThreadPoolExecutor | None = None
 _executor_lock = threading.Lock()
 
@@ -58,26 +60,42 @@ def mask_executor() -> ThreadPoolExecutor:
         return _executor
 
 
+_NEG_INF_BITS = np.uint32(0xFF800000)  # float32 -inf
+
+
 @dataclass
 class Mask:
-    ids: np.ndarray  # allowed ids, ascending
-    blocked: np.ndarray | None = None  # bool [vocab], when many tokens are allowed
+    """Allowed tokens: their ids when few (the sampler then works on those alone), else an additive bias
+    (0 allowed, -inf not) that the critical path applies with one vectorized add (~15 us at 152k)."""
+
+    count: int
+    ids: np.ndarray | None = None  # ascending, when few are allowed
+    bias: np.ndarray | None = None  # float32 [vocab], when many are allowed
+
+    @classmethod
+    def from_allowed(cls, allowed: np.ndarray) -> Mask:
+        """`allowed`: uint8 0/1 per token."""
+        count = int(np.count_nonzero(allowed))
+        if count * 4 < allowed.size:
+            return cls(count, ids=np.flatnonzero(allowed))
+        return cls(count, bias=((np.uint8(1) - allowed).astype(np.uint32) * _NEG_INF_BITS).view(np.float32))
 
     def allows(self, token: int) -> bool:
-        if self.blocked is not None:
-            return 0 <= token < self.blocked.size and not bool(self.blocked[token])
+        if self.bias is not None:
+            return 0 <= token < self.bias.size and self.bias[token] == 0
+        assert self.ids is not None
         i = int(np.searchsorted(self.ids, token))
         return i < self.ids.size and int(self.ids[i]) == token
 
     def plus(self, token: int) -> Mask:
         if self.allows(token):
             return self
-        ids = np.union1d(self.ids, np.array([token], dtype=self.ids.dtype))
-        blocked = None
-        if self.blocked is not None:
-            blocked = self.blocked.copy()
-            blocked[token] = False
-        return Mask(ids, blocked)
+        if self.bias is not None:
+            bias = self.bias.copy()
+            bias[token] = 0.0
+            return Mask(self.count + 1, bias=bias)
+        assert self.ids is not None
+        return Mask(self.count + 1, ids=np.union1d(self.ids, np.array([token], dtype=self.ids.dtype)))
 
 
 @dataclass
@@ -140,12 +158,10 @@ class GuidedSampler:
         began = time.perf_counter_ns()
         bits = np.empty(self._words, np.int32)
         self.matcher.unsafe_compute_mask_ptr(bits.ctypes.data, bits.nbytes)
-        allowed = np.unpackbits(bits.view(np.uint8), count=self.vocab, bitorder="little").view(bool)
-        ids = np.flatnonzero(allowed)
-        mask = Mask(ids, None if ids.size * 4 < self.vocab else ~allowed)
+        mask = Mask.from_allowed(np.unpackbits(bits.view(np.uint8), count=self.vocab, bitorder="little"))
         left = self._left()
-        if left is not None and (left <= _WATCH or self.need is None or self.count % _REFRESH == 0):
-            self.need = self.closer.need(self.matcher, self.shape, cap=left + 1)
+        if left is not None and (self.need is None or left <= 2 * self.need + _ZONE or self.count % _REFRESH == 0):
+            self.need = self.closer.need(self.matcher, self.shape, cap=min(left + 1, _NEED_CAP))
         self.stats.masks += 1
         self.stats.mask_ns += time.perf_counter_ns() - began
         return mask
@@ -184,16 +200,15 @@ class GuidedSampler:
             mask = mask.plus(self.think_open)
         began = time.perf_counter_ns()
         need = self.need if not maybe and left is not None else None
-        if need is not None and need >= left:  # only the shortest completion still fits
+        if need is not None and need + _JUMP >= left:  # a free token might leave no room to close
             token = self._close()
         else:
             token = self._sample(logits, history, mask)
-            if need is not None and left <= 2 * need + _MARGIN:
+            if need is not None and left <= 2 * need + _ZONE and self._opens(token):
+                # a new object or array can grow the completion more than _JUMP: check this one exactly
                 after = self.closer.need(self.matcher, self.shape, cap=left + 1, first=token)
-                if after > left:  # the model's token leaves no room to close: close instead
+                if after > left:  # no completion would fit after it: close instead
                     token = self._close()
-                else:
-                    self.need = after - 1
         self.stats.apply_ns += time.perf_counter_ns() - began
         if maybe:
             self.state = "active"
@@ -202,6 +217,10 @@ class GuidedSampler:
                 return token
         self._consume(token)
         return token
+
+    def _opens(self, token: int) -> bool:
+        piece = self.compiler.token_bytes(token)
+        return b"{" in piece or b"[" in piece
 
     def _close(self) -> int:
         token = self.closer.policy(self.matcher, self.shape)
@@ -212,21 +231,22 @@ class GuidedSampler:
         return token
 
     def _sample(self, logits: np.ndarray, history: Sequence[int], mask: Mask) -> int:
+        if mask.bias is not None:
+            n = min(mask.bias.size, logits.shape[0])
+            np.add(logits[:n], mask.bias[:n], out=logits[:n])
+            logits[n:] = _NEG_INF
+            return self.base(logits, history)
+        assert mask.ids is not None
         ids = mask.ids[mask.ids < logits.shape[0]] if mask.ids.size and mask.ids[-1] >= logits.shape[0] else mask.ids
         if ids.size == 0:
             raise EngineError("constrained decoding failed: the grammar allows no token of this model")
         if ids.size == 1 and not self.want_logprobs:
             return int(ids[0])
-        if mask.blocked is None and self.compact:
+        if self.compact:
             return int(ids[self.base(np.ascontiguousarray(logits[ids]), history)])
-        if mask.blocked is not None:
-            n = min(mask.blocked.size, logits.shape[0])
-            np.copyto(logits[:n], _NEG_INF, where=mask.blocked[:n])
-            logits[n:] = _NEG_INF
-        else:
-            kept = logits[ids]
-            logits.fill(_NEG_INF)
-            logits[ids] = kept
+        kept = logits[ids]
+        logits.fill(_NEG_INF)
+        logits[ids] = kept
         return self.base(logits, history)
 
     def _consume(self, token: int) -> None:

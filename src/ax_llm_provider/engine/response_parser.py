@@ -73,7 +73,7 @@ class Decoding:
 
 def prompt_opens_think(decode: Any, prompt: Sequence[int]) -> bool:
     """True when the rendered prompt ends inside a trace (the template added `<think>`)."""
-    return str(decode(list(prompt[-8:]))).rstrip().endswith(OPEN_TAG)
+    return str(decode(list(prompt[-16:]))).rstrip().endswith(OPEN_TAG)
 
 
 def _think_setup(think: bool, thinking_model: bool, opens: bool) -> tuple[ThinkSplitter, str]:

@@ -39,6 +39,7 @@ class RunResult:
     eval_ns: int = 0
     tokens: list[int] = field(default_factory=list)  # prompt + generated, for /generate's `context`
     stop_string: str | None = None
+    closing_tokens: int = 0  # tokens a grammar's closing policy chose to end the JSON within the budget
 
 
 @dataclass
@@ -137,6 +138,8 @@ class ModelRunner:
         finally:
             if guided is not None:
                 guided.close()
+                stats_of = getattr(guided, "stats", None)
+                result.closing_tokens = stats_of.closing_tokens if stats_of is not None else 0
             # KV holds the prompt and every generated token that was fed back (all but the last sampled).
             if clean or generated:
                 self.cache.commit(prompt + generated[:-1])
