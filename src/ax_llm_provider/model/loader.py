@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,8 +66,12 @@ def _check_manifest_geometry(manifest: ModelManifest | None, model: DecoderStack
 
 
 def load_model(path: str | Path, *, name: str | None = None, backend: str = "auto", device: int = 0,
-               threads: int | None = None) -> LoadedModel:
-    """Validate and load a model directory. Errors name the file and the expected layout."""
+               threads: int | None = None, axcl: Any | None = None,
+               progress: Callable[[int, int], None] | None = None, cmm_floor_mb: int | None = None) -> LoadedModel:
+    """Validate and load a model directory. Errors name the file and the expected layout.
+
+    axcl, progress, cmm_floor_mb: passed to the card backends (runtime/backends.py `open_stack`).
+    """
     started = time.perf_counter()
     root = Path(path).expanduser()
     manifest_path = root / MANIFEST_NAME
@@ -76,7 +81,8 @@ def load_model(path: str | Path, *, name: str | None = None, backend: str = "aut
     check_backend(files, resolved)
     tokenizer = ChatTokenizer(files.tokenizer_dir, extra_eos_ids=(manifest.eos_token_ids or []) if manifest else [])
     post_config = json.loads(files.post_config.read_text(encoding="utf-8")) if files.post_config else {}
-    stack = open_stack(files, resolved, device=device, threads=threads)
+    stack = open_stack(files, resolved, device=device, threads=threads, axcl=axcl, progress=progress,
+                       cmm_floor_mb=cmm_floor_mb)
     try:
         _check_manifest_geometry(manifest, stack, root)
         embeddings = EmbeddingTable(files.embedding, hidden=stack.spec.hidden, vocab=stack.spec.vocab)

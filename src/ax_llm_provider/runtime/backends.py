@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal
 
 from .protocol import DecoderStack
 
@@ -47,18 +48,28 @@ def check_backend(files: ModelFiles, name: str) -> None:
         )
 
 
-def open_stack(files: ModelFiles, backend: str = "auto", device: int = 0, threads: int | None = None) -> DecoderStack:
-    """Open the decoder stack of `files` on the chosen backend."""
+def open_stack(files: ModelFiles, backend: str = "auto", device: int = 0, threads: int | None = None, *,
+               axcl: Any | None = None, progress: Callable[[int, int], None] | None = None,
+               cmm_floor_mb: int | None = None) -> DecoderStack:
+    """Open the decoder stack of `files` on the chosen backend.
+
+    For the card backends only: `axcl` is the module to drive (default `import axcl`; for "simulated", the
+    SimCard, default a new one with preset $AX_LLM_SIM_PRESET), `progress(done, total)` is called after each
+    model file, `cmm_floor_mb` is the CMM that must stay free after the load (AxclDecoderStack's default).
+    """
     name = resolve_backend(files, backend)
     check_backend(files, name)
     if name == "onnx":
         from .onnx_backend import OnnxDecoderStack
 
         return OnnxDecoderStack(files.layers, files.post, threads=threads)
+    card_options: dict[str, Any] = {"device_index": device, "progress": progress}
+    if cmm_floor_mb is not None:
+        card_options["cmm_floor_mb"] = cmm_floor_mb
     if name == "axcl":
         from .axcl_backend import AxclDecoderStack
 
-        return AxclDecoderStack(files.layers, files.post, device_index=device)
+        return AxclDecoderStack(files.layers, files.post, axcl, **card_options)
     if name == "axengine":
         from .axengine_backend import AxengineDecoderStack
 
@@ -67,5 +78,5 @@ def open_stack(files: ModelFiles, backend: str = "auto", device: int = 0, thread
     from .axcl_backend import AxclDecoderStack
     from .simcard import DEFAULT_PRESET, SimCard
 
-    card = SimCard(os.environ.get("AX_LLM_SIM_PRESET", DEFAULT_PRESET))
-    return AxclDecoderStack(files.layers, files.post, card, device_index=device)
+    card = axcl if axcl is not None else SimCard(os.environ.get("AX_LLM_SIM_PRESET", DEFAULT_PRESET))
+    return AxclDecoderStack(files.layers, files.post, card, **card_options)
