@@ -176,3 +176,14 @@ def test_fuzzed_requests_fail_only_with_documented_errors(engine: Engine, twin: 
     # The engine still serves the next request.
     _, final = chat(engine, twin, [{"role": "user", "content": "hello"}], num_predict=2)
     assert final["done"] is True
+
+
+def test_load_and_unload_requests(engine: Engine, twin: str) -> None:
+    unload = list(engine.chat({"model": twin, "messages": [], "keep_alive": 0}))[-1]
+    assert unload["done_reason"] == "unload" and not engine._models, "an unload must not load the model first"
+    load = list(engine.generate({"model": twin, "keep_alive": -1}))[-1]
+    assert load["done_reason"] == "load" and load["load_duration"] > 0 and len(engine._models) == 1
+    assert engine.ps()["models"][0]["expires_at"].startswith("2100")
+    unload = list(engine.generate({"model": twin, "keep_alive": 0}))[-1]
+    assert unload["done_reason"] == "unload" and not engine._models
+    assert engine.resolve(twin) == twin

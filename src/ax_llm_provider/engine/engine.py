@@ -145,6 +145,13 @@ class Engine:
 
     # ---- request plumbing ----------------------------------------------------------------------
 
+    def resolve(self, model: str) -> str:
+        """The stored name of `model` (a name or a model directory); pulls a registry model on first use.
+
+        Blocking (a first pull downloads and converts): async callers run it in a thread.
+        """
+        return self._resolve(model)
+
     def _resolve(self, model: str) -> str:
         """The stored name of `model`; the embedded default is pulled on first use, as `ollama run` would."""
         if is_path_like(model):
@@ -207,6 +214,9 @@ class Engine:
 
         def job(cancel: CancelToken) -> Iterator[Chunk]:
             timings = Timings(started_ns=time.perf_counter_ns())
+            if not req.messages and keep_alive <= 0 and name not in self._models:  # unload: nothing to load
+                yield {**chat_chunk(name), **final_fields(timings, "unload", time.perf_counter_ns())}
+                return
             entry, timings.load_ns = self._ensure_loaded(name)
             runner = entry.runner
             model_name = runner.model.name
@@ -256,6 +266,9 @@ class Engine:
 
         def job(cancel: CancelToken) -> Iterator[Chunk]:
             timings = Timings(started_ns=time.perf_counter_ns())
+            if not (req.prompt or req.suffix or req.context) and keep_alive <= 0 and name not in self._models:
+                yield {**generate_chunk(name), **final_fields(timings, "unload", time.perf_counter_ns())}
+                return
             entry, timings.load_ns = self._ensure_loaded(name)
             runner = entry.runner
             model_name = runner.model.name
