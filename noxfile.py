@@ -1,4 +1,4 @@
-"""Developer sessions: nox -s tests | lint | typecheck | demo | bench."""
+"""Developer sessions: nox -s tests | lint | typecheck | demo | bench | reliability."""
 
 from __future__ import annotations
 
@@ -35,5 +35,16 @@ def demo(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     session.install("-e", ".[cpu]")
-    for script in ("bench_twin.py", "bench_sampler.py", "bench_backends.py"):
+    for script in ("bench_twin.py", "bench_twin_weights.py", "bench_sampler.py", "bench_engine.py", "bench_backends.py"):
         session.run("python", f"benchmarks/{script}")
+
+
+@nox.session
+def reliability(session: nox.Session) -> None:
+    """Unattended-operation proof with the full counts: fault injection (100 runs per fault class), a
+    5,000-request soak per backend, SIGTERM during load and generation (tests/reliability). Figures are
+    printed at the end and appended as JSON lines to .nox/reliability-report.jsonl."""
+    session.install("-e", ".[test]")
+    session.env.setdefault("AX_LLM_RELIABILITY_FULL", "1")
+    session.env.setdefault("AX_LLM_RELIABILITY_REPORT", ".nox/reliability-report.jsonl")
+    session.run("pytest", "tests/reliability", "-p", "no:cacheprovider", *session.posargs)

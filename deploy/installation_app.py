@@ -1,0 +1,214 @@
+#!/usr/bin/env python3
+"""Example installation app: what deploy/ax-llm.service runs. Copy it and put your own logic in `respond`.
+
+In the order the field notes ask for:
+1. structured logs (JSON lines for journald) and, optionally, Prometheus metrics;
+2. one Engine that owns the card (single-owner lock; SIGTERM/SIGINT/atexit finalize it, never mid-load);
+3. preload the model (keep_alive forever), then READY=1 to systemd (TimeoutStartSec covers the load);
+   the engine's health thread sends WATCHDOG=1 while the card answers;
+4. serve prompts from a source: stdin lines, or text files dropped into a directory (`dir:PATH`: each
+   `*.txt` is answered in `PATH/replies/` and moved to `PATH/done/`), through a LangChain chain
+   (ChatAXOllama, the installation's options, the conversation resent whole every turn) when
+   langchain-core is installed, else the in-process Client;
+5. any error becomes the spoken fallback line (a clear, fast error beats a hang); DeviceFatalError (the
+   card could not be recovered) exits with status 3 so systemd restarts the service.
+
+    python deploy/installation_app.py --model qwen2.5:0.5b --source stdin
+    AX_LLM_BACKEND=simulated python deploy/installation_app.py --model /path/to/twin   # no card needed
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from ax_llm_provider.engine import lifecycle
+from ax_llm_provider.engine.engine import Engine
+from ax_llm_provider.engine.health import HealthConfig
+from ax_llm_provider.engine.recovery import DeviceFatalError
+from ax_llm_provider.observability import configure_logging, start_metrics_server
+
+log = logging.getLogger("installation")
+EXIT_OK, EXIT_PRELOAD_FAILED, EXIT_FATAL = 0, 1, 3
+# The installation's request pattern (docs/field-notes.md).
+OPTIONS: dict[str, Any] = {"num_predict": 100, "temperature": 0.99, "top_k": 85, "top_p": 0.9,
+                           "repeat_penalty": 1.5, "repeat_last_n": 64, "stop": ["#", "["]}
+SYSTEM = "You are the voice of an art installation. Answer the visitor in one or two short sentences."
+FALLBACK = "Hmm, my thoughts drifted away for a moment. Ask me again?"
+
+Respond = Callable[[list[tuple[str, str]], str], str]
+
+
+# ---- responding -----------------------------------------------------------------------------------------
+
+
+def langchain_responder(engine: Engine, model: str, system: str, options: dict[str, Any]) -> Respond:
+    """prompt | ChatAXOllama | StrOutputParser, with the history as a messages placeholder."""
+    from langchain_core.output_parsers import StrOutputParser
+    from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
+
+    from ax_llm_provider.integrations.langchain import ChatAXOllama
+
+    llm = ChatAXOllama(model=model, engine=engine, keep_alive=-1, reasoning=False, **options)
+    prompt = ChatPromptTemplate.from_messages([("system", system.replace("{", "{{").replace("}", "}}")),
+                                               MessagesPlaceholder("history"), ("human", "{input}")])
+    chain = prompt | llm | StrOutputParser()
+    return lambda history, text: chain.invoke({"history": history, "input": text})
+
+
+def client_responder(engine: Engine, model: str, system: str, options: dict[str, Any]) -> Respond:
+    """The same with the in-process ollama-style Client (when langchain-core is not installed)."""
+    from ax_llm_provider import Client
+
+    client = Client(engine=engine)
+
+    def respond(history: list[tuple[str, str]], text: str) -> str:
+        messages = [{"role": "system", "content": system}]
+        messages += [{"role": "user" if role == "human" else "assistant", "content": said} for role, said in history]
+        messages.append({"role": "user", "content": text})
+        reply = client.chat(model=model, messages=messages, options=options, keep_alive=-1, think=False)
+        return reply.message.content or ""
+
+    return respond
+
+
+def make_responder(engine: Engine, model: str, system: str, options: dict[str, Any]) -> Respond:
+    try:
+        return langchain_responder(engine, model, system, options)
+    except ImportError:
+        log.info("langchain-core is not installed: using the in-process Client")
+        return client_responder(engine, model, system, options)
+
+
+def is_fatal(exc: BaseException | None, engine: Engine) -> bool:
+    seen = 0
+    while exc is not None and seen < 10:  # the chain wraps engine errors in ollama.ResponseError
+        if isinstance(exc, DeviceFatalError):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return engine.health().state == "failed"
+
+
+# ---- sources and sinks -----------------------------------------------------------------------------------
+
+
+def stdin_source() -> Iterator[tuple[str, str]]:
+    for number, line in enumerate(sys.stdin, 1):
+        if line.strip():
+            yield f"line-{number}", line.strip()
+
+
+def stdout_sink(name: str, reply: str) -> None:
+    print(reply.replace("\n", " "), flush=True)
+
+
+def directory_source(root: Path, poll_s: float = 0.2) -> Iterator[tuple[str, str]]:
+    """Each `*.txt` in root, oldest first (the sink moves it to root/done once answered). Runs until stopped."""
+    while True:
+        files = sorted(root.glob("*.txt"), key=lambda p: p.stat().st_mtime)
+        if not files:
+            time.sleep(poll_s)
+            continue
+        for path in files:
+            if path.exists():
+                yield path.name, path.read_text(encoding="utf-8", errors="replace").strip()
+
+
+def directory_sink(root: Path) -> Callable[[str, str], None]:
+    """Write the reply to root/replies/<name> (atomically), then move the prompt to root/done/."""
+    replies, done = root / "replies", root / "done"
+    replies.mkdir(parents=True, exist_ok=True)
+    done.mkdir(parents=True, exist_ok=True)
+
+    def sink(name: str, reply: str) -> None:
+        tmp = replies / f".{name}.tmp"
+        tmp.write_text(reply + "\n", encoding="utf-8")
+        tmp.replace(replies / name)  # atomic for whoever speaks the replies
+        (root / name).replace(done / name)
+
+    return sink
+
+
+# ---- the loop ----------------------------------------------------------------------------------------------
+
+
+def serve(engine: Engine, respond: Respond, source: Iterator[tuple[str, str]], sink: Callable[[str, str], None],
+          fallback: str = FALLBACK, history_turns: int = 10) -> int:
+    """Answer every prompt; errors become `fallback`; returns the exit status (EXIT_FATAL when the card is lost)."""
+    history: list[tuple[str, str]] = []
+    served = failed = 0
+    for name, text in source:
+        started = time.monotonic()
+        try:
+            reply = respond(history, text).strip() or fallback
+            history += [("human", text), ("ai", reply)]
+            del history[:-2 * history_turns]
+            served += 1
+        except Exception as exc:  # noqa: BLE001 -- every failure is spoken as the fallback line
+            failed += 1
+            log.error("prompt %s failed after %.1f s: %s: %s", name, time.monotonic() - started,
+                      type(exc).__name__, exc)
+            sink(name, fallback)
+            if is_fatal(exc, engine):
+                log.critical("the NPU card is lost: exiting so systemd restarts the service")
+                return EXIT_FATAL
+            continue
+        sink(name, reply)
+        log.info("prompt %s answered in %.2f s", name, time.monotonic() - started)
+        lifecycle.sd_notify(f"STATUS=served {served} prompts, {failed} fallbacks")
+    return EXIT_OK
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    env = os.environ.get
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=env("AX_LLM_MODEL", "smollm2:135m"))
+    parser.add_argument("--backend", default=env("AX_LLM_BACKEND", "auto"))
+    parser.add_argument("--store", default=env("AX_LLM_MODELS"))
+    parser.add_argument("--source", default=env("AX_LLM_SOURCE", "stdin"), help="stdin or dir:PATH")
+    parser.add_argument("--system", default=env("AX_LLM_SYSTEM", SYSTEM))
+    parser.add_argument("--fallback", default=env("AX_LLM_FALLBACK", FALLBACK))
+    parser.add_argument("--history", type=int, default=int(env("AX_LLM_HISTORY", "10")), help="turns kept")
+    parser.add_argument("--options", default=env("AX_LLM_OPTIONS", ""), help="JSON merged over the defaults")
+    parser.add_argument("--request-timeout", type=float, default=float(env("AX_LLM_REQUEST_TIMEOUT", "20")))
+    parser.add_argument("--metrics-port", type=int, default=int(env("AX_LLM_METRICS_PORT", "0")))
+    parser.add_argument("--text-logs", action="store_true", default=env("AX_LLM_LOG_JSON", "1") == "0")
+    parser.add_argument("--log-level", default=env("AX_LLM_LOG_LEVEL", "INFO"))
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    configure_logging(args.log_level, json_format=not args.text_logs)
+    if args.metrics_port:
+        start_metrics_server(args.metrics_port)
+    options = {**OPTIONS, **(json.loads(args.options) if args.options else {})}
+    engine = Engine(args.store, backend=args.backend, keep_alive=-1, request_timeout=args.request_timeout,
+                    health=HealthConfig.from_env())
+    lifecycle.install(engine)  # SIGTERM/SIGINT: finish a load, cancel the generation, finalize, exit 0
+    lifecycle.sd_notify(f"STATUS=loading {args.model}")
+    try:
+        engine.load(args.model, keep_alive=-1)
+    except Exception as exc:  # noqa: BLE001 -- any preload failure: exit, systemd retries after RestartSec
+        log.critical("preloading %s failed: %s: %s", args.model, type(exc).__name__, exc)
+        return EXIT_FATAL if is_fatal(exc, engine) else EXIT_PRELOAD_FAILED
+    respond = make_responder(engine, args.model, args.system, options)
+    if args.source.startswith("dir:"):
+        root = Path(args.source[4:])
+        source, sink = directory_source(root), directory_sink(root)
+    else:
+        source, sink = stdin_source(), stdout_sink
+    lifecycle.notify_ready(f"serving {args.model}")
+    log.info("ready: serving %s from %s (health: %s)", args.model, args.source, engine.health().state)
+    return serve(engine, respond, source, sink, args.fallback, args.history)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
