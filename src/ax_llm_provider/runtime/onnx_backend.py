@@ -135,6 +135,10 @@ class OnnxDecoderStack:
                                group.kv_rows, start, count)
         return out[0, count - 1]
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this decoder stack is closed; load the model again")
+
     def _logits(self, hidden: np.ndarray) -> np.ndarray:
         (logits,) = self._post.run(None, {"input": hidden.reshape(1, 1, -1).astype(np.float32, copy=False)})
         return logits.reshape(-1)
@@ -150,6 +154,7 @@ class OnnxDecoderStack:
         return [Chunk(s, min(size, start + count - s), self.spec.decode_group) for s in range(start, start + count, size)]
 
     def prefill(self, embeds: np.ndarray, start: int, want_logits: bool = True) -> np.ndarray | None:
+        self._check_open()
         embeds = np.asarray(embeds, dtype=np.float32)
         if len(embeds) < 1:
             raise ValueError("nothing to prefill: no embeddings given")
@@ -161,6 +166,7 @@ class OnnxDecoderStack:
         return self._logits(hidden) if want_logits else None
 
     def decode(self, embed: np.ndarray, pos: int) -> np.ndarray:
+        self._check_open()
         group = self.spec.decode_group
         hidden = self._run_chunk(Chunk(pos, 1, group), np.asarray(embed, dtype=np.float32))
         return self._logits(hidden)
@@ -185,6 +191,7 @@ class OnnxDecoderStack:
             return
         self._closed = True
         self._layers.clear()
+        self._post = None  # releases the session and its thread pool even while the stack object lives on
         self._k.clear()
         self._v.clear()
         log.debug("onnx decoder stack closed")
