@@ -106,7 +106,7 @@ def stdin_source() -> Iterator[tuple[str, str]]:
 
 
 def stdout_sink(name: str, reply: str) -> None:
-    print(reply.replace("\n", " "), flush=True)
+    print(" ".join(reply.splitlines()), flush=True)  # one line per reply, whatever separators the model wrote
 
 
 def directory_source(root: Path, poll_s: float = 0.2) -> Iterator[tuple[str, str]]:

@@ -229,7 +229,8 @@ class HealthMonitor:
 
     @property
     def hung(self) -> bool:
-        return self._hang_since is not None
+        # Live, not as of the last tick: once the flagged execute returned, the card is no longer hung.
+        return self._hang_since is not None and self.hooks.activity.busy_since == self._hang_since
 
     # -- the loop ---------------------------------------------------------------------------------------
 
