@@ -21,29 +21,26 @@ from ..model.pull import pull
 from ..model.registry import lookup
 from ..model.store import ModelStore, is_path_like, normalize_name
 from .constraints import format_grammar
+from .consume import amapped, engine_error, mapped
 from .context import fit_messages, truncate_tokens
 from .errors import (
     EngineBusyError,
     EngineError,
     InvalidRequestError,
-    RequestCanceledError,
-    RequestTimedOutError,
 )
 from .health import HealthConfig, HealthSnapshot
 from .keepalive import parse_keep_alive
 from .options import InvalidOptionError, parse_options
-from .recovery import HangCancelled, RecoveryPolicy
+from .recovery import RecoveryPolicy
 from .requests import ChatRequest, EmbedRequest, GenerateRequest, parse_request
 from .response_parser import chat_chunks, chat_decoding, generate_chunks, generate_decoding
 from .responses import ExtraMetadata, Timings, chat_chunk, final_fields, generate_chunk
 from .runner import ModelRunner, RunResult
 from .scheduler import (
-    AsyncRequestStream,
     CancelToken,
     DeviceWorker,
     QueueFullError,
     RequestCancelled,
-    RequestStream,
     RequestTimeoutError,
     SchedulerError,
 )
@@ -179,10 +176,10 @@ class Engine:
 
     def _stream(self, job: Job) -> Iterator[Chunk]:
         """Run a job on the device worker; map scheduler errors to Ollama-like ones; close frees the device."""
-        return _mapped(self._submit(job, asynchronous=False))
+        return mapped(self._submit(job, asynchronous=False))
 
     def _astream(self, job: Job) -> AsyncIterator[Chunk]:
-        return _amapped(self._submit(job, asynchronous=True))
+        return amapped(self._submit(job, asynchronous=True))
 
     def _options(self, raw: dict[str, Any] | None) -> tuple[Any, list[str]]:
         try:
@@ -329,7 +326,7 @@ class Engine:
         try:
             return self._worker.call(lambda: run_embed(self, req), timeout=self.request_timeout)
         except SchedulerError as exc:
-            raise _engine_error(exc) from exc
+            raise engine_error(exc) from exc
 
     async def aembed(self, request: EmbedRequest | dict[str, Any]) -> dict[str, Any]:
         req = parse_request(EmbedRequest, request)
@@ -339,7 +336,7 @@ class Engine:
         try:
             return await self._worker.acall(lambda: run_embed(self, req), timeout=self.request_timeout)
         except SchedulerError as exc:
-            raise _engine_error(exc) from exc
+            raise engine_error(exc) from exc
 
     # ---- models: list / show / ps / load / unload ----------------------------------------------
 
@@ -384,35 +381,3 @@ class Engine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _engine_error(exc: SchedulerError) -> Exception:
-    if isinstance(exc, HangCancelled):  # the NPU stopped answering: the typed device error
-        return exc.device_error()
-    if isinstance(exc, QueueFullError):
-        return EngineBusyError(str(exc))
-    if isinstance(exc, RequestTimeoutError):
-        return RequestTimedOutError(str(exc))
-    if isinstance(exc, RequestCancelled):
-        return RequestCanceledError(str(exc))
-    return EngineError(str(exc))
-
-
-def _mapped(stream: RequestStream[Chunk]) -> Iterator[Chunk]:
-    """Iterate a RequestStream, turning scheduler errors into the engine's; closing cancels the request."""
-    try:
-        yield from stream
-    except SchedulerError as exc:
-        raise _engine_error(exc) from exc
-    finally:
-        stream.close()
-
-
-async def _amapped(stream: AsyncRequestStream[Chunk]) -> AsyncIterator[Chunk]:
-    try:
-        async for chunk in stream:
-            yield chunk
-    except SchedulerError as exc:
-        raise _engine_error(exc) from exc
-    finally:
-        await stream.aclose()

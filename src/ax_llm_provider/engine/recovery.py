@@ -54,7 +54,7 @@ class DeviceFatalError(EngineError):
 
 class HangCancelled(RequestTimeoutError):
     """The health monitor cut a request off because the NPU stopped answering (the consumer sees
-    DeviceTimeoutError through `device_error()`; engine._engine_error does the mapping)."""
+    DeviceTimeoutError through `device_error()`; engine.consume.engine_error does the mapping)."""
 
     def device_error(self) -> DeviceTimeoutError:
         return DeviceTimeoutError(codes.signed(codes.ERR_ENGINE_TIMEOUT), "axcl.rt.engine_execute", str(self))
