@@ -48,7 +48,6 @@ from .langchain_common import (
     merge_call_options,
     pop_think,
     reject_unknown,
-    validate_model_name,
 )
 from .langchain_convert import (
     chat_chunk_from_response,
@@ -88,9 +87,7 @@ class ChatAXOllama(EngineHolder, OllamaOptionFields, BaseChatModel):
 
     def __init__(self, *args: Any, engine: Engine | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._engine = engine
-        if self.validate_model_on_init:
-            validate_model_name(self.model, engine)
+        self._attach_engine(engine)
 
     @field_validator("top_logprobs")
     @classmethod

@@ -90,6 +90,12 @@ class EngineHolder:
         engine: Engine | None = getattr(self, "_engine", None)
         return engine if engine is not None else get_engine()
 
+    def _attach_engine(self, engine: Engine | None) -> None:
+        """Called by each class's __init__: keep `engine=`, check the model name when asked to."""
+        self._engine = engine
+        if getattr(self, "validate_model_on_init", False):
+            validate_model_name(self.model, engine)  # type: ignore[attr-defined]
+
 
 class OllamaOptionFields(BaseModel):
     """Ollama's generation options as fields (None = the engine's Ollama default)."""

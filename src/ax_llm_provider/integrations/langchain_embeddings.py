@@ -15,7 +15,7 @@ from langchain_core.embeddings import Embeddings
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from ..engine.engine import Engine
-from .langchain_common import ENGINE_ERRORS, EngineHolder, as_response_error, validate_model_name
+from .langchain_common import ENGINE_ERRORS, EngineHolder, as_response_error
 
 _OPTION_FIELDS = ("mirostat", "mirostat_eta", "mirostat_tau", "num_ctx", "num_gpu", "num_thread", "repeat_last_n",
                   "repeat_penalty", "temperature", "stop", "tfs_z", "top_k", "top_p")
@@ -63,9 +63,7 @@ class AXOllamaEmbeddings(EngineHolder, BaseModel, Embeddings):
 
     def __init__(self, *args: Any, engine: Engine | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._engine = engine
-        if self.validate_model_on_init:
-            validate_model_name(self.model, engine)
+        self._attach_engine(engine)
 
     @field_validator("dimensions")
     @classmethod

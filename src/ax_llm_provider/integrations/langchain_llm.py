@@ -30,7 +30,6 @@ from .langchain_common import (
     merge_call_options,
     pop_think,
     reject_unknown,
-    validate_model_name,
 )
 from .langchain_convert import final_generation_info, is_empty_load
 
@@ -69,9 +68,7 @@ class AXOllamaLLM(EngineHolder, OllamaOptionFields, BaseLLM):
 
     def __init__(self, *args: Any, engine: Engine | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._engine = engine
-        if self.validate_model_on_init:
-            validate_model_name(self.model, engine)
+        self._attach_engine(engine)
 
     @property
     def max_tokens(self) -> int | None:
