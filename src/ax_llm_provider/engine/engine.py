@@ -90,12 +90,12 @@ class Engine:
 
     def _ensure_loaded(self, name: str) -> tuple[LoadedEntry, int]:
         """The loaded entry for `name` and the nanoseconds spent loading it now (0 if it was loaded)."""
+        with self._lock:
+            entry = self._models.get(name)  # `name` is already the stored name (see _resolve)
+        if entry is not None:
+            return entry, 0  # no file-system work per request once loaded
         stored = self.store.resolve(name)
         assert_not_embedding_model(stored.path, stored.name)
-        with self._lock:
-            entry = self._models.get(stored.name)
-        if entry is not None:
-            return entry, 0
         while len(self._models) >= self.max_loaded_models:
             self._unload(next(iter(self._models)))
         started = time.perf_counter_ns()
