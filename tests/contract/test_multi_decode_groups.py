@@ -107,3 +107,37 @@ def test_decode_past_the_largest_group_is_a_context_overflow(twins: tuple[Path, 
             stack.decode(np.zeros(stack.spec.hidden, np.float32), 63)
     finally:
         stack.close()
+
+
+def test_axengine_backend_feeds_the_small_group_its_own_window(twins: tuple[Path, Path]) -> None:
+    pytest.importorskip("ml_dtypes")
+    from ax_llm_provider.runtime.axengine_backend import AxengineDecoderStack
+    from ax_llm_provider.runtime.simcard import make_axengine
+
+    single, multi = twins
+    ref_files, files = scan_model_dir(single), scan_model_dir(multi)
+    ref = CardReference(ref_files.layers, ref_files.post)
+    table = bf16_to_float32(np.fromfile(files.embedding, dtype="<u2")).reshape(-1, ref.spec.hidden)
+    ids = np.random.default_rng(4).integers(0, len(table), PROMPT)
+    card = SimCard()
+    stack = AxengineDecoderStack(files.layers, files.post, make_axengine(card))
+    try:
+        want_tokens, want = run(ref, table, ids)
+        sent: list[int] = []
+        real_decode = stack.decode
+
+        def counted(embed: np.ndarray, pos: int) -> np.ndarray:
+            before = card.counters.bus_bytes
+            out = real_decode(embed, pos)
+            sent.append(card.counters.bus_bytes - before)
+            return out
+
+        stack.decode = counted  # type: ignore[method-assign]
+        got_tokens, got = run(stack, table, ids)
+    finally:
+        stack.close()
+    assert got_tokens == want_tokens
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=2e-2)
+    # pyaxengine copies the whole K/V window of the group in use: 40 rows for positions 37..39, then 63
+    assert len(set(sent[:3])) == 1 and len(set(sent[3:])) == 1 and sent[0] < sent[3]
