@@ -260,4 +260,4 @@ def pull_bundle(bundle: HubBundle, store: ModelStore, progress: Progress | None 
 
 
 def bundle_rows(bundles: Iterable[HubBundle]) -> list[list[str]]:
-    return [[b.name, f"hf:{b.repo_id}", b.description] for b in bundles]
+    return [[b.name, f"hf:{b.repo_id}@{b.revision[:12]}", b.description] for b in bundles]
