@@ -27,6 +27,7 @@ from ax_llm_provider.runtime.simcard.timing import Geometry
 from tests.cli.fake_hub import FakeHub, install
 from tests.fixtures.hub_listings import (
     BASE_TOKENIZERS,
+    EMBED,
     RECORDED,
     axllm_config,
     bundle_files,
@@ -168,3 +169,17 @@ def test_invalid_axllm_config_is_a_clear_error(field: str, value: object, expect
     tmp_path.joinpath("config.json").write_text(json.dumps(config))
     with pytest.raises(ModelDirectoryError, match=expected):
         scan_model_dir(tmp_path)
+
+
+def test_config_naming_a_hugging_face_tokenizer_is_used_as_is(store: Path, tmp_path: Path) -> None:
+    config = axllm_config(RECORDED["qwen3:0.6b-axcl"]) | {"url_tokenizer_model": "tok/tokenizer.json"}
+    for rel in [config["template_filename_axmodel"] % i for i in range(28)] + ["qwen3_post.axmodel", EMBED]:
+        tmp_path.joinpath(rel).write_bytes(b"stand-in model file")
+    (tmp_path / "tok").mkdir()
+    for f in tokenizer_dir(store).iterdir():
+        (tmp_path / "tok" / f.name).write_bytes(f.read_bytes())
+    tmp_path.joinpath("config.json").write_text(json.dumps(config))
+    assert scan_model_dir(tmp_path).tokenizer_dir == tmp_path / "tok"
+    selection = hub_module.configured_selection(scan_model_dir(tmp_path).bundle_config)  # type: ignore[arg-type]
+    assert selection.selects("tok/tokenizer.json") and selection.selects("qwen3_p128_l27_together.axmodel")
+    assert not selection.selects("qwen3_tokenizer.txt") and not selection.selects("README.md")

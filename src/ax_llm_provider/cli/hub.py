@@ -58,7 +58,8 @@ class HubBundle:
     ignore_patterns: tuple[str, ...] = IGNORE_PATTERNS
 
     def __post_init__(self) -> None:
-        for rev in (self.revision, self.tokenizer.revision if self.tokenizer else self.revision):
+        revisions = [self.revision] + ([self.tokenizer.revision] if self.tokenizer else [])
+        for rev in revisions:
             if len(rev) != 40 or any(c not in "0123456789abcdef" for c in rev):
                 raise ValueError(f"{self.name}: revisions must be full commit hashes, got {rev!r}")
 

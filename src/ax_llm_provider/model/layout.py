@@ -142,7 +142,7 @@ def _tokenizer_dir(root: Path, prefix: str, hint: str | None, config: BundleConf
         path = root / hint
         if (path / "tokenizer.json").is_file():
             return path
-        raise ModelDirectoryError(f"{path} (named by {MANIFEST_NAME}) has no tokenizer.json")
+        raise ModelDirectoryError(f"{path} (named by {MANIFEST_NAME} or config.json) has no tokenizer.json")
     candidates = [p for p in _candidate_dirs(root) if p.name.endswith("_tokenizer") and (p / "tokenizer.json").is_file()]
     for p in candidates:
         if p.name == f"{prefix}_tokenizer":
@@ -222,6 +222,8 @@ def _scan_configured(root: Path, config: BundleConfig, manifest: Path | None, to
     match = LAYER_PATTERN.match(layers[0].name)  # naming is informative only here: the config is the truth
     prefix = match.group("prefix") if match else Path(config.filename_post_axmodel).stem.removesuffix("_post")
     post_config = root / config.post_config_path
+    if tokenizer_hint is None and config.ships_hf_tokenizer:  # the config names a Hugging Face tokenizer.json
+        tokenizer_hint = Path(config.url_tokenizer_model).parent.as_posix()
     return ModelFiles(
         root=root, kind="axmodel", prefix=prefix, chunk=int(match.group("chunk")) if match else 0,
         layers=layers, post=post, embedding=embedding,
