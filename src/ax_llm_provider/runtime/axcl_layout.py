@@ -1,7 +1,7 @@
 """Geometry of a loaded layer stack (from the runtime's own I/O description) and its device buffer layout.
 
 Groups are recognised as ax-llm does: `indices` with one element is decode, more is prefill; a group's
-history capacity is `mask` columns minus tokens (axera-hardware.md section 2). Nothing is hard-coded.
+history capacity is `mask` columns minus tokens (docs/models.md, "Shape groups"). Nothing is hard-coded.
 """
 
 from __future__ import annotations
