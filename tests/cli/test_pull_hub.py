@@ -7,17 +7,15 @@ embedding, qwen3_tokenizer/) into `local_dir`, honouring allow/ignore patterns l
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import shutil
-import types
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.cli.conftest import TINY
+from tests.cli.fake_hub import FakeHub, install
 
 Cli = Callable[..., tuple[int, str, str]]
 NAME = "qwen3:0.6b-axcl"
@@ -39,59 +37,9 @@ def bundle_files(tokenizer_dir: Path) -> dict[str, bytes]:
     return files
 
 
-class FakeHub:
-    """What of huggingface_hub the pull uses: snapshot_download and HfApi().model_info(files_metadata=True)."""
-
-    def __init__(self, files: dict[str, bytes]) -> None:
-        self.files = files
-        self.downloads: list[dict[str, Any]] = []
-        self.listed_sizes: dict[str, int] = {k: len(v) for k, v in files.items()}
-        self.fail_download: Exception | None = None
-        self.fail_listing: Exception | None = None
-        self.corrupt: dict[str, bytes] = {}  # written instead of the real content
-
-    def module(self) -> types.ModuleType:
-        hub = self
-        mod = types.ModuleType("huggingface_hub")
-
-        def snapshot_download(repo_id: str, *, revision: str | None = None, local_dir: str | None = None,
-                              allow_patterns: list[str] | None = None, ignore_patterns: list[str] | None = None,
-                              **kwargs: Any) -> str:
-            hub.downloads.append({"repo_id": repo_id, "revision": revision, "local_dir": local_dir,
-                                  "allow_patterns": allow_patterns, "ignore_patterns": ignore_patterns})
-            if hub.fail_download is not None:
-                raise hub.fail_download
-            assert local_dir is not None
-            for rel, data in hub.files.items():
-                if allow_patterns and not any(fnmatch.fnmatch(rel, p) for p in allow_patterns):
-                    continue
-                if ignore_patterns and any(fnmatch.fnmatch(rel, p) for p in ignore_patterns):
-                    continue
-                target = Path(local_dir) / rel
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(hub.corrupt.get(rel, data))
-            (Path(local_dir) / ".cache" / "huggingface").mkdir(parents=True, exist_ok=True)
-            return local_dir
-
-        class HfApi:
-            def model_info(self, repo_id: str, *, revision: str | None = None, files_metadata: bool = False,
-                           **kwargs: Any) -> Any:
-                if hub.fail_listing is not None:
-                    raise hub.fail_listing
-                assert files_metadata
-                siblings = [types.SimpleNamespace(rfilename=k, size=v, lfs=None) for k, v in hub.listed_sizes.items()]
-                return types.SimpleNamespace(siblings=siblings)
-
-        mod.snapshot_download = snapshot_download  # type: ignore[attr-defined]
-        mod.HfApi = HfApi  # type: ignore[attr-defined]
-        return mod
-
-
 @pytest.fixture
 def hub(store: Path, monkeypatch: pytest.MonkeyPatch) -> FakeHub:
-    fake = FakeHub(bundle_files(store / "tiny" / "llama" / "llama_tokenizer"))
-    monkeypatch.setitem(__import__("sys").modules, "huggingface_hub", fake.module())
-    return fake
+    return install(monkeypatch, FakeHub(bundle_files(store / "tiny" / "llama" / "llama_tokenizer")))
 
 
 def test_pull_downloads_checks_and_installs(store: Path, hub: FakeHub, cli: Cli) -> None:
@@ -99,19 +47,21 @@ def test_pull_downloads_checks_and_installs(store: Path, hub: FakeHub, cli: Cli)
     assert code == 0, err
     dest = store / "qwen3" / "0.6b-axcl"
     assert out.strip() == f"{NAME}: ready in {dest}"
-    call = hub.downloads[0]
+    call = hub.downloads[-1]
     assert call["repo_id"] == "AXERA-TECH/Qwen3-0.6B" and call["local_dir"] == str(store / "qwen3" / ".0.6b-axcl.partial")
+    assert call["revision"] == "9bd240869b5ec6f28964a635cd421a80fcad9dc8"  # pinned, never the default branch
     assert (dest / "qwen3-0.6b-ax650" / "qwen3_p128_l2_together.axmodel").is_file()
     assert not (dest / "qwen3-0.6b-ax630c").exists() and not (dest / "main_axcl_aarch64").exists()
     assert not (dest / ".cache").exists() and not (store / "qwen3" / ".0.6b-axcl.partial").exists()
     manifest = json.loads((dest / "ax_model.json").read_text())
     assert manifest == {"format": "vendor", "name": NAME, "architecture": "qwen3", "quantization": "w8a16",
-                        "source": "hf:AXERA-TECH/Qwen3-0.6B"}
+                        "source": "hf:AXERA-TECH/Qwen3-0.6B@9bd240869b5ec6f28964a635cd421a80fcad9dc8"}
     assert NAME in cli("list")[1]
     code, out, err = cli("show", NAME)
     assert code == 0, err
     assert "AXERA bundle (axmodel)" in out and "known once loaded" in out and "unavailable here" in out
-    assert cli("pull", NAME)[0] == 0 and len(hub.downloads) == 1  # already there: nothing fetched
+    downloads = len(hub.downloads)
+    assert cli("pull", NAME)[0] == 0 and len(hub.downloads) == downloads  # already there: nothing fetched
 
 
 def test_lfs_pointer_is_rejected_and_the_pull_resumes(store: Path, hub: FakeHub, cli: Cli) -> None:
@@ -125,7 +75,7 @@ def test_lfs_pointer_is_rejected_and_the_pull_resumes(store: Path, hub: FakeHub,
     hub.corrupt.clear()
     code, _, err = cli("pull", NAME)
     assert code == 0, err
-    assert hub.downloads[1]["local_dir"] == hub.downloads[0]["local_dir"]
+    assert hub.downloads[-1]["local_dir"] == hub.downloads[0]["local_dir"]
 
 
 def test_size_mismatch_is_an_error(store: Path, hub: FakeHub, cli: Cli) -> None:
@@ -167,7 +117,7 @@ def test_force_replaces_the_bundle(store: Path, hub: FakeHub, cli: Cli) -> None:
     marker = store / "qwen3" / "0.6b-axcl" / "stale.txt"
     marker.write_text("old")
     assert cli("pull", NAME, "--force")[0] == 0
-    assert not marker.exists() and len(hub.downloads) == 2
+    assert not marker.exists() and len({d["local_dir"] for d in hub.downloads}) == 1
 
 
 def test_rm_a_bundle(store: Path, hub: FakeHub, cli: Cli) -> None:

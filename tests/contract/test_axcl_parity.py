@@ -149,7 +149,7 @@ def test_device_mask_follows_the_contract(twin: Twin) -> None:
     c = twin.ref.spec.decode_capacity
     with twin.axcl(card) as stack:
         def device_mask() -> np.ndarray:
-            return card.memory.view(stack._mask, 2 * (c + 1)).view(np.uint16)
+            return card.memory.view(stack._masks[stack.spec.decode_group.index], 2 * (c + 1)).view(np.uint16)
 
         assert np.array_equal(device_mask(), float32_to_bf16(decode_mask(0, c)).ravel())
         stack.prefill(twin.table[twin.ids], 0, want_logits=False)

@@ -13,6 +13,7 @@ from ax_llm_provider.runtime.contract import (
     plan_prefill,
     prefill_indices,
     prefill_mask,
+    select_decode_group,
     select_prefill_group,
 )
 from ax_llm_provider.runtime.spec import ShapeGroup, StackSpec
@@ -103,3 +104,42 @@ def test_spec_derived_geometry() -> None:
     assert spec.kv_bytes_per_token == 2 * 2 * 4 * 2
     with pytest.raises(ValueError, match="decode group"):
         StackSpec(layers=1, hidden=2, kv_dim=2, vocab=2, groups=(ShapeGroup(0, 4, 0, 1),))
+
+
+def multi_decode_spec() -> StackSpec:
+    """Decode groups of 1024, 4096 and 2048 rows, deliberately not in capacity order, behind prefill groups."""
+    groups = (ShapeGroup(0, 128, 0, 1), ShapeGroup(1, 1, 4096, 4096), ShapeGroup(2, 128, 512, 512),
+              ShapeGroup(3, 1, 1024, 1024), ShapeGroup(4, 1, 2048, 2048))
+    return StackSpec(layers=2, hidden=8, kv_dim=4, vocab=10, groups=groups)
+
+
+def test_decode_groups_are_ordered_by_capacity_and_the_largest_sets_the_capacity() -> None:
+    spec = multi_decode_spec()
+    assert [g.index for g in spec.decode_groups] == [3, 4, 1]
+    assert spec.decode_group.index == 1 and spec.decode_capacity == 4096
+    assert [g.index for g in spec.prefill_groups] == [0, 2] and spec.prefill_chunk == 128
+
+
+@pytest.mark.parametrize(("pos", "group"), [(0, 3), (1023, 3), (1024, 4), (2047, 4), (2048, 1), (4095, 1)])
+def test_decode_group_is_the_smallest_that_holds_the_position(pos: int, group: int) -> None:
+    # ax-llm: choose_decode_gid(kv_slot + 1) = first group (by capacity) with kv_slot + 1 <= capacity
+    assert select_decode_group(multi_decode_spec(), pos).index == group
+
+
+def test_decode_group_selection_refuses_past_the_largest_capacity() -> None:
+    with pytest.raises(ContextOverflowError, match="4096"):
+        select_decode_group(multi_decode_spec(), 4096)
+    with pytest.raises(ValueError, match="negative"):
+        select_decode_group(multi_decode_spec(), -1)
+
+
+def test_single_decode_group_bundles_are_unchanged() -> None:
+    spec = make_spec()
+    assert spec.decode_groups == (spec.decode_group,) and select_decode_group(spec, 2046) is spec.decode_group
+
+
+def test_prefill_past_every_window_decodes_through_the_smallest_fitting_decode_group() -> None:
+    chunks = plan_prefill(multi_decode_spec(), 600, 3)  # 600 > the largest prefill window (512)
+    assert [(c.start, c.count, c.group.index) for c in chunks] == [(600, 1, 3), (601, 1, 3), (602, 1, 3)]
+    late = plan_prefill(multi_decode_spec(), 2047, 2)
+    assert [(c.start, c.group.index) for c in late] == [(2047, 4), (2048, 1)]

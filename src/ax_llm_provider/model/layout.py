@@ -1,12 +1,17 @@
 """Find the files of a model directory: a vendor bundle (axmodel) or a CPU twin (onnx), same layout.
 
-Expected layout (a Hugging Face AXERA-TECH bundle as downloaded; the layer files may sit in one
-subdirectory such as `qwen3-4b-ax650/`):
+Two bundle layouts are published (docs/models.md, "AXERA bundle layouts"):
+
+* flat (2026): a root `config.json` in ax-llm's schema names every file (model/bundle_config.py); it is
+  read, nothing is guessed from file names. Its tokenizer is ax-llm's own format, so a Hugging Face
+  tokenizer directory must be added (named by `ax_model.json` as tokenizer_dir); `ax-llm pull` does that.
+* per-directory (2024-2025): the layer files sit in one subdirectory such as `qwen3-4b-ax650/`:
     <prefix>_p<P>_l<N>_together.axmodel|onnx   one per decoder layer, N = 0..L-1
     <prefix>_post.axmodel|onnx                 final norm + lm_head
     model.embed_tokens.weight.bfloat16.bin     raw bf16 [vocab, hidden] (or .npy in python demos)
     <name>_tokenizer/ with tokenizer.json      tokenizer and chat template
     post_config.json, ax_model.json            optional
+CPU twins use the per-directory naming at the top level.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from .bundle_config import BundleConfig, read_bundle_config
 from .errors import ModelDirectoryError
 from .manifest import read_manifest
 
@@ -44,6 +50,7 @@ class ModelFiles:
     tokenizer_dir: Path
     manifest: Path | None
     post_config: Path | None
+    bundle_config: BundleConfig | None = None  # the flat layout's ax-llm config.json, when present
 
 
 def is_lfs_pointer(path: Path) -> bool:
@@ -117,12 +124,25 @@ def _find_one(root: Path, directory: Path, names: tuple[str, ...]) -> Path | Non
     return None
 
 
-def _tokenizer_dir(root: Path, prefix: str, hint: str | None) -> Path:
+def _no_hf_tokenizer(root: Path, config: BundleConfig) -> ModelDirectoryError:
+    """The refusal for a bundle whose only tokenizer is ax-llm's own file: say exactly what to fetch."""
+    return ModelDirectoryError(
+        f"{root} ships only {config.url_tokenizer_model}, ax-llm's own tokenizer format, which this engine "
+        f"cannot read and will not guess around. Download the Hugging Face tokenizer of the model "
+        f"{config.model_name} was built from (tokenizer.json and tokenizer_config.json with its chat template, "
+        f"plus generation_config.json if present; for a {config.tokenizer_type} bundle that is the matching "
+        f"original repository, e.g. Qwen/Qwen3-0.6B for AXERA-TECH/Qwen3-0.6B) into a directory inside the "
+        f"bundle, say {root / 'hf_tokenizer'}, and name it in {root / MANIFEST_NAME} as "
+        '{"format": "vendor", "tokenizer_dir": "hf_tokenizer"}. `ax-llm pull` does this for the bundles it knows.'
+    )
+
+
+def _tokenizer_dir(root: Path, prefix: str, hint: str | None, config: BundleConfig | None = None) -> Path:
     if hint:
         path = root / hint
         if (path / "tokenizer.json").is_file():
             return path
-        raise ModelDirectoryError(f"{path} (named by {MANIFEST_NAME}) has no tokenizer.json")
+        raise ModelDirectoryError(f"{path} (named by {MANIFEST_NAME} or config.json) has no tokenizer.json")
     candidates = [p for p in _candidate_dirs(root) if p.name.endswith("_tokenizer") and (p / "tokenizer.json").is_file()]
     for p in candidates:
         if p.name == f"{prefix}_tokenizer":
@@ -136,6 +156,8 @@ def _tokenizer_dir(root: Path, prefix: str, hint: str | None) -> Path:
         raise ModelDirectoryError(
             f"{root} has several tokenizer directories ({names}); name one in {MANIFEST_NAME} as tokenizer_dir"
         )
+    if config is not None and not config.ships_hf_tokenizer:
+        raise _no_hf_tokenizer(root, config)
     raise ModelDirectoryError(f"{root} has no tokenizer: expected a <name>_tokenizer/ directory with tokenizer.json")
 
 
@@ -148,6 +170,9 @@ def scan_model_dir(root: str | Path, kind: ModelKind | None = None, tokenizer_hi
     manifest = read_manifest(manifest_path) if manifest_path.is_file() else None
     if manifest is not None and tokenizer_hint is None:
         tokenizer_hint = manifest.tokenizer_dir
+    config = read_bundle_config(root)
+    if config is not None and kind in (None, "axmodel"):
+        return _scan_configured(root, config, manifest_path if manifest is not None else None, tokenizer_hint)
     directory, found_kind = _layer_dir(root, kind)
     prefix, chunk, layers = _layers(directory, found_kind, manifest.layers if manifest else None)
     post = directory / f"{prefix}_post.{found_kind}"
@@ -172,4 +197,36 @@ def scan_model_dir(root: str | Path, kind: ModelKind | None = None, tokenizer_hi
         tokenizer_dir=_tokenizer_dir(root, prefix, tokenizer_hint),
         manifest=manifest_path if manifest is not None else None,
         post_config=post_config,
+    )
+
+
+def _configured_file(root: Path, rel: str, what: str) -> Path:
+    path = root / rel
+    if not path.is_file():
+        raise ModelDirectoryError(
+            f"{path} is missing: {root / 'config.json'} names it as the {what}; the download is incomplete"
+        )
+    return path
+
+
+def _scan_configured(root: Path, config: BundleConfig, manifest: Path | None, tokenizer_hint: str | None) -> ModelFiles:
+    """The flat layout: every file is where ax-llm's config.json says."""
+    layers = tuple(_configured_file(root, rel, f"decoder layer {i}") for i, rel in enumerate(config.layer_files()))
+    post = _configured_file(root, config.filename_post_axmodel, "post model")
+    embedding = _configured_file(root, config.filename_tokens_embed, "token embedding")
+    kinds = {p.suffix for p in (*layers, post)}
+    if kinds != {".axmodel"}:
+        raise ModelDirectoryError(f"{root / 'config.json'} names model files that are not .axmodel ({sorted(kinds)})")
+    for path in (*layers, post, embedding):
+        _reject_lfs(path)
+    match = LAYER_PATTERN.match(layers[0].name)  # naming is informative only here: the config is the truth
+    prefix = match.group("prefix") if match else Path(config.filename_post_axmodel).stem.removesuffix("_post")
+    post_config = root / config.post_config_path
+    if tokenizer_hint is None and config.ships_hf_tokenizer:  # the config names a Hugging Face tokenizer.json
+        tokenizer_hint = Path(config.url_tokenizer_model).parent.as_posix()
+    return ModelFiles(
+        root=root, kind="axmodel", prefix=prefix, chunk=int(match.group("chunk")) if match else 0,
+        layers=layers, post=post, embedding=embedding,
+        tokenizer_dir=_tokenizer_dir(root, prefix, tokenizer_hint, config),
+        manifest=manifest, post_config=post_config if post_config.is_file() else None, bundle_config=config,
     )

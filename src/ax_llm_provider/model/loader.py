@@ -65,6 +65,22 @@ def _check_manifest_geometry(manifest: ModelManifest | None, model: DecoderStack
             )
 
 
+def _check_bundle_config_geometry(files: ModelFiles, model: DecoderStack) -> None:
+    """ax-llm's config.json states layers, vocab and hidden; a bundle whose models disagree is broken."""
+    config = files.bundle_config
+    if config is None:
+        return
+    spec = model.spec
+    for field_name, declared, actual in (("axmodel_num", config.axmodel_num, spec.layers),
+                                         ("tokens_embed_size", config.tokens_embed_size, spec.hidden),
+                                         ("tokens_embed_num", config.tokens_embed_num, spec.vocab)):
+        if declared != actual:
+            raise ModelDirectoryError(
+                f"{files.root / 'config.json'} says {field_name}={declared} but the model files have {actual}; "
+                "the bundle mixes files of different builds: download it again at one revision"
+            )
+
+
 def load_model(path: str | Path, *, name: str | None = None, backend: str = "auto", device: int = 0,
                threads: int | None = None, axcl: Any | None = None,
                progress: Callable[[int, int], None] | None = None, cmm_floor_mb: int | None = None) -> LoadedModel:
@@ -85,6 +101,7 @@ def load_model(path: str | Path, *, name: str | None = None, backend: str = "aut
                        cmm_floor_mb=cmm_floor_mb)
     try:
         _check_manifest_geometry(manifest, stack, root)
+        _check_bundle_config_geometry(files, stack)
         embeddings = EmbeddingTable(files.embedding, hidden=stack.spec.hidden, vocab=stack.spec.vocab)
     except Exception:
         stack.close()  # never leave a half-loaded model holding the device

@@ -41,10 +41,18 @@ from .axcl_device import AxclRuntime, import_axcl, value
 from .axcl_layout import plan_layout, read_stack_spec
 from .axcl_model import EngineModel
 from .bf16 import bf16_to_float32, float32_to_bf16
-from .contract import MASK_BLOCKED, Chunk, ContextOverflowError, plan_prefill, prefill_indices, prefill_mask
+from .contract import (
+    MASK_BLOCKED,
+    Chunk,
+    ContextOverflowError,
+    plan_prefill,
+    prefill_indices,
+    prefill_mask,
+    select_decode_group,
+)
 from .errors import DeviceError, DeviceMemoryError, check, device_error
 from .protocol import KVSnapshot
-from .spec import StackSpec
+from .spec import ShapeGroup, StackSpec
 
 log = logging.getLogger(__name__)
 H2D, D2H, D2D = codes.AXCL_MEMCPY_HOST_TO_DEVICE, codes.AXCL_MEMCPY_DEVICE_TO_HOST, codes.AXCL_MEMCPY_DEVICE_TO_DEVICE
@@ -165,7 +173,7 @@ class AxclDecoderStack:
         self._k = [res.malloc(kv_bytes, f"K cache of layer {m}") for m in range(spec.layers)]
         self._v = [res.malloc(kv_bytes, f"V cache of layer {m}") for m in range(spec.layers)]
         self._dec = res.malloc(lay.decode_block, "decode input+indices")
-        self._mask = res.malloc(lay.decode_mask, "decode mask")
+        self._masks = {g: res.malloc(size, f"decode mask of group {g}") for g, size in lay.decode_masks}
         self._pre = res.malloc(lay.prefill_block, "prefill input+indices+mask") if lay.prefill_block else 0
         self._hidden = [res.malloc(lay.hidden_buffer, f"hidden state {i}") for i in (0, 1)]
         self._logits_dev = res.malloc(lay.logits, "logits")
@@ -194,7 +202,7 @@ class AxclDecoderStack:
             for group in spec.groups:
                 g, ins, outs = group.index, model.inputs, model.outputs
                 if group.is_decode:
-                    first_input, indices, mask = self._dec, self._dec + lay.decode_indices_offset, self._mask
+                    first_input, indices, mask = self._dec, self._dec + lay.decode_indices_offset, self._masks[g]
                 else:
                     first_input = self._pre
                     indices, mask = self._pre + lay.prefill_indices_offset, self._pre + lay.prefill_mask_offset
@@ -222,9 +230,12 @@ class AxclDecoderStack:
         rb, c = self._layout.row_bytes, self.spec.decode_capacity
         for ptr in (*self._k, *self._v):
             check(self._rt.memset(ptr, 0, self._layout.kv_rows * rb), "axcl.rt.memset", "KV cache")
-        self._copy(self._mask, self._mask_host + 2 * c, 2 * c, H2D)  # slots 0..C-1 blocked
-        self._copy(self._mask + 2 * c, self._mask_host, 2, H2D)  # slot C (current token) open
-        self._mask_open: int | None = 0  # leading open slots on the card; None: unknown
+        for group in self.spec.decode_groups:  # one mask per decode group, C_g + 1 slots each
+            mask, cg = self._masks[group.index], group.history
+            self._copy(mask, self._mask_host + 2 * c, 2 * cg, H2D)  # slots 0..C_g-1 blocked
+            self._copy(mask + 2 * cg, self._mask_host, 2, H2D)  # slot C_g (current token) open
+        # per decode group: leading open slots on the card; None: unknown
+        self._mask_open: dict[int, int | None] = {g.index: 0 for g in self.spec.decode_groups}
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -238,17 +249,18 @@ class AxclDecoderStack:
             raise RuntimeError("this axcl decoder stack is closed; open the model again")
         self._res.runtime.bind_thread()
 
-    def _sync_decode_mask(self, pos: int) -> None:
-        """Make slots [0, pos) open and [pos, C) blocked with one contiguous H2D of the changed slots."""
-        opened = self._mask_open
+    def _sync_decode_mask(self, pos: int, group: ShapeGroup) -> None:
+        """Make the group's slots [0, pos) open and [pos, C_g) blocked with one H2D of the changed slots."""
+        g, c, mask = group.index, self.spec.decode_capacity, self._masks[group.index]
+        opened = self._mask_open[g]
         if opened is None:  # unknown after a failed step: rewrite all of it
-            self._copy(self._mask, self._mask_host + 2 * self.spec.decode_capacity, 2 * self.spec.decode_capacity, H2D)
-            opened = self._mask_open = 0
+            self._copy(mask, self._mask_host + 2 * c, 2 * group.history, H2D)
+            opened = 0
         if pos > opened:
-            self._copy(self._mask + 2 * opened, self._mask_host, 2 * (pos - opened), H2D)
+            self._copy(mask + 2 * opened, self._mask_host, 2 * (pos - opened), H2D)
         elif pos < opened:
-            self._copy(self._mask + 2 * pos, self._mask_host + 2 * self.spec.decode_capacity, 2 * (opened - pos), H2D)
-        self._mask_open = pos
+            self._copy(mask + 2 * pos, self._mask_host + 2 * c, 2 * (opened - pos), H2D)
+        self._mask_open[g] = pos
 
     def _stage_decode(self, embed: np.ndarray, pos: int) -> None:
         self._dec_embed[:] = float32_to_bf16(embed)
@@ -298,7 +310,7 @@ class AxclDecoderStack:
         try:
             return fn(*args)
         except DeviceError:
-            self._mask_open = None  # the device state is unknown now: rebuild it on the next step
+            self._mask_open = dict.fromkeys(self._mask_open)  # device state unknown: rebuild on the next step
             raise
 
     # -- DecoderStack --------------------------------------------------------------------------
@@ -311,9 +323,10 @@ class AxclDecoderStack:
         return self._step(self._decode, embed, pos)
 
     def _decode(self, embed: np.ndarray, pos: int) -> np.ndarray:
+        group = select_decode_group(self.spec, pos)  # the smallest decode group that holds pos (ax-llm's rule)
         self._stage_decode(embed, pos)
-        self._sync_decode_mask(pos)
-        self._run_layers(self.spec.decode_group.index, pos, 1)
+        self._sync_decode_mask(pos, group)
+        self._run_layers(group.index, pos, 1)
         return self._logits(0)
 
     def prefill(self, embeds: np.ndarray, start: int, want_logits: bool = True) -> np.ndarray | None:
@@ -328,13 +341,15 @@ class AxclDecoderStack:
             rows = embeds[chunk.start - start: chunk.start - start + chunk.count]
             if chunk.group.is_decode:  # history beyond every prefill window: one token through decode
                 self._stage_decode(rows[0], chunk.start)
-                self._sync_decode_mask(chunk.start)
+                self._sync_decode_mask(chunk.start, chunk.group)
                 last_row = 0
             else:
                 self._stage_prefill(rows, chunk)
                 last_row = chunk.count - 1
             self._run_layers(chunk.group.index, chunk.start, chunk.count)
-        self._sync_decode_mask(start + len(embeds))  # ready for the next decode: no catch-up there
+        following = start + len(embeds)
+        if following < self.spec.decode_capacity:  # ready for the next decode: no catch-up there
+            self._sync_decode_mask(following, select_decode_group(self.spec, following))
         return self._logits(last_row) if want_logits else None
 
     def kv_save(self, length: int) -> KVSnapshot:

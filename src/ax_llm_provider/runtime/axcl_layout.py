@@ -1,7 +1,7 @@
 """Geometry of a loaded layer stack (from the runtime's own I/O description) and its device buffer layout.
 
 Groups are recognised as ax-llm does: `indices` with one element is decode, more is prefill; a group's
-history capacity is `mask` columns minus tokens (axera-hardware.md section 2). Nothing is hard-coded.
+history capacity is `mask` columns minus tokens (docs/models.md, "Shape groups"). Nothing is hard-coded.
 """
 
 from __future__ import annotations
@@ -62,10 +62,10 @@ def read_stack_spec(layers: Sequence[EngineModel], post: EngineModel) -> StackSp
                          groups=tuple(groups), io_dtype="bfloat16")
     except ValueError as exc:
         raise StackFormatError(f"{first.path}: {exc}") from exc
-    decode = spec.decode_group
-    if decode.kv_rows != decode.history:
-        raise StackFormatError(f"{first.path}: decode group has K_cache rows {decode.kv_rows} but mask history "
-                               f"{decode.history}; expected both to be the capacity C")
+    for decode in spec.decode_groups:
+        if decode.kv_rows != decode.history:
+            raise StackFormatError(f"{first.path}: decode group {decode.index} has K_cache rows {decode.kv_rows} but "
+                                   f"mask history {decode.history}; expected both to be its capacity C")
     if post.inputs["input"].sizes[0] != spec.hidden * 2:
         raise StackFormatError(f"{post.path}: input is {post.inputs['input'].dims[0]}, expected [1, 1, {spec.hidden}]")
     return spec
@@ -77,20 +77,26 @@ class Layout:
 
     decode block:  [input H*2 | pad | indices 4]                  one H2D per token
     prefill block: [input P*H*2 | pad | indices P*4 | pad | mask]  one H2D per chunk (mask sized per group)
-    decode mask:   C+1 bf16 slots, updated in place
+    decode masks:  C_g+1 bf16 slots for each decode group g, updated in place (the current-token slot is
+                   the last one, so a group's mask cannot be a prefix of a larger group's)
     """
 
     row_bytes: int  # one K or V row: kv_dim * 2
     kv_rows: int  # rows allocated per layer K and V buffer
     decode_indices_offset: int
     decode_block: int
-    decode_mask: int
+    decode_masks: tuple[tuple[int, int], ...]  # (decode group index, bytes), one buffer each
     prefill_indices_offset: int
     prefill_mask_offset: int
     prefill_block: int
     hidden_buffer: int  # each of the two ping-pong hidden-state buffers
     kv_scratch: int  # d2d mode: the K_cache_out / V_cache_out landing buffer
     logits: int
+
+    @property
+    def decode_mask(self) -> int:
+        """Bytes of all decode masks together."""
+        return sum(size for _, size in self.decode_masks)
 
     @property
     def device_bytes_shared(self) -> int:
@@ -120,7 +126,7 @@ def plan_layout(spec: StackSpec, layer: EngineModel, post: EngineModel, d2d: boo
         kv_rows=spec.decode_capacity + slack,
         decode_indices_offset=idx_off,
         decode_block=idx_off + ins["indices"].sizes[dec],
-        decode_mask=ins["mask"].sizes[dec],
+        decode_masks=tuple((g.index, ins["mask"].sizes[g.index]) for g in spec.decode_groups),
         prefill_indices_offset=p_idx_off,
         prefill_mask_offset=p_mask_off,
         prefill_block=p_mask_off + largest("mask", prefill) if prefill else 0,

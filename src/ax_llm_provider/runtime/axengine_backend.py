@@ -17,12 +17,12 @@ import numpy as np
 
 from .bf16 import bf16_to_float32, float32_to_bf16
 from .contract import (
-    ContextOverflowError,
     decode_indices,
     decode_mask,
     plan_prefill,
     prefill_indices,
     prefill_mask,
+    select_decode_group,
 )
 from .protocol import KVSnapshot
 from .spec import ShapeGroup, StackSpec
@@ -127,9 +127,7 @@ class AxengineDecoderStack:
         return self._logits(last) if want_logits else None
 
     def _decode_hidden(self, embed: np.ndarray, pos: int) -> np.ndarray:
-        group = self.spec.decode_group
-        if not 0 <= pos < group.history:
-            raise ContextOverflowError(f"position {pos} is outside the decode capacity {group.history}")
+        group = select_decode_group(self.spec, pos)  # raises ContextOverflowError past the capacity
         x = float32_to_bf16(np.asarray(embed, np.float32).reshape(self.spec.hidden))
         return self._run_layers(group, x, decode_indices(pos), decode_mask(pos, group.history), pos, 1)[0]
 

@@ -1,7 +1,7 @@
 """The vendor tensor contract, written once: masks, positions, group choice and prefill chunking.
 
 Pure functions over numpy, shared by every backend (axcl, axengine, onnx, simulated card).
-Conventions (axera-hardware.md section 2):
+Conventions (docs/models.md, "Shape groups"; AXERA-TECH/ax-llm src/runner/LLM_decode.cpp):
   decode  mask [1, 1, C+1]: slot i < C is cache row i, slot C is the current token (always open).
   prefill mask [1, P, Hc+P]: columns [0, hist) open for the valid history, column Hc+j open for j <= i.
 Open is 0, blocked is -65536 (additive, in the model's I/O dtype).
@@ -62,6 +62,20 @@ def decode_indices(pos: int) -> np.ndarray:
     return np.array([[pos]], dtype=np.uint32)
 
 
+def select_decode_group(spec: StackSpec, pos: int) -> ShapeGroup:
+    """Smallest decode group whose cache holds position `pos` (ax-llm's choose_decode_gid(kv_slot + 1)).
+
+    Every decode group reads the first C_g rows of the same per-layer cache, where row i is position i,
+    so switching groups between steps needs no copy; a smaller group only attends over fewer rows.
+    """
+    if pos < 0:
+        raise ValueError(f"negative position {pos}")
+    for group in spec.decode_groups:
+        if pos < group.history:
+            return group
+    raise ContextOverflowError(f"position {pos} is outside the decode capacity {spec.decode_capacity}")
+
+
 def select_prefill_group(spec: StackSpec, history: int) -> ShapeGroup | None:
     """Smallest prefill group whose history window holds `history` rows; None when none does."""
     for group in spec.prefill_groups:
@@ -74,8 +88,9 @@ def select_prefill_group(spec: StackSpec, history: int) -> ShapeGroup | None:
 class Chunk:
     """A run of prompt tokens processed by one device call per layer.
 
-    `group` is a prefill group, or the decode group when `count == 1` and no prefill group can see
-    the history (long histories on bundles whose prefill windows are shorter than C).
+    `group` is a prefill group, or a decode group (the smallest that holds the position) when
+    `count == 1` and no prefill group can see the history (long histories on bundles whose prefill
+    windows are shorter than C).
     """
 
     start: int
@@ -102,7 +117,7 @@ def plan_prefill(spec: StackSpec, start: int, count: int) -> list[Chunk]:
     while pos < end:
         group = select_prefill_group(spec, pos)
         if group is None:
-            chunks.append(Chunk(pos, 1, spec.decode_group))
+            chunks.append(Chunk(pos, 1, select_decode_group(spec, pos)))
             pos += 1
             continue
         n = min(size, end - pos)

@@ -21,7 +21,15 @@ from typing import Any
 
 import numpy as np
 
-from .contract import Chunk, decode_indices, decode_mask, plan_prefill, prefill_indices, prefill_mask
+from .contract import (
+    Chunk,
+    decode_indices,
+    decode_mask,
+    plan_prefill,
+    prefill_indices,
+    prefill_mask,
+    select_decode_group,
+)
 from .protocol import KVSnapshot
 from .spec import ShapeGroup, StackSpec
 
@@ -167,7 +175,7 @@ class OnnxDecoderStack:
 
     def decode(self, embed: np.ndarray, pos: int) -> np.ndarray:
         self._check_open()
-        group = self.spec.decode_group
+        group = select_decode_group(self.spec, pos)
         hidden = self._run_chunk(Chunk(pos, 1, group), np.asarray(embed, dtype=np.float32))
         return self._logits(hidden)
 

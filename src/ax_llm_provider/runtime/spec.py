@@ -1,8 +1,10 @@
 """Geometry of a compiled decoder stack: layers, widths and the shape groups of each layer.
 
-A vendor layer model (`*_p128_lN_together.axmodel`) carries several shape groups. Group 0 decodes one
-token against the whole KV capacity C; groups 1..N prefill a P-token chunk (P = 128) against a history
-window of Hc rows. The CPU twin carries the same groups in its ONNX metadata (`ax.shape_groups`).
+A vendor layer model (`*_p128_lN_together.axmodel`) carries several shape groups. A decode group decodes one
+token against a KV capacity C (published bundles have one, group 0; newer builds may carry several, e.g.
+2k/4k/8k, in any order); groups with P-token inputs (P = 128) prefill a chunk against a history window of Hc
+rows. Roles are told apart by token count, as ax-llm does. The CPU twin carries the same groups in its ONNX
+metadata (`ax.shape_groups`). Which group runs when is decided in runtime/contract.py.
 """
 
 from __future__ import annotations
@@ -51,16 +53,21 @@ class StackSpec:
     notes: dict[str, str] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
-        decode = [g for g in self.groups if g.is_decode]
-        if len(decode) != 1:
-            raise ValueError(f"a decoder stack needs exactly one decode group (tokens == 1), found {len(decode)}")
+        if not any(g.is_decode for g in self.groups):
+            raise ValueError("a decoder stack needs a decode group (tokens == 1); these shape groups have none")
         chunks = {g.tokens for g in self.groups if not g.is_decode}
         if len(chunks) > 1:
             raise ValueError(f"prefill groups disagree on the chunk length: {sorted(chunks)}")
 
     @property
+    def decode_groups(self) -> tuple[ShapeGroup, ...]:
+        """Decode groups ordered by growing capacity (then by index)."""
+        return tuple(sorted((g for g in self.groups if g.is_decode), key=lambda g: (g.history, g.index)))
+
+    @property
     def decode_group(self) -> ShapeGroup:
-        return next(g for g in self.groups if g.is_decode)
+        """The largest decode group: its capacity is the stack's, and it can decode any position."""
+        return self.decode_groups[-1]
 
     @property
     def prefill_groups(self) -> tuple[ShapeGroup, ...]:
@@ -69,7 +76,7 @@ class StackSpec:
 
     @property
     def decode_capacity(self) -> int:
-        """C: rows of the per-layer KV cache, so the largest number of positions a sequence can hold."""
+        """C: rows of the per-layer KV cache (the largest decode capacity), so the most positions a sequence holds."""
         return self.decode_group.history
 
     @property

@@ -114,6 +114,7 @@ def null_layer(geometry: Geometry) -> ModelDesc:
     g = geometry
     groups = [{"tokens": 1, "history": g.capacity, "kv_rows": g.capacity}]
     groups += [{"tokens": g.chunk, "history": h, "kv_rows": max(h, 1)} for h in g.prefill_histories]
+    groups += [{"tokens": 1, "history": c, "kv_rows": c} for c in g.extra_decode_capacities]
     dtypes = {n: codes.AXCL_DATA_TYPE_BF16 for n in LAYER_INPUTS + LAYER_OUTPUTS}
     dtypes["indices"] = codes.AXCL_DATA_TYPE_UINT32
     outputs = _layer_tensors(LAYER_OUTPUTS, dtypes, groups, g.hidden, g.kv_dim)

@@ -15,7 +15,14 @@ from pathlib import Path
 import numpy as np
 
 from ..bf16 import bf16_to_float32, float32_to_bf16
-from ..contract import decode_indices, decode_mask, plan_prefill, prefill_indices, prefill_mask
+from ..contract import (
+    decode_indices,
+    decode_mask,
+    plan_prefill,
+    prefill_indices,
+    prefill_mask,
+    select_decode_group,
+)
 from ..protocol import KVSnapshot
 from ..spec import ShapeGroup, StackSpec
 from .models import LAYER_OUTPUTS, load_twin
@@ -57,7 +64,7 @@ class CardReference:
         return bf16_round(out[self._post.outputs[0].name]).reshape(-1)
 
     def _decode_hidden(self, embed: np.ndarray, pos: int) -> np.ndarray:
-        group = self.spec.decode_group
+        group = select_decode_group(self.spec, pos)
         x = bf16_round(embed).reshape(1, 1, -1)
         return self._run(group, x, decode_indices(pos), decode_mask(pos, group.history), pos, 1)[0]
 

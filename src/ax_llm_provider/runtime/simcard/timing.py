@@ -25,6 +25,7 @@ class Geometry:
     capacity: int  # C, decode KV rows
     chunk: int = 128  # P
     prefill_histories: tuple[int, ...] = (0,)
+    extra_decode_capacities: tuple[int, ...] = ()  # more decode groups (newer builds), listed after the prefill ones
     layer_cmm_bytes: int = 0  # device memory a layer model occupies (ESTIMATE)
     post_cmm_bytes: int = 0
 
