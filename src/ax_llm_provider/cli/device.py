@@ -5,15 +5,18 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import logging
 import os
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from .common import EXIT_ERROR, EXIT_OK, CliError, table
 
-MONITOR_NOTE = ("the continuous health monitor (temperature, CMM, cool-down and recovery policies) is planned; "
-                "this command takes one reading")
+log = logging.getLogger("ax_llm_provider.cli")
+MONITOR_NOTE = ("this command takes one reading; an engine that holds the card monitors it continuously "
+                "(engine.health(), and `ax-llm health` while it runs)")
 
 # ---- probes (module-level so tests can replace them) ------------------------------------------------
 
@@ -79,7 +82,52 @@ def _read_properties(axcl: Any, lib: Any, index: int) -> dict[str, Any]:
         axcl.finalize()
 
 
+def _owner_health(args: argparse.Namespace) -> int | None:
+    """Print the reading of the process that holds the card (its status channel) without opening the card;
+    None when no live process publishes one for this card."""
+    from ..status_channel import read_status
+
+    status = read_status(args.device)
+    if status is None:
+        return None
+    if not status.alive:
+        log.warning("ignoring the stale status channel %s: %s no longer runs", status.path, status.describe_owner())
+        return None
+    health = status.health
+    healthy = status.fresh and health.get("state") in ("ok", "idle", "loading", "warn")
+    if args.json:
+        print(json.dumps({"source": "status channel", "card": args.device, "simulated": status.simulated,
+                          "owner": status.owner, "published_s_ago": round(status.age_s, 2), "fresh": status.fresh,
+                          **health}, indent=2))
+        return EXIT_OK if healthy else EXIT_ERROR
+    label = " (SIMULATED card: the figures are the simulator's, not a measurement)" if status.simulated else ""
+    print(f"{health.get('device', f'card {args.device}')} is held by {status.describe_owner()}{label}")
+    print(f"reading from its status channel, published {status.age_s:.1f} s ago (this command did not open the card)")
+
+    def figure(key: str, fmt: str) -> str:
+        return fmt.format(health[key]) if health.get(key) is not None else "not read yet"
+
+    read_at = health.get("read_at")
+    table([
+        ["  state", f"{health.get('state')}" + ("" if status.fresh else " (STALE: the owner stopped publishing; "
+                                                "it may be hung)")],
+        ["  temperature", figure("temperature_c", "{:.1f} °C")
+         + (f" (read {max(0.0, time.time() - read_at):.1f} s ago)" if read_at else "")],
+        ["  CMM", f"{figure('cmm_free_mb', '{:.0f}')} MiB free of {figure('cmm_total_mb', '{:.0f}')} MiB"],
+        ["  NPU load", figure("npu_load_percent", "{:.1f} %")],
+        ["  CPU load", figure("device_cpu_load_percent", "{:.1f} %")],
+        ["  models", ", ".join(health.get("models") or []) or "none"],
+    ])
+    for warning in health.get("warnings") or []:
+        print(f"warning: {warning}")
+    return EXIT_OK if healthy else EXIT_ERROR
+
+
 def cmd_health(args: argparse.Namespace) -> int:
+    if args.backend in ("auto", "axcl", "simulated"):
+        owned = _owner_health(args)
+        if owned is not None:
+            return owned
     if args.backend == "simulated":
         from ..runtime.simcard import SimCard
 
