@@ -47,6 +47,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     if args.tokens < 1:
         raise CliError("--tokens must be at least 1")
     backend = args.backend or "auto"
+    if args.calibrate:
+        return _calibrate(args, "simulated" if args.simulated else backend)
     report = run_doctor(args.model, backend=backend, device=args.device, tokens=args.tokens, store_dir=args.store,
                         simulated=args.simulated or backend == "simulated")
     governor = read_text("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
@@ -61,6 +63,26 @@ def cmd_doctor(args: argparse.Namespace) -> int:
                    "docs/hardware.md)")
     print(main_json(report) if args.json else report.to_text())
     return EXIT_OK if report.ok else EXIT_ERROR
+
+
+def _calibrate(args: argparse.Namespace, backend: str) -> int:
+    from ..calibration.report import first_contact, summary
+    from ..calibration.run import CalibrationError
+    from .common import progress_bar
+
+    if not args.model:
+        raise CliError("--calibrate needs a MODEL: `ax-llm doctor --calibrate qwen3:0.6b-axcl` (on the card) or "
+                       "`ax-llm doctor --calibrate smollm2:135m --simulated`")
+    update, close = progress_bar()
+    try:
+        report = first_contact(args.model, store_dir=args.store, backend=backend, device=args.device,
+                               tokens=args.tokens, progress=update)
+    except (CalibrationError, OSError) as exc:
+        raise CliError(f"calibration failed: {exc}") from exc
+    finally:
+        close()
+    print(json.dumps(report, indent=2, default=str) if args.json else summary(report))
+    return EXIT_OK if report["ok"] else EXIT_ERROR
 
 
 # ---- health ----------------------------------------------------------------------------------------

@@ -133,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", type=int, default=0, help="card index, 0-based")
     p.add_argument("--tokens", type=int, default=16, help="tokens of the smoke generation")
     p.add_argument("--require-card", action="store_true", help="fail when no card is usable")
+    p.add_argument("--calibrate", action="store_true",
+                   help="first contact with the card for MODEL: kv_write bind vs copy (logits, time per token), "
+                        "per-group and per-call costs, this runtime's fault codes, a short generation; stores the "
+                        "choices for MODEL and writes a JSON report (docs/hardware.md)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func="device:cmd_doctor")
 
