@@ -30,8 +30,9 @@ def test_calibrate_on_the_simulated_card_end_to_end(store: Path, cli: Cli) -> No
     assert report["ok"] and report["simulated"] and report["runtime"]["kind"] == "simulated"
     kv = report["kv_write"]
     assert kv["comparison"]["compared"] and kv["comparison"]["steps"] == 4  # after the prompt + 3 decodes
-    assert kv["comparison"]["identical"] is True  # this simulated card does not corrupt aliased outputs
     assert kv["chosen"] in ("copy", "bind") and kv["reason"]
+    if not kv["comparison"]["identical"]:  # a simulated card told to corrupt aliased outputs
+        assert kv["chosen"] == "copy" and "changed the logits" in kv["reason"]
     for mode in ("copy", "bind"):
         assert kv["modes"][mode]["error"] is None and kv["modes"][mode]["device_ms_per_token"] > 0
     calls = {c["what"]: c for c in report["call_costs"]}

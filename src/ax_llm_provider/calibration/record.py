@@ -96,7 +96,7 @@ class CalibrationRecord(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    schema_version: int = Field(SCHEMA, alias="schema")
+    schema_version: int = Field(default=SCHEMA, alias="schema")
     model: str
     model_dir: str
     runtime: Runtime
