@@ -165,7 +165,10 @@ class StatusPublisher:
         self._thread = threading.Thread(target=self._loop, name=f"ax-llm-status-card{card}", daemon=True)
 
     def start(self) -> StatusPublisher:
-        self.publish()  # before any device call: readers back off from the very start of a load
+        try:
+            self.publish()  # before any device call: readers back off from the very start of a load
+        except Exception:  # noqa: BLE001 -- the engine's load must not fail because its status could not be written
+            log.exception("publishing the status channel failed")
         self._thread.start()
         return self
 

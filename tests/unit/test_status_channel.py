@@ -132,3 +132,13 @@ def test_doctor_warns_about_a_stale_channel_and_checks_the_card_itself(lock_dir:
     checks = {c.name: c for c in report.checks}
     assert checks["card owner"].status == "warn" and "no longer runs" in checks["card owner"].detail
     assert opened == [0]
+
+
+def test_a_failing_snapshot_never_fails_the_owner(lock_dir: Path) -> None:
+    def broken() -> dict[str, Any]:
+        raise RuntimeError("snapshot bug")
+
+    publisher = sc.StatusPublisher(sc.channel_path(0), 0, broken, lambda: True, period=0.02).start()
+    time.sleep(0.1)
+    assert sc.read_status(0) is None and publisher.running  # nothing published, still trying
+    publisher.stop()
