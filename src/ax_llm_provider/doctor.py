@@ -134,6 +134,41 @@ def check_devices(report: DoctorReport, device: int) -> dict[str, Any]:
     return info
 
 
+def owner_of_card(report: DoctorReport, device: int) -> dict[str, Any] | None:
+    """The card's readings from the process that holds it (its status channel), or None when nobody does.
+
+    A live owner means this process must not open the card: on hardware the open fails, and the property
+    call would set up and reset the device under the owner's feet (docs/health.md).
+    """
+    from .status_channel import read_status
+
+    status = read_status(device)
+    if status is None:
+        return None
+    if not status.alive:
+        report.add("card owner", "warn", f"stale status channel {status.path} from {status.describe_owner()}, "
+                   "which no longer runs: ignored")
+        return None
+    health = status.health
+    report.add("card owner", "ok" if status.fresh else "warn",
+               f"{health.get('device', f'card {device}')} is held by {status.describe_owner()}; readings from its "
+               f"status channel ({status.age_s:.1f} s old), the card itself was not opened"
+               + ("" if status.fresh else ": the owner stopped publishing, it may be hung"))
+    state = str(health.get("state"))
+    report.add("owner engine", "ok" if state in ("ok", "idle", "loading", "warn") else "fail",
+               f"state {state}, models {', '.join(health.get('models') or []) or 'none'}, queue "
+               f"{health.get('queue')}" + "".join(f"; {w}" for w in health.get("warnings") or []))
+    temp = health.get("temperature_c")
+    if temp is None:
+        report.add("temperature", "skip", "the owner has not read the card yet (it reads while a model is loaded)")
+    else:
+        report.add("temperature", "warn" if temp >= 75 else "ok", f"{temp:.1f} °C (read by the owner)")
+    if health.get("cmm_free_mb") is not None:
+        report.add("cmm", "ok", f"{health['cmm_free_mb']:.0f} MB free of {health['cmm_total_mb']:.0f} MB "
+                   "(read by the owner)")
+    return {"owner_pid": status.pid, "free_cmm_mb": None}
+
+
 def check_model(report: DoctorReport, model: str, store_dir: str | None, free_cmm_mb: int | None) -> Path | None:
     from .model.errors import ModelError
     from .model.layout import scan_model_dir
@@ -190,19 +225,29 @@ def smoke_test(report: DoctorReport, path: Path, backend: str, tokens: int) -> N
         engine.close()
 
 
+def _needs_card(path: Path, backend: str) -> bool:
+    from .model.layout import scan_model_dir
+
+    return backend in ("axcl", "axengine", "simulated") or (backend == "auto" and scan_model_dir(path).kind != "onnx")
+
+
 def run_doctor(model: str | None = None, *, backend: str = "auto", device: int = 0, tokens: int = 16,
                store_dir: str | None = None, simulated: bool = False) -> DoctorReport:
     report = DoctorReport()
     check_environment(report)
     card = check_driver(report)
-    info = check_devices(report, device) if card else {}
-    if not card:
+    owner = owner_of_card(report, device)
+    info = owner or (check_devices(report, device) if card else {})
+    if not card and owner is None:
         report.add("card", "skip", "no LLM-8850 card usable from this process: device checks skipped"
                    + ("; running the smoke test on the simulated card" if simulated else ""))
     if model:
         path = check_model(report, model, store_dir, info.get("free_cmm_mb"))
-        if path is not None:
-            chosen = "simulated" if simulated else backend
+        chosen = "simulated" if simulated else backend
+        if path is not None and owner is not None and _needs_card(path, chosen):
+            report.add("smoke generation", "skip", f"card {device} is held by PID {owner['owner_pid']}: send the "
+                       "request to that process (e.g. `ax-llm serve`'s API), or stop it and run doctor again")
+        elif path is not None:
             smoke_test(report, path, chosen, tokens)
     return report
 

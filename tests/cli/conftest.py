@@ -17,6 +17,13 @@ from ax_llm_provider.cli import close_engines, main
 TINY = "tiny:llama"
 
 
+@pytest.fixture(autouse=True)
+def own_lock_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Card locks and status channels of this test only: a card another process on this machine holds (a
+    service, another test run) must not change what `health` / `doctor` print here."""
+    monkeypatch.setenv("AX_LLM_LOCK_DIR", str(tmp_path / "locks"))
+
+
 @pytest.fixture
 def store(tmp_path: Path, tiny_twin: Callable[..., Path], monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     root = tmp_path / "store"

@@ -5,15 +5,18 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import logging
 import os
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from .common import EXIT_ERROR, EXIT_OK, CliError, table
 
-MONITOR_NOTE = ("the continuous health monitor (temperature, CMM, cool-down and recovery policies) is planned; "
-                "this command takes one reading")
+log = logging.getLogger("ax_llm_provider.cli")
+MONITOR_NOTE = ("this command takes one reading; an engine that holds the card monitors it continuously "
+                "(engine.health(), and `ax-llm health` while it runs)")
 
 # ---- probes (module-level so tests can replace them) ------------------------------------------------
 
@@ -44,6 +47,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     if args.tokens < 1:
         raise CliError("--tokens must be at least 1")
     backend = args.backend or "auto"
+    if args.calibrate:
+        return _calibrate(args, "simulated" if args.simulated else backend)
     report = run_doctor(args.model, backend=backend, device=args.device, tokens=args.tokens, store_dir=args.store,
                         simulated=args.simulated or backend == "simulated")
     governor = read_text("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
@@ -58,6 +63,26 @@ def cmd_doctor(args: argparse.Namespace) -> int:
                    "docs/hardware.md)")
     print(main_json(report) if args.json else report.to_text())
     return EXIT_OK if report.ok else EXIT_ERROR
+
+
+def _calibrate(args: argparse.Namespace, backend: str) -> int:
+    from ..calibration.report import first_contact, summary
+    from ..calibration.run import CalibrationError
+    from .common import progress_bar
+
+    if not args.model:
+        raise CliError("--calibrate needs a MODEL: `ax-llm doctor --calibrate qwen3:0.6b-axcl` (on the card) or "
+                       "`ax-llm doctor --calibrate smollm2:135m --simulated`")
+    update, close = progress_bar()
+    try:
+        report = first_contact(args.model, store_dir=args.store, backend=backend, device=args.device,
+                               tokens=args.tokens, progress=update)
+    except (CalibrationError, OSError) as exc:
+        raise CliError(f"calibration failed: {exc}") from exc
+    finally:
+        close()
+    print(json.dumps(report, indent=2, default=str) if args.json else summary(report))
+    return EXIT_OK if report["ok"] else EXIT_ERROR
 
 
 # ---- health ----------------------------------------------------------------------------------------
@@ -79,7 +104,52 @@ def _read_properties(axcl: Any, lib: Any, index: int) -> dict[str, Any]:
         axcl.finalize()
 
 
+def _owner_health(args: argparse.Namespace) -> int | None:
+    """Print the reading of the process that holds the card (its status channel) without opening the card;
+    None when no live process publishes one for this card."""
+    from ..status_channel import read_status
+
+    status = read_status(args.device)
+    if status is None:
+        return None
+    if not status.alive:
+        log.warning("ignoring the stale status channel %s: %s no longer runs", status.path, status.describe_owner())
+        return None
+    health = status.health
+    healthy = status.fresh and health.get("state") in ("ok", "idle", "loading", "warn")
+    if args.json:
+        print(json.dumps({"source": "status channel", "card": args.device, "simulated": status.simulated,
+                          "owner": status.owner, "published_s_ago": round(status.age_s, 2), "fresh": status.fresh,
+                          **health}, indent=2))
+        return EXIT_OK if healthy else EXIT_ERROR
+    label = " (SIMULATED card: the figures are the simulator's, not a measurement)" if status.simulated else ""
+    print(f"{health.get('device', f'card {args.device}')} is held by {status.describe_owner()}{label}")
+    print(f"reading from its status channel, published {status.age_s:.1f} s ago (this command did not open the card)")
+
+    def figure(key: str, fmt: str) -> str:
+        return fmt.format(health[key]) if health.get(key) is not None else "not read yet"
+
+    read_at = health.get("read_at")
+    table([
+        ["  state", f"{health.get('state')}" + ("" if status.fresh else " (STALE: the owner stopped publishing; "
+                                                "it may be hung)")],
+        ["  temperature", figure("temperature_c", "{:.1f} °C")
+         + (f" (read {max(0.0, time.time() - read_at):.1f} s ago)" if read_at else "")],
+        ["  CMM", f"{figure('cmm_free_mb', '{:.0f}')} MiB free of {figure('cmm_total_mb', '{:.0f}')} MiB"],
+        ["  NPU load", figure("npu_load_percent", "{:.1f} %")],
+        ["  CPU load", figure("device_cpu_load_percent", "{:.1f} %")],
+        ["  models", ", ".join(health.get("models") or []) or "none"],
+    ])
+    for warning in health.get("warnings") or []:
+        print(f"warning: {warning}")
+    return EXIT_OK if healthy else EXIT_ERROR
+
+
 def cmd_health(args: argparse.Namespace) -> int:
+    if args.backend in ("auto", "axcl", "simulated"):
+        owned = _owner_health(args)
+        if owned is not None:
+            return owned
     if args.backend == "simulated":
         from ..runtime.simcard import SimCard
 

@@ -133,12 +133,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", type=int, default=0, help="card index, 0-based")
     p.add_argument("--tokens", type=int, default=16, help="tokens of the smoke generation")
     p.add_argument("--require-card", action="store_true", help="fail when no card is usable")
+    p.add_argument("--calibrate", action="store_true",
+                   help="first contact with the card for MODEL: kv_write bind vs copy (logits, time per token), "
+                        "per-group and per-call costs, this runtime's fault codes, a short generation; stores the "
+                        "choices for MODEL and writes a JSON report (docs/hardware.md)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func="device:cmd_doctor")
 
     p = sub.add_parser("health", help="one reading of the card: temperature, CMM, load",
-                       description="Reads axclrtGetDeviceProperties once. Only one process can own the card: "
-                                   "run it when no service holds the card.")
+                       description="Reads axclrtGetDeviceProperties once. When another process holds the card "
+                                   "(`ax-llm serve`, a notebook), prints that process's last reading from its status "
+                                   "channel instead, without opening the card (docs/health.md). Exit code 1 when "
+                                   "the owner reports a problem or stopped publishing.")
     p.add_argument("--backend", choices=("auto", "axcl", "simulated", "onnx", "axengine"), default="auto")
     p.add_argument("--device", type=int, default=0, help="card index, 0-based")
     p.add_argument("--preset", default="qwen3-0.6b-w8a16", help="simulated card preset")

@@ -28,6 +28,7 @@ from ..observability import metrics, request_fields, set_request_id
 from ..runtime import axcl_codes as codes
 from ..runtime.axcl_props import get_device_properties, reboot_device
 from ..runtime.errors import DeviceError, DeviceMemoryError, DeviceOfflineError
+from ..status_channel import publish_status
 from . import lifecycle
 from .health import (
     DeviceReading,
@@ -99,6 +100,7 @@ class Supervisor(MonitorHooks):
         if self.lock is None:
             self.lock = lifecycle.DeviceLock(f"card{self.engine.device}")
         self.lock.acquire()
+        publish_status(self, self.lock)  # health/doctor of other processes read this instead of the card
 
     def _resolve_axcl(self) -> Any:
         """The module behind `self.axcl`: taken on the first device call of a card backend."""

@@ -115,9 +115,9 @@ class AxclDecoderStack:
         `axcl.rt.get_device_list()`. kv_write: "bind" (default) or "d2d", see the module docstring.
         cmm_floor_mb: refuse to load unless this much CMM stays free afterwards.
         """
-        if kv_write not in ("bind", "d2d"):
-            raise ValueError(f"kv_write must be 'bind' or 'd2d', not {kv_write!r}")
-        self._d2d = kv_write == "d2d"
+        if kv_write not in ("bind", "d2d", "copy"):  # "copy" is the calibration's name for "d2d"
+            raise ValueError(f"kv_write must be 'bind' or 'copy' ('d2d'), not {kv_write!r}")
+        self._d2d = kv_write in ("d2d", "copy")
         self._axcl = axcl if axcl is not None else import_axcl()
         self._res = _Resources(AxclRuntime.acquire(self._axcl, device_index, config))
         self._finalizer = weakref.finalize(self, self._res.close)  # runs at exit too

@@ -50,12 +50,13 @@ def check_backend(files: ModelFiles, name: str) -> None:
 
 def open_stack(files: ModelFiles, backend: str = "auto", device: int = 0, threads: int | None = None, *,
                axcl: Any | None = None, progress: Callable[[int, int], None] | None = None,
-               cmm_floor_mb: int | None = None) -> DecoderStack:
+               cmm_floor_mb: int | None = None, kv_write: str | None = None) -> DecoderStack:
     """Open the decoder stack of `files` on the chosen backend.
 
     For the card backends only: `axcl` is the module to drive (default `import axcl`; for "simulated", the
     SimCard, default a new one with preset $AX_LLM_SIM_PRESET), `progress(done, total)` is called after each
-    model file, `cmm_floor_mb` is the CMM that must stay free after the load (AxclDecoderStack's default).
+    model file, `cmm_floor_mb` is the CMM that must stay free after the load (AxclDecoderStack's default),
+    `kv_write` the KV write mode (default: the model's stored calibration, else the backend's default).
     """
     name = resolve_backend(files, backend)
     check_backend(files, name)
@@ -66,17 +67,23 @@ def open_stack(files: ModelFiles, backend: str = "auto", device: int = 0, thread
     card_options: dict[str, Any] = {"device_index": device, "progress": progress}
     if cmm_floor_mb is not None:
         card_options["cmm_floor_mb"] = cmm_floor_mb
-    if name == "axcl":
-        from .axcl_backend import AxclDecoderStack
-
-        return AxclDecoderStack(files.layers, files.post, axcl, **card_options)
     if name == "axengine":
         from .axengine_backend import AxengineDecoderStack
 
         return AxengineDecoderStack(files.layers, files.post, device_index=device)
-    # simulated: the axcl backend's real code path over a simulated card running the twin's graphs
     from .axcl_backend import AxclDecoderStack
-    from .simcard import DEFAULT_PRESET, SimCard
 
-    card = axcl if axcl is not None else SimCard(os.environ.get("AX_LLM_SIM_PRESET", DEFAULT_PRESET))
+    if name == "axcl":
+        from .axcl_device import import_axcl
+
+        card = axcl if axcl is not None else import_axcl()
+    else:  # simulated: the axcl backend's real code path over a simulated card running the twin's graphs
+        from .simcard import DEFAULT_PRESET, SimCard
+
+        card = axcl if axcl is not None else SimCard(os.environ.get("AX_LLM_SIM_PRESET", DEFAULT_PRESET))
+    from ..calibration.record import calibrated_kv_write  # `ax-llm doctor --calibrate` stored it
+
+    chosen = kv_write or calibrated_kv_write(files.root, name, card)
+    if chosen is not None:
+        card_options["kv_write"] = chosen
     return AxclDecoderStack(files.layers, files.post, card, **card_options)
