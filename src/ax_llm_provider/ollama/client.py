@@ -30,6 +30,8 @@ from .types import ChatResponse, GenerateResponse
 
 def response_error(exc: Exception) -> ollama.ResponseError:
     """Ollama's error for an engine or model failure, with the HTTP status Ollama would send."""
+    if isinstance(exc, ollama.ResponseError):
+        return exc
     if isinstance(exc, ModelNotFoundError):
         return ollama.ResponseError(str(exc), 404)
     if isinstance(exc, EngineError):
