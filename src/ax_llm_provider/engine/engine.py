@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from ..model import derived as derived_models  # hook: models made by `create` / `copy` (model/derived.py)
-from ..model.embedding_model import assert_not_embedding_model
+from ..model.embedding_model import assert_not_embedding_model, is_embedding_model_dir
 from ..model.errors import ModelNotFoundError
 from ..model.pull import pull
 from ..model.registry import lookup
@@ -368,7 +368,13 @@ class Engine:
         return {"models": [ModelInfo.from_path(name, e.path, e.runner).ps_entry(e.expires_at) for name, e in entries]}
 
     def load(self, model: str, keep_alive: float | str | None = None) -> None:
-        """Preload a model (service start-up): load everything before the first request."""
+        """Preload a model (service start-up): load everything before the first request.
+
+        An embedding model is loaded by an embed call without input (Ollama's load request for /api/embed)."""
+        stored = self.store.resolve(self._resolve(model))
+        if is_embedding_model_dir(stored.path):
+            self.embed({"model": model, "input": [], "keep_alive": keep_alive})
+            return
         list(self.chat({"model": model, "messages": [], "keep_alive": keep_alive}))
 
     def unload(self, model: str) -> bool:

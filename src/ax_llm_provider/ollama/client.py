@@ -23,6 +23,7 @@ from ..engine.engine import Engine
 from ..engine.errors import EngineError
 from ..engine.requests import parse_request
 from ..model.errors import ModelError, ModelNotFoundError
+from ..model.tokenizer_info import verbose_show
 from .management import AsyncManagementMethods, ManagementMethods
 from .merge import merge_chat, merge_generate
 from .types import ChatResponse, GenerateResponse
@@ -196,9 +197,11 @@ class Client(_Base, ManagementMethods):
     def list(self) -> ollama.ListResponse:
         return ollama.ListResponse(**self.engine.list())
 
-    def show(self, model: str) -> ollama.ShowResponse:
+    def show(self, model: str, verbose: bool | None = None) -> ollama.ShowResponse:
+        """verbose=True adds the tokenizer arrays to `modelinfo` (as Ollama's /api/show)."""
         try:
-            return ollama.ShowResponse(**self.engine.show(model))
+            shown = self.engine.show(model)
+            return ollama.ShowResponse(**(verbose_show(self.engine.store, model, shown) if verbose else shown))
         except (EngineError, ModelError, ValueError) as exc:
             raise response_error(exc) from exc
 
@@ -288,9 +291,10 @@ class AsyncClient(_Base, AsyncManagementMethods):
     async def list(self) -> ollama.ListResponse:
         return ollama.ListResponse(**self.engine.list())
 
-    async def show(self, model: str) -> ollama.ShowResponse:
+    async def show(self, model: str, verbose: bool | None = None) -> ollama.ShowResponse:
         try:
-            return ollama.ShowResponse(**self.engine.show(model))
+            shown = self.engine.show(model)
+            return ollama.ShowResponse(**(verbose_show(self.engine.store, model, shown) if verbose else shown))
         except (EngineError, ModelError, ValueError) as exc:
             raise response_error(exc) from exc
 

@@ -40,6 +40,7 @@ from ..engine.embedder import LegacyEmbeddingsRequest
 from ..engine.engine import Engine
 from ..engine.requests import ChatRequest, EmbedRequest, GenerateRequest, parse_request
 from ..model.errors import ModelNotFoundError
+from ..model.tokenizer_info import verbose_show
 from ..ollama.client import reject_image_generation
 from ..ollama.merge import merge_chat, merge_generate
 from .errors import BadRequest, error_parts
@@ -132,7 +133,10 @@ class OllamaAPI:
     async def show(self, request: Request) -> Response:
         body = await _body(request)
         model = _model(body, "model", "name")  # "name" is the older spelling
-        return _JSON(await anyio.to_thread.run_sync(self.engine.show, model))
+        shown = await anyio.to_thread.run_sync(self.engine.show, model)
+        if body.get("verbose"):  # the tokenizer arrays (model/tokenizer_info.py)
+            shown = await anyio.to_thread.run_sync(verbose_show, self.engine.store, model, shown)
+        return _JSON(shown)
 
     # ---- generation ------------------------------------------------------------------------------
 
