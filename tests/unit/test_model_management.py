@@ -279,3 +279,13 @@ def test_client_lifecycle(store: ModelStore) -> None:
         assert asyncio.run(main()) == [BASE, "b:latest", "c:latest"]
     finally:
         engine.close()
+
+
+def test_a_damaged_manifest_is_named_and_hides_nothing_else(store: ModelStore) -> None:
+    create(store, "good", from_=BASE)
+    bad = DerivedStore(store).path_for("bad")
+    bad.parent.mkdir(parents=True)
+    bad.write_text("{not json", encoding="utf-8")
+    assert [m.name for m in DerivedStore(store).list()] == ["good:latest"]
+    with pytest.raises(ModelError, match="not a valid derived-model manifest"):
+        apply_derived(store, ChatRequest(model="bad", messages=[]))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -32,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .errors import ModelDirectoryError
 from .store import ModelStore, is_path_like, normalize_name
 
+log = logging.getLogger(__name__)
 DERIVED_DIR = "_derived"
 FORMAT = "ax-llm-derived/1"
 
@@ -113,7 +115,11 @@ class DerivedStore:
             return []
         found = []
         for path in sorted(self.root.glob("*/*.json")):
-            model = self.get(f"{path.parent.name}:{path.stem}")
+            try:
+                model = self.get(f"{path.parent.name}:{path.stem}")
+            except ModelDirectoryError as exc:  # one damaged manifest must not hide every other model
+                log.warning("skipping %s: %s", path, exc)
+                continue
             if model is not None:
                 found.append(model)
         return found

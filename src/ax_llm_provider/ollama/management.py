@@ -50,9 +50,7 @@ def _progress(records: Iterator[dict[str, Any]]) -> Iterator[ollama.ProgressResp
 class _Management:
     """The work both clients share; each method returns Ollama's records (checks done before any is made)."""
 
-    @property
-    def engine(self) -> Engine:  # provided by the client class
-        raise NotImplementedError
+    engine: Engine  # the client's engine: a property of ollama/client.py `_Base`, first in the clients' bases
 
     def _pull_records(self, model: str, insecure: bool) -> Iterator[dict[str, Any]]:
         try:
