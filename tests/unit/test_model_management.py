@@ -256,10 +256,11 @@ def test_client_pull(client: Client, store: ModelStore) -> None:
 
 
 def test_client_lifecycle(store: ModelStore) -> None:
+    _base_dir(store, "smollm2:135m")  # in the store: a pull has nothing to fetch
     engine = Engine(store, backend="onnx", auto_pull=False)
     try:
         with Client(engine=engine) as client:
-            assert [m.model for m in client.list().models] == [BASE]
+            assert [m.model for m in client.list().models] == [BASE, "smollm2:135m"]
         with pytest.raises(RuntimeError, match="client has been closed"):
             client.list()
         assert engine.list()["models"]  # closing a client leaves the shared engine running
@@ -272,11 +273,16 @@ def test_client_lifecycle(store: ModelStore) -> None:
                 await aclient.copy("b", "c")
                 await aclient.delete("a")
                 names = [m.model for m in (await aclient.list()).models]
+                pulled = [r.status async for r in await aclient.pull("smollm2:135m", stream=True)]
+                assert pulled[0] == "pulling manifest" and pulled[-1] == "success"
+                with pytest.raises(ollama.ResponseError) as push:
+                    await aclient.push("c")
+                assert push.value.status_code == 501
             with pytest.raises(RuntimeError):
                 await aclient.list()
             return names
 
-        assert asyncio.run(main()) == [BASE, "b:latest", "c:latest"]
+        assert asyncio.run(main()) == [BASE, "smollm2:135m", "b:latest", "c:latest"]
     finally:
         engine.close()
 
