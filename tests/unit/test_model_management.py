@@ -243,6 +243,12 @@ def test_client_create_errors_and_unsupported_operations(client: Client, tmp_pat
     assert upload.value.status_code == 501
     with pytest.raises(FileNotFoundError):
         client.create_blob(tmp_path / "missing.gguf")
+    with pytest.raises(ollama.ResponseError) as image:
+        client.generate(BASE, "a cat", width=64, height=64, steps=4)
+    assert (image.value.status_code, image.value.error) == (400, f'"{BASE}" does not support image generation')
+    with pytest.raises(ollama.ResponseError) as missing:
+        client.generate("nosuch:1b", "a cat", steps=4)
+    assert missing.value.status_code == 404  # an unknown model is reported first, as Ollama does
 
 
 def test_client_pull(client: Client, store: ModelStore) -> None:
