@@ -152,8 +152,6 @@ class Engine:
 
     def _resolve(self, model: str) -> str:
         """The stored name of `model`; the embedded default is pulled on first use, as `ollama run` would."""
-        if is_path_like(model):
-            return self.store.resolve(model).name
         model = derived_models.base_name(self.store, model)  # derived-model hook: its base's weights
         if is_path_like(model):
             return self.store.resolve(model).name
