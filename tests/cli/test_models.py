@@ -52,7 +52,7 @@ def test_show(store: Path, cli: Cli) -> None:
 
 def test_show_errors(store: Path, cli: Cli) -> None:
     code, _, err = cli("show", "nope")
-    assert code == 1 and "model 'nope:latest' not found" in err
+    assert code == 1 and 'model "nope:latest" not found' in err
     assert cli("show")[0] == 2
     assert cli("show", TINY, "--template", "--modelfile")[0] == 2
 

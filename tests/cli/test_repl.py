@@ -114,7 +114,7 @@ def test_errors_in_the_chat_do_not_end_it(store: Path, cli: Cli, stdin: Callable
     code, out, err = cli("run", TINY, "-i", *FEW)
     assert code == 0
     assert "does not support thinking" in err
-    assert "model 'nope:latest' not found" in err
+    assert 'model "nope:latest" not found' in err
     assert "Usage:\n  /load <model>" in out and "Loading model 'tiny:llama'" in out
 
 

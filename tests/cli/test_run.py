@@ -97,7 +97,7 @@ def test_usage_errors_exit_2(store: Path, cli: Cli, argv: tuple[str, ...], messa
 def test_errors_exit_1_with_one_line(store: Path, cli: Cli) -> None:
     code, _, err = cli("run", "nope", "hi")
     assert code == 1
-    assert err.strip().splitlines() == [err.strip()] and "model 'nope:latest' not found" in err
+    assert err.strip().splitlines() == [err.strip()] and 'model "nope:latest" not found' in err
     code, _, err = cli("run", TINY, "hi", "--think")
     assert code == 1 and "does not support thinking" in err
     code, _, err = cli("run", "Bad Name!", "hi")
@@ -108,7 +108,7 @@ def test_errors_exit_1_with_one_line(store: Path, cli: Cli) -> None:
 
 def test_traceback_only_with_debug_logging(store: Path, cli: Cli) -> None:
     code, _, err = cli("--log-level", "DEBUG", "run", "nope", "hi")
-    assert code == 1 and "Traceback" in err and "Error: model 'nope:latest' not found" in err
+    assert code == 1 and "Traceback" in err and 'Error: model "nope:latest" not found' in err
 
 
 def test_ctrl_c_exits_130(store: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import ollama
+import pydantic
 import pytest
 from langchain_core.messages import (
     AIMessage,
@@ -142,16 +143,26 @@ def test_construction_loads_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_validate_model_on_init(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AX_LLM_MODELS", str(tmp_path))
     ChatAXOllama(model=MODEL, validate_model_on_init=True)  # not stored, but the registry can pull it
-    with pytest.raises(ValueError, match="not found"):
+    # pydantic's ValidationError, as ChatOllama's model validator raises it (a ValueError subclass)
+    with pytest.raises(pydantic.ValidationError, match="not found"):
         ChatAXOllama(model="nosuchmodel:7b", validate_model_on_init=True)
-    with pytest.raises(ValueError, match="not found"):
+    with pytest.raises(pydantic.ValidationError, match="not found"):
         AXOllamaLLM(model="nosuchmodel:7b", validate_model_on_init=True)
-    with pytest.raises(ValueError, match="not found"):
+    with pytest.raises(pydantic.ValidationError, match="not found"):
         AXOllamaEmbeddings(model="nosuchmodel:7b", validate_model_on_init=True)
+    base = tmp_path / "base" / "1b"  # a model made by `create` is valid when its base is stored
+    base.mkdir(parents=True)
+    (base / "ax_model.json").write_text('{"format": "ax-llm-twin/1"}')
+    from ax_llm_provider.model.derived import DerivedModel, DerivedStore
+    from ax_llm_provider.model.store import ModelStore
+
+    DerivedStore(ModelStore(tmp_path)).save(DerivedModel(name="coyote:latest", base="base:1b"))
+    ChatAXOllama(model="coyote", validate_model_on_init=True)
 
 
 def test_top_logprobs_turns_logprobs_on() -> None:
-    assert ChatAXOllama(model=MODEL, top_logprobs=2).logprobs is True
+    with pytest.warns(UserWarning, match="Setting `logprobs=True` automatically"):  # ChatOllama's warning
+        assert ChatAXOllama(model=MODEL, top_logprobs=2).logprobs is True
     with pytest.raises(ValueError):
         ChatAXOllama(model=MODEL, top_logprobs=2, logprobs=False)
     with pytest.raises(ValueError):
@@ -228,6 +239,12 @@ def test_message_conversion() -> None:
     assert out[3] == {"role": "tool", "tool_call_id": "c1", "tool_name": "add", "content": "3"}
     assert out[4] == {"role": "tool", "tool_call_id": "c9", "tool_name": "other", "content": "err"}
     assert out[5] == {"role": "narrator", "content": "meanwhile"}
+
+
+def test_empty_reasoning_is_sent_back_as_empty_thinking() -> None:
+    out = ChatAXOllama(model=MODEL)._chat_request([AIMessage("a", additional_kwargs={"reasoning_content": ""}),
+                                                   AIMessage("b")])["messages"]
+    assert out == [{"role": "assistant", "content": "a", "thinking": ""}, {"role": "assistant", "content": "b"}]
 
 
 def test_message_conversion_errors() -> None:

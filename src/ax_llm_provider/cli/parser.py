@@ -104,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "keep one process owning the card; ps querying a running server is planned.")
     p.set_defaults(func="models:cmd_ps")
 
+    from .manage import add_parsers as add_management_parsers
+
+    add_management_parsers(sub)  # create, cp
+
     p = sub.add_parser("rm", help="remove models from the store")
     p.add_argument("models", nargs="+", metavar="model")
     p.set_defaults(func="models:cmd_rm")

@@ -15,7 +15,8 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
-from ..model.embedding_model import assert_not_embedding_model
+from ..model import derived as derived_models  # hook: models made by `create` / `copy` (model/derived.py)
+from ..model.embedding_model import assert_not_embedding_model, is_embedding_model_dir
 from ..model.errors import ModelNotFoundError
 from ..model.pull import pull
 from ..model.registry import lookup
@@ -151,6 +152,7 @@ class Engine:
 
     def _resolve(self, model: str) -> str:
         """The stored name of `model`; the embedded default is pulled on first use, as `ollama run` would."""
+        model = derived_models.base_name(self.store, model)  # derived-model hook: its base's weights
         if is_path_like(model):
             return self.store.resolve(model).name
         name = normalize_name(model)
@@ -204,6 +206,7 @@ class Engine:
 
     def _chat_job(self, request: ChatRequest | dict[str, Any]) -> Job:
         req = parse_request(ChatRequest, request)
+        req, shown_as = derived_models.apply_derived(self.store, req)  # derived-model hook: base + defaults
         opts, warnings = self._options(req.options)
         keep_alive = self._keep_alive(req.keep_alive)
         format_spec = format_grammar(req.format)  # an invalid schema is a 400 before queueing
@@ -243,7 +246,7 @@ class Engine:
                 self._after_request(entry, keep_alive)
             yield self._final(chat_chunk(model_name), timings, result, meta)
 
-        return job
+        return derived_models.renamed(job, shown_as)
 
     # ---- /api/generate -------------------------------------------------------------------------
 
@@ -256,6 +259,7 @@ class Engine:
 
     def _generate_job(self, request: GenerateRequest | dict[str, Any]) -> Job:
         req = parse_request(GenerateRequest, request)
+        req, shown_as = derived_models.apply_derived(self.store, req)  # derived-model hook: base + defaults
         opts, warnings = self._options(req.options)
         keep_alive = self._keep_alive(req.keep_alive)
         format_spec = format_grammar(req.format)
@@ -303,7 +307,7 @@ class Engine:
                 final["context"] = result.tokens
             yield final
 
-        return job
+        return derived_models.renamed(job, shown_as)
 
     @staticmethod
     def _final(chunk: Chunk, timings: Timings, result: RunResult, meta: ExtraMetadata) -> Chunk:
@@ -320,34 +324,41 @@ class Engine:
     def embed(self, request: EmbedRequest | dict[str, Any]) -> dict[str, Any]:
         """Ollama's /api/embed: L2-normalized vectors, one per input (see engine/embedder.py)."""
         req = parse_request(EmbedRequest, request)
+        req, shown_as = derived_models.apply_derived(self.store, req)  # derived-model hook
         from .embedder import run_embed
 
         self._resolve(req.model)  # a first-use pull happens here, not while holding the device queue
         try:
-            return self._worker.call(lambda: run_embed(self, req), timeout=self.request_timeout)
+            result = self._worker.call(lambda: run_embed(self, req), timeout=self.request_timeout)
         except SchedulerError as exc:
             raise engine_error(exc) from exc
+        return {**result, "model": shown_as} if shown_as else result
 
     async def aembed(self, request: EmbedRequest | dict[str, Any]) -> dict[str, Any]:
         req = parse_request(EmbedRequest, request)
+        req, shown_as = derived_models.apply_derived(self.store, req)  # derived-model hook
         from .embedder import run_embed
 
         self._resolve(req.model)
         try:
-            return await self._worker.acall(lambda: run_embed(self, req), timeout=self.request_timeout)
+            result = await self._worker.acall(lambda: run_embed(self, req), timeout=self.request_timeout)
         except SchedulerError as exc:
             raise engine_error(exc) from exc
+        return {**result, "model": shown_as} if shown_as else result
 
     # ---- models: list / show / ps / load / unload ----------------------------------------------
 
     def list(self) -> dict[str, Any]:
-        return {"models": [ModelInfo.from_path(m.name, m.path).list_entry() for m in self.store.list()]}
+        bases = [ModelInfo.from_path(m.name, m.path).list_entry() for m in self.store.list()]
+        return {"models": bases + derived_models.list_entries(self.store, bases)}  # derived-model hook
 
     def show(self, model: str) -> dict[str, Any]:
-        stored = self.store.resolve(model)
+        derived = derived_models.find_derived(self.store, model)  # derived-model hook
+        stored = self.store.resolve(derived.base if derived else model)
         with self._lock:
             entry = self._models.get(stored.name)
-        return ModelInfo.from_path(stored.name, stored.path, entry.runner if entry else None).show()
+        shown = ModelInfo.from_path(stored.name, stored.path, entry.runner if entry else None).show()
+        return derived_models.show_fields(derived, shown) if derived else shown
 
     def ps(self) -> dict[str, Any]:
         with self._lock:
@@ -355,11 +366,17 @@ class Engine:
         return {"models": [ModelInfo.from_path(name, e.path, e.runner).ps_entry(e.expires_at) for name, e in entries]}
 
     def load(self, model: str, keep_alive: float | str | None = None) -> None:
-        """Preload a model (service start-up): load everything before the first request."""
+        """Preload a model (service start-up): load everything before the first request.
+
+        An embedding model is loaded by an embed call without input (Ollama's load request for /api/embed)."""
+        stored = self.store.resolve(self._resolve(model))
+        if is_embedding_model_dir(stored.path):
+            self.embed({"model": model, "input": [], "keep_alive": keep_alive})
+            return
         list(self.chat({"model": model, "messages": [], "keep_alive": keep_alive}))
 
     def unload(self, model: str) -> bool:
-        name = self.store.resolve(model).name
+        name = self.store.resolve(derived_models.base_name(self.store, model)).name  # derived-model hook
         return bool(self._worker.call(lambda: self._unload(name)))
 
     def health(self) -> HealthSnapshot:

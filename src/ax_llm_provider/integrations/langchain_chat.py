@@ -15,6 +15,7 @@ option kwargs (`invoke(..., temperature=0.2)`) work; a per-call `model=` is repo
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from operator import itemgetter
 from typing import Any, Literal, Self, cast
@@ -103,6 +104,8 @@ class ChatAXOllama(EngineHolder, OllamaOptionFields, BaseChatModel):
                 raise ValueError("`top_logprobs` is set but `logprobs` is explicitly `False`. Either set "
                                  "`logprobs=True` to use `top_logprobs`, or remove `top_logprobs`.")
             self.logprobs = True
+            warnings.warn("`top_logprobs` is set but `logprobs` was not explicitly enabled. Setting "
+                          "`logprobs=True` automatically.", UserWarning, stacklevel=2)  # ChatOllama's warning
         return self
 
     @property

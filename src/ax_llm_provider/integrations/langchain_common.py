@@ -12,11 +12,12 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 import ollama
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from ..engine.default import get_engine
 from ..engine.engine import Engine
 from ..engine.errors import EngineError
+from ..model.derived import base_name
 from ..model.errors import ModelError, ModelNotFoundError
 from ..model.registry import lookup
 from ..model.store import ModelStore, normalize_name
@@ -67,7 +68,7 @@ def validate_model_name(model: str, engine: Engine | None) -> None:
     """
     store = engine.store if engine is not None else ModelStore()
     try:
-        store.resolve(model)
+        store.resolve(base_name(store, model))  # a model made by `create` is valid when its base is
         return
     except ModelNotFoundError:
         pass
@@ -94,7 +95,11 @@ class EngineHolder:
         """Called by each class's __init__: keep `engine=`, check the model name when asked to."""
         self._engine = engine
         if getattr(self, "validate_model_on_init", False):
-            validate_model_name(self.model, engine)  # type: ignore[attr-defined]
+            try:
+                validate_model_name(self.model, engine)  # type: ignore[attr-defined]
+            except ValueError as exc:  # ChatOllama validates in a model validator: pydantic wraps the ValueError
+                raise ValidationError.from_exception_data(type(self).__name__, [
+                    {"type": "value_error", "loc": (), "input": self.model, "ctx": {"error": exc}}]) from exc
 
 
 class OllamaOptionFields(BaseModel):

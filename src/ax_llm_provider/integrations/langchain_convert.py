@@ -131,8 +131,10 @@ def messages_to_ollama(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
         if images:
             msg["images"] = images
         if is_ai:
-            thinking = message.additional_kwargs.get("reasoning_content") or reasoning
-            if thinking:
+            thinking = message.additional_kwargs.get("reasoning_content")  # "" is sent as "", as ChatOllama
+            if thinking is None and reasoning:
+                thinking = reasoning
+            if thinking is not None:
                 msg["thinking"] = thinking
         out.append(msg)
     return out

@@ -87,7 +87,9 @@ class ModelStore:
             family = [m for m in self.list() if m.name.split(":")[0] == name.split(":")[0]]
             if len(family) == 1:
                 return family[0]
-        raise ModelNotFoundError(f"model '{name}' not found in {self.root}; try `ax-llm pull {name}`")
+        # Ollama's wording first (clients match on it), then where we looked and what to run.
+        raise ModelNotFoundError(f'model "{name}" not found, try pulling it first (`ax-llm pull {name}`; '
+                                 f"store: {self.root})")
 
     def list(self) -> list[StoredModel]:
         if not self.root.is_dir():

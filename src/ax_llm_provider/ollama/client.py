@@ -23,18 +23,22 @@ from ..engine.engine import Engine
 from ..engine.errors import EngineError
 from ..engine.requests import parse_request
 from ..model.errors import ModelError, ModelNotFoundError
+from ..model.tokenizer_info import verbose_show
+from .management import AsyncManagementMethods, ManagementMethods
 from .merge import merge_chat, merge_generate
 from .types import ChatResponse, GenerateResponse
 
 
 def response_error(exc: Exception) -> ollama.ResponseError:
     """Ollama's error for an engine or model failure, with the HTTP status Ollama would send."""
+    if isinstance(exc, ollama.ResponseError):
+        return exc
     if isinstance(exc, ModelNotFoundError):
         return ollama.ResponseError(str(exc), 404)
     if isinstance(exc, EngineError):
         return ollama.ResponseError(str(exc), exc.status_code)
     if isinstance(exc, ModelError | ValueError):
-        return ollama.ResponseError(str(exc), 400)
+        return ollama.ResponseError(str(exc), getattr(exc, "status_code", 400))  # 501: not supported in process
     return ollama.ResponseError(str(exc), 500)
 
 
@@ -67,6 +71,17 @@ def _generate_body(model: str, prompt: Any, suffix: Any, system: Any, template: 
         stream=stream, think=think, logprobs=logprobs, top_logprobs=top_logprobs, raw=raw, format=format,
         images=list(_copy_images(images)) if images else None, options=options, keep_alive=keep_alive,
     ).model_dump(exclude_none=True)
+
+
+def reject_image_generation(engine: Engine, model: str, width: Any, height: Any, steps: Any) -> None:
+    """Ollama's answer to image-generation parameters on a model that cannot make images (none here can)."""
+    if width is None and height is None and steps is None:
+        return
+    try:
+        engine.resolve(model)  # a missing model is still 404 first
+    except (EngineError, ModelError, ValueError) as exc:
+        raise response_error(exc) from exc
+    raise ollama.ResponseError(f'"{model}" does not support image generation', 400)
 
 
 def _embed_body(model: str, input: Any, truncate: Any, options: Any, keep_alive: Any,
@@ -102,14 +117,27 @@ class _Base:
         # accepted so ollama code runs unchanged, and ignored.
         self.host = host
         self._engine = engine
+        self._closed = False
 
     @property
     def engine(self) -> Engine:
+        if self._closed:  # as ollama's (httpx's) closed client
+            raise RuntimeError("Cannot send a request, as the client has been closed.")
         return self._engine or get_engine()
 
 
-class Client(_Base):
+class Client(_Base, ManagementMethods):
     """Drop-in for `ollama.Client`: `from ax_llm_provider import Client` and nothing else changes."""
+
+    def close(self) -> None:
+        """Ends this client; the engine stays (it is shared by the process: `Engine.close()` frees the device)."""
+        self._closed = True
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _iterate(self, start: Callable[[], Iterator[dict[str, Any]]], cls: type[Any]) -> Iterator[Any]:
         try:
@@ -139,9 +167,11 @@ class Client(_Base):
                  stream: bool = False, think: bool | str | None = None, logprobs: bool | None = None,
                  top_logprobs: int | None = None, raw: bool | None = None, format: str | dict[str, Any] | None = None,
                  images: Sequence[Any] | None = None, options: Mapping[str, Any] | ollama.Options | None = None,
-                 keep_alive: float | str | None = None, **kwargs: Any) -> Any:
+                 keep_alive: float | str | None = None, width: int | None = None, height: int | None = None,
+                 steps: int | None = None) -> Any:
         body = _generate_body(model, prompt, suffix, system, template, context, stream, think, logprobs,
                               top_logprobs, raw, format, images, options, keep_alive)
+        reject_image_generation(self.engine, model, width, height, steps)
         start = lambda: self.engine.generate(body)  # noqa: E731
         return self._iterate(start, GenerateResponse) if stream else self._collect(start, merge_generate, GenerateResponse)
 
@@ -167,9 +197,11 @@ class Client(_Base):
     def list(self) -> ollama.ListResponse:
         return ollama.ListResponse(**self.engine.list())
 
-    def show(self, model: str) -> ollama.ShowResponse:
+    def show(self, model: str, verbose: bool | None = None) -> ollama.ShowResponse:
+        """verbose=True adds the tokenizer arrays to `modelinfo` (as Ollama's /api/show)."""
         try:
-            return ollama.ShowResponse(**self.engine.show(model))
+            shown = self.engine.show(model)
+            return ollama.ShowResponse(**(verbose_show(self.engine.store, model, shown) if verbose else shown))
         except (EngineError, ModelError, ValueError) as exc:
             raise response_error(exc) from exc
 
@@ -177,8 +209,18 @@ class Client(_Base):
         return ollama.ProcessResponse(**self.engine.ps())
 
 
-class AsyncClient(_Base):
+class AsyncClient(_Base, AsyncManagementMethods):
     """Drop-in for `ollama.AsyncClient`; safe to use from several event loops."""
+
+    async def close(self) -> None:
+        """Ends this client; the engine stays (it is shared by the process)."""
+        self._closed = True
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
     async def _aiterate(self, chunks: AsyncIterator[dict[str, Any]], cls: type[Any]) -> AsyncIterator[Any]:
         try:
@@ -213,9 +255,14 @@ class AsyncClient(_Base):
                        top_logprobs: int | None = None, raw: bool | None = None,
                        format: str | dict[str, Any] | None = None, images: Sequence[Any] | None = None,
                        options: Mapping[str, Any] | ollama.Options | None = None,
-                       keep_alive: float | str | None = None, **kwargs: Any) -> Any:
+                       keep_alive: float | str | None = None, width: int | None = None,
+                       height: int | None = None, steps: int | None = None) -> Any:
         body = _generate_body(model, prompt, suffix, system, template, context, stream, think, logprobs,
                               top_logprobs, raw, format, images, options, keep_alive)
+        if width is not None or height is not None or steps is not None:
+            import anyio
+
+            await anyio.to_thread.run_sync(reject_image_generation, self.engine, model, width, height, steps)
         try:
             chunks = self.engine.agenerate(body)
         except (EngineError, ModelError, ValueError) as exc:
@@ -244,9 +291,10 @@ class AsyncClient(_Base):
     async def list(self) -> ollama.ListResponse:
         return ollama.ListResponse(**self.engine.list())
 
-    async def show(self, model: str) -> ollama.ShowResponse:
+    async def show(self, model: str, verbose: bool | None = None) -> ollama.ShowResponse:
         try:
-            return ollama.ShowResponse(**self.engine.show(model))
+            shown = self.engine.show(model)
+            return ollama.ShowResponse(**(verbose_show(self.engine.store, model, shown) if verbose else shown))
         except (EngineError, ModelError, ValueError) as exc:
             raise response_error(exc) from exc
 

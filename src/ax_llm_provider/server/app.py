@@ -11,6 +11,8 @@ Endpoints (Ollama's paths, bodies, status codes and error bodies):
     POST /api/generate        same                                                (Engine.agenerate)
     POST /api/embed           {"embeddings": [[...]]}                             (Engine.aembed)
     POST /api/embeddings      legacy {"embedding": [...]}
+    POST /api/pull, /api/create, /api/copy, /api/push, DELETE /api/delete, HEAD|POST /api/blobs/:digest
+                              model management (server/management.py)
 
 Nothing here blocks the event loop: request parsing, model resolution (a first-use pull) and the
 model listings run in worker threads; generation is awaited through the engine's async iterators.
@@ -37,8 +39,12 @@ from starlette.types import Send
 from ..engine.embedder import LegacyEmbeddingsRequest
 from ..engine.engine import Engine
 from ..engine.requests import ChatRequest, EmbedRequest, GenerateRequest, parse_request
+from ..model.errors import ModelNotFoundError
+from ..model.tokenizer_info import verbose_show
+from ..ollama.client import reject_image_generation
 from ..ollama.merge import merge_chat, merge_generate
 from .errors import BadRequest, error_parts
+from .management import management_routes
 from .streaming import EngineStreamResponse, WatchedResponse, send_json
 
 log = logging.getLogger(__name__)
@@ -127,7 +133,10 @@ class OllamaAPI:
     async def show(self, request: Request) -> Response:
         body = await _body(request)
         model = _model(body, "model", "name")  # "name" is the older spelling
-        return _JSON(await anyio.to_thread.run_sync(self.engine.show, model))
+        shown = await anyio.to_thread.run_sync(self.engine.show, model)
+        if body.get("verbose"):  # the tokenizer arrays (model/tokenizer_info.py)
+            shown = await anyio.to_thread.run_sync(verbose_show, self.engine.store, model, shown)
+        return _JSON(shown)
 
     # ---- generation ------------------------------------------------------------------------------
 
@@ -146,11 +155,13 @@ class OllamaAPI:
 
     async def generate(self, request: Request) -> Response:
         body = await _body(request)
-        _model(body)
+        if not isinstance(body.get("model"), str) or not body["model"]:
+            raise ModelNotFoundError(f"model '{body.get('model') or ''}' not found")  # Ollama: 404, not 400
         engine = self.engine
 
         def start() -> EngineStreamResponse:
             req = parse_request(GenerateRequest, body)
+            reject_image_generation(engine, req.model, body.get("width"), body.get("height"), body.get("steps"))
             return EngineStreamResponse(engine.agenerate(req), stream=req.stream, merge=merge_generate)
 
         return await anyio.to_thread.run_sync(start)
@@ -203,6 +214,7 @@ class OllamaAPI:
             Route("/api/generate", _errors(self.generate), methods=["POST"]),
             Route("/api/embed", _errors(self.embed), methods=["POST"]),
             Route("/api/embeddings", _errors(self.embeddings), methods=["POST"]),
+            *management_routes(lambda: self.engine, _body, _errors),
         ]
 
 
@@ -223,7 +235,7 @@ def create_app(engine: Engine | None = None, *, origins: Sequence[str] = ()) -> 
     api = OllamaAPI(engine)
     patterns = [*LOCAL_ORIGINS, *(".*" if o == "*" else re.escape(o) for o in origins)]
     cors = Middleware(CORSMiddleware, allow_origin_regex="|".join(f"(?:{p})" for p in patterns),
-                      allow_methods=["GET", "HEAD", "POST", "OPTIONS"], allow_headers=["*"])
+                      allow_methods=["GET", "HEAD", "POST", "DELETE", "OPTIONS"], allow_headers=["*"])
     app = Starlette(routes=api.routes(), middleware=[cors], exception_handlers={404: _not_found})
     app.state.api = api
     return app

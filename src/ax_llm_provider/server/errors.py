@@ -18,6 +18,6 @@ def error_parts(exc: BaseException) -> tuple[int, str]:
     if not isinstance(exc, Exception):
         return 500, str(exc) or type(exc).__name__
     error = response_error(exc)
-    if error.status_code >= 500:
+    if error.status_code >= 500 and error.status_code != 501:  # 501: a known limit, not a failure
         log.error("request failed (%d): %s", error.status_code, exc, exc_info=exc)
     return error.status_code, str(error.error)
