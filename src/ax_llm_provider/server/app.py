@@ -11,6 +11,7 @@ Endpoints (Ollama's paths, bodies, status codes and error bodies):
     POST /api/generate        same                                                (Engine.agenerate)
     POST /api/embed           {"embeddings": [[...]]}                             (Engine.aembed)
     POST /api/embeddings      legacy {"embedding": [...]}
+    /v1/...                   OpenAI-compatible chat/completions/embeddings/models (openai_compat.py)
 
 Nothing here blocks the event loop: request parsing, model resolution (a first-use pull) and the
 model listings run in worker threads; generation is awaited through the engine's async iterators.
@@ -39,6 +40,7 @@ from ..engine.engine import Engine
 from ..engine.requests import ChatRequest, EmbedRequest, GenerateRequest, parse_request
 from ..ollama.merge import merge_chat, merge_generate
 from .errors import BadRequest, error_parts
+from .openai_compat import OpenAIAPI
 from .streaming import EngineStreamResponse, WatchedResponse, send_json
 
 log = logging.getLogger(__name__)
@@ -224,6 +226,6 @@ def create_app(engine: Engine | None = None, *, origins: Sequence[str] = ()) -> 
     patterns = [*LOCAL_ORIGINS, *(".*" if o == "*" else re.escape(o) for o in origins)]
     cors = Middleware(CORSMiddleware, allow_origin_regex="|".join(f"(?:{p})" for p in patterns),
                       allow_methods=["GET", "HEAD", "POST", "OPTIONS"], allow_headers=["*"])
-    app = Starlette(routes=api.routes(), middleware=[cors], exception_handlers={404: _not_found})
+    app = Starlette(routes=[*api.routes(), *OpenAIAPI(api).routes()], middleware=[cors], exception_handlers={404: _not_found})
     app.state.api = api
     return app
