@@ -118,6 +118,19 @@ def test_forced_tool_calls_in_openai_shape(client: openai.OpenAI, local: InProce
     assert events[-1].choices[0].finish_reason == "tool_calls"
 
 
+def test_auto_tools_on_a_template_without_tool_syntax(client: openai.OpenAI, local: InProcessClient) -> None:
+    """SmolLM2's template has no tool syntax: tools still work (the generic tools prompt); whether it calls is
+    the model's judgment, and the answer equals the in-process one."""
+    answer = client.chat.completions.create(model=SMOLLM2, messages=WEATHER, tools=[WEATHER_TOOL],
+                                            temperature=0, max_tokens=24)
+    here = _local_chat(local, messages=WEATHER, tools=[WEATHER_TOOL], options={"num_predict": 24})
+    message = answer.choices[0].message
+    assert (message.content or "") == here.message.content
+    assert len(message.tool_calls or []) == len(here.message.tool_calls or [])
+    expected = "tool_calls" if here.message.tool_calls else here.done_reason
+    assert answer.choices[0].finish_reason == expected
+
+
 def test_tool_result_round_trip(client: openai.OpenAI) -> None:
     """An assistant call (arguments as a JSON string) and its result by tool_call_id: the model answers."""
     history = [*WEATHER,
