@@ -46,7 +46,7 @@ def test_show(store: Path, cli: Cli) -> None:
     assert code == 0 and out.startswith("# Modelfile") and f"FROM {store / 'tiny' / 'llama'}" in out
     code, out, _ = cli("show", TINY, "--json")
     facts = json.loads(out)
-    assert code == 0 and facts["context_length"] == 2047 and facts["capabilities"] == ["completion"]
+    assert code == 0 and facts["context_length"] == 2047 and facts["capabilities"] == ["completion", "tools"]
     assert cli("show", TINY, "--parameters")[0] == 0 and cli("show", TINY, "--system")[0] == 0
 
 

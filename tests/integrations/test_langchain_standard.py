@@ -3,14 +3,13 @@
 Temperature 0 and num_predict 16 (48-96 for tests whose answer is a JSON object: a schema-constrained
 answer or a forced tool call) keep the suite within a few minutes on two shared cores.
 
-Expected failures are marked `xfail(strict=False)` with what was measured when running them:
-- tool_choice "auto" with tools: the engine answers `CapabilityError: smollm2:135m does not support
-  tools` (HTTP 400, raised as ollama.ResponseError), by design for a chat template without tool syntax
-  (SmolLM2's ChatML): forced choices ("any", a tool name) work through a grammar, "auto" is refused.
-  The tool-message-history tests and test_agent_loop bind tools without a tool_choice, so they stop
-  there; they are restricted to exactly that error (`raises=ResponseError`), and their conversion
-  path is proven on a tools-capable twin in test_langchain_e2e.py (plus a forced-call agent loop on
-  SmolLM2).
+SmolLM2's chat template has no tool syntax: its tools go through the engine's generic tools prompt
+(tools in the system turn, `<tool_call>` JSON calls), so every tool test runs. Expected failures are
+marked `xfail(strict=False)` with what was measured when running them:
+- test_agent_loop: with tool_choice "auto" the 135M model answers the weather question in prose
+  instead of calling get_weather (its judgment, not the plumbing: the request, prompt and parser are
+  the same as for a forced call). `test_agent_loop_forced` runs the same loop with tool_choice "any"
+  on the first turn and passes.
 - json mode: `format="json"` gives valid JSON but fixes no keys; SmolLM2-135M answers
   {"setup": "..."} without "punchline" (pydantic ValidationError -> OutputParserException).
 """
@@ -21,11 +20,10 @@ import inspect
 from collections.abc import Iterator
 from typing import Any
 
-import ollama
 import pytest
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
-from langchain_core.tools import BaseTool
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.tools import tool
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 
 from ax_llm_provider.engine.default import set_engine
@@ -42,13 +40,12 @@ LONG_ANSWER_TESTS = {
                      "test_structured_output_optional_param", "test_json_mode"], _STRUCTURED),
     **dict.fromkeys(["test_tool_calling", "test_tool_calling_async", "test_tool_calling_with_no_arguments",
                      "test_tool_choice", "test_bind_runnables_as_tools", "test_unicode_tool_call_integration",
-                     "test_structured_few_shot_examples"], _TOOL_CALL),
+                     "test_structured_few_shot_examples", "test_agent_loop", "test_agent_loop_forced"], _TOOL_CALL),
 }
 
-NO_AUTO_TOOLS = ("measured: tools with tool_choice 'auto' -> engine CapabilityError 'smollm2:135m does not "
-                 "support tools' (400, ollama.ResponseError): by engine design a chat template without tool syntax "
-                 "(SmolLM2's ChatML) only takes forced tool choices; passes on a tools-capable twin "
-                 "(test_langchain_e2e.py)")
+NO_AUTO_CALL = ("measured: with tool_choice 'auto' SmolLM2-135M answers 'What is the weather in San Francisco, CA?' "
+                "in prose, without calling get_weather (AssertionError: no tool_call block); the same loop with a "
+                "forced first call passes (test_agent_loop_forced)")
 NO_JSON_KEYS = ("measured: format='json' yields valid JSON but fixes no keys; SmolLM2-135M answers "
                 "{'setup': ...} without 'punchline' (ValidationError -> OutputParserException)")
 OUTPUT_VERSIONS = [{}, {"output_version": "v1"}]
@@ -139,24 +136,31 @@ class TestChatAXOllamaIntegration(ChatModelIntegrationTests):
         assert isinstance(full, AIMessage)
         return full
 
-    # ---- tools with tool_choice "auto": refused by the engine for SmolLM2's template ------------------
-
-    @pytest.mark.xfail(raises=ollama.ResponseError, strict=False, reason=NO_AUTO_TOOLS)
-    def test_tool_message_histories_string_content(self, model: BaseChatModel, my_adder_tool: BaseTool) -> None:
-        super().test_tool_message_histories_string_content(model, my_adder_tool)
-
-    @pytest.mark.xfail(raises=ollama.ResponseError, strict=False, reason=NO_AUTO_TOOLS)
-    def test_tool_message_histories_list_content(self, model: BaseChatModel, my_adder_tool: BaseTool) -> None:
-        super().test_tool_message_histories_list_content(model, my_adder_tool)
-
-    @pytest.mark.xfail(raises=ollama.ResponseError, strict=False, reason=NO_AUTO_TOOLS)
-    def test_tool_message_error_status(self, model: BaseChatModel, my_adder_tool: BaseTool) -> None:
-        super().test_tool_message_error_status(model, my_adder_tool)
+    # ---- tools with tool_choice "auto": the 135M model's judgment --------------------------------------
 
     @pytest.mark.parametrize("model", OUTPUT_VERSIONS, indirect=True)
-    @pytest.mark.xfail(raises=ollama.ResponseError, strict=False, reason=NO_AUTO_TOOLS)
+    @pytest.mark.xfail(raises=AssertionError, strict=False, reason=NO_AUTO_CALL)
     def test_agent_loop(self, model: BaseChatModel) -> None:
         super().test_agent_loop(model)
+
+    @pytest.mark.parametrize("model", OUTPUT_VERSIONS, indirect=True)
+    def test_agent_loop_forced(self, model: BaseChatModel) -> None:
+        """test_agent_loop's case with the first call forced (tool_choice "any"); the answer to the tool
+        result goes through the same generic tools prompt with tool_choice "auto"."""
+
+        @tool
+        def get_weather(location: str) -> str:  # noqa: ARG001
+            """Get the weather at a location."""
+            return "It's sunny."
+
+        question = HumanMessage("What is the weather in San Francisco, CA?")
+        call_message = model.bind_tools([get_weather], tool_choice="any").invoke([question])
+        assert isinstance(call_message, AIMessage) and len(call_message.tool_calls) == 1
+        assert any(block["type"] == "tool_call" for block in call_message.content_blocks)
+        tool_message = get_weather.invoke(call_message.tool_calls[0])
+        assert isinstance(tool_message, ToolMessage)
+        answer = model.bind_tools([get_weather]).invoke([question, call_message, tool_message])
+        assert isinstance(answer, AIMessage)
 
     # ---- json mode: no keys are enforced -------------------------------------------------------------
 

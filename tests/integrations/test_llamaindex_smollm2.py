@@ -59,7 +59,8 @@ def test_metadata_is_the_compiled_capacity_and_template_capabilities(llm: AXOlla
     assert meta.context_window == show["model_info"][f"{arch}.context_length"]
     assert meta.context_window < show["model_info"][f"{arch}.trained_context_length"]  # 2047 < 8192
     assert meta.is_chat_model and meta.is_function_calling_model and meta.model_name == SMOLLM2
-    assert llm.supports_native_tools is ("tools" in show["capabilities"])
+    assert "tools" in show["capabilities"]  # every chat model takes tools; SmolLM2 through the generic prompt
+    assert llm.supports_native_tools is (show["model_info"]["ax.tool_format"] == "template")
 
 
 def test_chat_stream_and_async_agree(llm: AXOllama) -> None:

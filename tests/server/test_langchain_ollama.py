@@ -85,10 +85,10 @@ def get_weather(city: str) -> str:
     return f"It is sunny in {city}."
 
 
-@pytest.mark.xfail(raises=ollama.ResponseError, strict=True, reason=(
-    "measured: 400 'smollm2:135m does not support tools'. ChatOllama.bind_tools ignores tool_choice (Ollama has "
-    "none), so the request is tool_choice 'auto', which the engine refuses for SmolLM2's template; ChatAXOllama "
-    "sends tool_choice='any' and gets the call"))
+@pytest.mark.xfail(raises=AssertionError, strict=False, reason=(
+    "measured: no tool call. ChatOllama.bind_tools ignores tool_choice (Ollama has none), so the request is "
+    "tool_choice 'auto' and SmolLM2-135M answers in prose (its judgment); ChatAXOllama sends tool_choice='any' "
+    "and gets the call"))
 def test_bind_tools(remote: ChatOllama) -> None:
     answer = remote.bind_tools([get_weather], tool_choice="any").invoke("What is the weather in Paris?")
     assert answer.tool_calls

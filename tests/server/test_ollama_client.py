@@ -146,23 +146,18 @@ WEATHER = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 
 def test_tools_answer_like_the_in_process_client(http: ollama.Client, local: InProcessClient) -> None:
-    """Tools without a forced choice on SmolLM2: the same 400 over HTTP as in process (engine design: its
-    chat template has no tool syntax, so only forced choices are taken)."""
-    errors = []
-    for client in (http, local):
-        with pytest.raises(ollama.ResponseError) as info:
-            client.chat(model=SMOLLM2, messages=WEATHER, tools=[WEATHER_TOOL], options={"num_predict": 48})
-        errors.append((info.value.status_code, info.value.error))
-    assert errors[0] == errors[1] and errors[0][0] == 400 and "does not support tools" in errors[0][1]
-
-
-@pytest.mark.xfail(raises=ollama.ResponseError, strict=True, reason=(
-    "measured: 400 'smollm2:135m does not support tools'. ollama.Client 0.6.3 has no tool_choice, so its tools "
-    "request is tool_choice 'auto', which the engine refuses for a chat template without tool syntax; a forced "
-    "choice (the body's tool_choice, below) returns tool calls"))
-def test_tool_calls_through_the_python_client(http: ollama.Client) -> None:
-    answer = http.chat(model=SMOLLM2, messages=WEATHER, tools=[WEATHER_TOOL], options={"num_predict": 48})
-    assert answer.message.tool_calls
+    """Tools on SmolLM2 (no tool syntax in its template: the generic tools prompt) through the python
+    client: the same answer over HTTP as in process, and a call written in the prompt's syntax is parsed."""
+    kwargs: dict[str, Any] = {"model": SMOLLM2, "messages": WEATHER, "tools": [WEATHER_TOOL],
+                              "options": {"temperature": 0, "num_predict": 24}}
+    remote, here = http.chat(**kwargs), local.chat(**kwargs)
+    assert remote.message.content == here.message.content and remote.message.tool_calls == here.message.tool_calls
+    history = [*WEATHER, {"role": "assistant", "content": "", "tool_calls": [
+        {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+        {"role": "tool", "content": "Sunny, 24 C", "tool_name": "get_weather"}]
+    answer = http.chat(model=SMOLLM2, messages=history, tools=[WEATHER_TOOL], options={"temperature": 0,
+                                                                                      "num_predict": 24})
+    assert answer.done and answer.message.role == "assistant"
 
 
 def test_forced_tool_call_over_http(smollm2_url: str, local: InProcessClient) -> None:

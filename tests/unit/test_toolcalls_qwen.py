@@ -20,7 +20,8 @@ from ax_llm_provider.engine.response_parser import ResponseParser, prompt_opens_
 from ax_llm_provider.engine.textstream import TextStream
 from ax_llm_provider.engine.thinking import ThinkSplitter
 from ax_llm_provider.engine.toolcall_stream import TaggedExtractor
-from ax_llm_provider.engine.toolcalls import GENERIC_JSON, HERMES, ToolCallFactory
+from ax_llm_provider.engine.toolcalls import HERMES, ToolCallFactory
+from ax_llm_provider.engine.tools_prompt import FORCED_PROMPT_TOOLS, PROMPT_TOOLS
 from ax_llm_provider.model.store import ModelStore
 from ax_llm_provider.model.tokenizer import ChatTokenizer
 
@@ -148,8 +149,11 @@ def test_prompt_plans(tokenizer: ChatTokenizer, tmp_path: Path) -> None:
     assert "old" not in tokenizer.decode(history.render(history.messages))  # earlier reasoning dropped
 
     chatml = PromptBuilder(ChatTokenizer(make_tiny_hf_model(tmp_path, "llama")), "tiny-llama")
-    with pytest.raises(CapabilityError, match="tiny-llama does not support tools"):
-        chatml.chat_plan(req)
+    auto = chatml.chat_plan(req)  # no tool syntax in the template: the generic tools prompt, tagged calls
+    assert auto.family is PROMPT_TOOLS and not auto.forced
+    prompt_text = chatml.tokenizer.decode(auto.render(auto.messages))
+    assert prompt_text.startswith("<|im_start|>system\n# Tools") and '"name": "get_weather"' in prompt_text
+    assert "<tool_call>" in prompt_text and prompt_text.endswith("<|im_start|>assistant\n")
     with pytest.raises(CapabilityError, match='"tiny-llama" does not support thinking'):
         chatml.chat_plan(ChatRequest(model="m", messages=[{"role": "user", "content": "hi"}], think="high"))
     forced = chatml.chat_plan(req.model_copy(update={"tool_choice": "add", "messages": [
@@ -157,10 +161,12 @@ def test_prompt_plans(tokenizer: ChatTokenizer, tmp_path: Path) -> None:
             {"role": "user", "content": "hi"},
             {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "add", "arguments": {"a": 1}}}]},
             {"role": "tool", "content": "1", "tool_name": "add"}, {"role": "user", "content": "again"}]}).messages][0]}))
-    assert forced.family is GENERIC_JSON and forced.forced
+    assert forced.family is FORCED_PROMPT_TOOLS and forced.forced
     text = chatml.tokenizer.decode(forced.render(forced.messages))
-    assert "You can call the following functions" in text and '"name": "get_weather"' in text
-    assert '{"name": "add", "arguments": {"a": 1}}' in text  # the earlier call, written as the model writes it
+    assert "<tools>" in text and '"name": "get_weather"' in text
+    # the earlier call, written as the model is told to write it, and its result in a user turn
+    assert '<tool_call>\n{"name": "add", "arguments": {"a": 1}}\n</tool_call>' in text
+    assert "<|im_start|>user\n<tool_response>\n1\n</tool_response><|im_end|>" in text
     for bad, message in [("nope", "is not"), ("required", "needs tools")]:
         with pytest.raises(InvalidRequestError, match=message):
             qwen3.chat_plan(ChatRequest(model="m", messages=[{"role": "user", "content": "hi"}],

@@ -3,13 +3,11 @@
 Tools, tool_choice and thinking are decided here (`PromptBuilder.chat_plan`):
 
 - Tools are rendered by the chat template; the template's family (toolcalls.py) says how the model
-  writes calls. A template that cannot express tools (no `tools` in it, e.g. SmolLM2's ChatML)
-  answers tools with Ollama's "<model> does not support tools" under tool_choice "auto": the model
-  was never taught a call syntax, so unconstrained output would rarely be a call.
+  writes calls. A template that cannot express tools (no `tools` in it, e.g. SmolLM2's ChatML) gets
+  the generic tools prompt of tools_prompt.py (tools in the system turn, `<tool_call>` JSON calls,
+  results in `<tool_response>`), rendered through its own template, as Ollama's library templates do.
 - tool_choice (beyond Ollama): "auto" (default), "none", "required"/"any", or a tool name.
-  "required"/"any"/<name> force exactly one call through a grammar (constraints.py). On a
-  template-less model the tools are then listed in the system message by our code, in the generic
-  JSON syntax ({"name": ..., "arguments": {...}}), and earlier calls are written the same way.
+  "required"/"any"/<name> force exactly one call through a grammar (constraints.py).
   "none" renders no tools, parses no calls and bans the family's call-start token.
 - Thinking: `think` omitted on a thinking model means on (Ollama); the template's `enable_thinking`
   switch gets it. Reasoning of assistant turns before the last user message is dropped (Ollama
@@ -26,7 +24,13 @@ from ..model.tokenizer import ChatTokenizer
 from .errors import CapabilityError, InvalidRequestError
 from .requests import ChatMessage, ChatRequest, GenerateRequest, ToolSpec
 from .thinking import strip_earlier_thinking, think_requested
-from .toolcalls import GENERIC_JSON, ToolFamily, calls_as_text, family_for_template, tools_system_text
+from .toolcalls import ToolFamily, family_for_template
+from .tools_prompt import (  # i16: tools on every chat model
+    FORCED_PROMPT_TOOLS,
+    PROMPT_TOOLS,
+    has_tool_history,
+    inject_tools,
+)
 
 FORCING_CHOICES = ("required", "any")
 
@@ -60,7 +64,13 @@ def tool_schemas(tools: Sequence[ToolSpec] | None) -> list[dict[str, Any]] | Non
 
 
 def template_supports_tools(tokenizer: ChatTokenizer) -> bool:
-    return family_for_template(tokenizer.chat_template) is not None
+    """Every chat model takes tools: in its template's syntax, or through the generic tools prompt (i16)."""
+    return bool(tokenizer.chat_template)
+
+
+def tool_format(tokenizer: ChatTokenizer) -> str:
+    """"template" when the chat template renders tools itself, "prompt" when the generic tools prompt does."""
+    return "template" if family_for_template(tokenizer.chat_template) is not None else "prompt"
 
 
 def template_supports_thinking(tokenizer: ChatTokenizer) -> bool:
@@ -83,21 +93,6 @@ class ChatPlan:
     @property
     def forced(self) -> bool:
         return self.tool_choice not in ("auto", "none") and bool(self.tools)
-
-
-def _injected_tools(messages: list[TemplateMessage], tools: list[dict[str, Any]]) -> list[TemplateMessage]:
-    """Tools in the system message and earlier calls as text, for a template without tool syntax."""
-    out = [dict(m) for m in messages]
-    for message in out:
-        calls = message.pop("tool_calls", None)
-        if calls and message.get("role") == "assistant":
-            message["content"] = "\n".join(p for p in (message.get("content") or "", calls_as_text(calls)) if p)
-    text = tools_system_text(tools)
-    if out and out[0].get("role") == "system":
-        out[0]["content"] = f"{out[0].get('content') or ''}\n\n{text}".lstrip()
-    else:
-        out.insert(0, {"role": "system", "content": text})
-    return out
 
 
 class PromptBuilder:
@@ -123,8 +118,6 @@ class PromptBuilder:
         choice = (request.tool_choice or "auto").strip()
         choice = choice.lower() if choice.lower() in ("auto", "none", *FORCING_CHOICES) else choice
         if choice in ("auto", "none"):
-            if choice == "auto" and request.tools and self.family is None:
-                raise CapabilityError(f"{self.model_name} does not support tools")
             return choice
         if not request.tools:
             raise InvalidRequestError(f'tool_choice "{choice}" needs tools in the request')
@@ -155,9 +148,10 @@ class PromptBuilder:
         template_tools = tools
         if not tools or choice == "none":
             family, template_tools = None, None
-        elif family is None:  # a forced call on a template without tool syntax
-            family, template_tools = GENERIC_JSON, None
-            messages = _injected_tools(messages, tools)
+        elif family is None:  # i16: a template without tool syntax gets the generic tools prompt
+            family, template_tools = (PROMPT_TOOLS if choice == "auto" else FORCED_PROMPT_TOOLS), None
+        if self.family is None and (family is not None or has_tool_history(messages)):
+            messages = inject_tools(messages, tools if family is not None else None)
         return ChatPlan(messages=messages, render=self._renderer(template_tools, request.think), tools=tools,
                         family=family, tool_choice=choice, think=think_requested(request.think, self.thinking_model),
                         thinking_model=self.thinking_model)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ..model.embedding_model import EmbeddingManifest, read_embedding_manifest
 from ..model.layout import MANIFEST_NAME
 from ..model.manifest import ModelManifest, read_manifest
-from .prompt import template_supports_thinking, template_supports_tools
+from .prompt import template_supports_thinking, template_supports_tools, tool_format
 
 if TYPE_CHECKING:
     from .runner import ModelRunner
@@ -116,7 +116,9 @@ class ModelInfo:
             # The usable context is the compiled KV capacity, not the trained length (llama-index reads this key).
             info |= {f"{arch}.context_length": spec.decode_capacity, f"{arch}.block_count": spec.layers,
                      f"{arch}.embedding_length": spec.hidden, "general.vocab_size": spec.vocab,
-                     "ax.backend": self.runner.model.backend, "ax.prefill_chunk": spec.prefill_chunk}
+                     "ax.backend": self.runner.model.backend, "ax.prefill_chunk": spec.prefill_chunk,
+                     # i16: tools rendered by the model's template, or by the generic tools prompt
+                     "ax.tool_format": tool_format(self.runner.model.tokenizer)}
         if m and m.context_length:
             info[f"{arch}.trained_context_length"] = m.context_length
         if m and m.parameter_count:

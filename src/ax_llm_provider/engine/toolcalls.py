@@ -9,9 +9,8 @@ A family says how a model writes a call and how our grammar forces one:
 | llama3  | `<|start_header_id|>` + "parameters" | `<|python_tag|>`? `{"name": ..., "parameters": {...}}`         |
 | json    | any other template that uses `tools` | `{"name": ..., "arguments": {...}}` (the generic fallback)     |
 
-Models whose template cannot express tools at all (SmolLM2's ChatML) get the `json` family only when
-`tool_choice` forces a call: prompt.py then lists the tools in the system message and the grammar
-guarantees the call (see docs in prompt.py). New families: `register_family(ToolFamily(...))`.
+Models whose template cannot express tools at all (SmolLM2's ChatML) get the generic tools prompt and
+its hermes-style `prompt` family (tools_prompt.py, i16). New families: `register_family(ToolFamily(...))`.
 
 Parsed calls come out in Ollama's shape, arguments typed against the tool's parameter schema
 (`"3"` -> `3` for an integer parameter), ids `call_<hash>` deterministic from the request and index.
@@ -243,23 +242,3 @@ class ToolCallFactory:
     def from_payload(self, text: str, *, strict: bool = True) -> list[ToolCallDict] | None:
         entries = parse_payload(text, strict=strict)
         return None if entries is None else [self.make(n, a) for n, a in entries]
-
-
-# ---- tools described in the prompt, for templates without tool syntax ---------------------------------
-
-def tools_system_text(tools: Sequence[Mapping[str, Any]], family: ToolFamily = GENERIC_JSON) -> str:
-    """The instruction our code adds to the system message when the template cannot render tools."""
-    lines = [json.dumps(t.get("function", t), ensure_ascii=False) for t in tools]
-    return ("You can call the following functions:\n" + "\n".join(lines) + "\n\nTo call a function, reply with only "
-            f'a JSON object {{"name": <function name>, "{family.args_key}": <arguments object>}}.')
-
-
-def calls_as_text(calls: Sequence[Mapping[str, Any]], family: ToolFamily = GENERIC_JSON) -> str:
-    """Earlier assistant tool calls written the way the family writes them (for template-less models)."""
-    parts = []
-    for call in calls:
-        function = call.get("function", call)
-        body = json.dumps({"name": function.get("name"), family.args_key: function.get("arguments") or {}},
-                          ensure_ascii=False)
-        parts.append(family.call_prefix + body + family.call_suffix)
-    return "\n".join(parts)

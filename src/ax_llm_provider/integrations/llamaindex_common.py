@@ -96,10 +96,13 @@ class ModelFacts:
     context_length: int | None  # the compiled KV capacity (`<arch>.context_length`), None if unknown
     trained_context_length: int | None
     capabilities: tuple[str, ...]
+    tool_format: str | None = None  # "template": the template's own tool syntax; "prompt": the generic prompt
 
     @property
     def tools(self) -> bool:
-        return "tools" in self.capabilities
+        """The template has its own tool syntax (a template-less model's generic tools prompt does not count:
+        the small models that have one cannot judge when to call, so "auto" stays emulated for them)."""
+        return "tools" in self.capabilities and self.tool_format != "prompt"
 
     @property
     def thinking(self) -> bool:
@@ -113,7 +116,7 @@ def _facts(show: dict[str, Any]) -> ModelFacts:
     trained = info.get(f"{arch}.trained_context_length")
     return ModelFacts(context_length=int(context) if context else None,
                       trained_context_length=int(trained) if trained else None,
-                      capabilities=tuple(show.get("capabilities") or ()))
+                      capabilities=tuple(show.get("capabilities") or ()), tool_format=info.get("ax.tool_format"))
 
 
 def model_facts(engine: Engine, model: str, keep_alive: float | str | None) -> ModelFacts:

@@ -17,9 +17,10 @@ doc's section 3), with these differences:
   what goes out as `options.num_ctx`. show() reports capacity and capabilities for a loaded model, so
   the first `metadata` access loads the model (what the first request would do anyway).
 - `metadata.num_output` is `additional_kwargs["num_predict"]` when set > 0 (else 256, as the reference).
-- `supports_native_tools` says whether the template has a tool syntax (show() capability "tools");
+- `supports_native_tools` says whether the template has its own tool syntax (show()'s model_info
+  "ax.tool_format" is "template"; a template without one gets the engine's generic tools prompt);
   `metadata.is_function_calling_model` is False when it has none and `emulate_tool_choice` is off
-  (Ollama would answer "does not support tools"), True otherwise (unless the field says False).
+  (the small template-less models rarely call under "auto"), True otherwise (unless the field says False).
 - Tool choice (Ollama has none): `tool_required=True` forces a call ("required"), per-call `tool_choice`
   (what FunctionAgent's `initial_tool_choice` sends: "auto", "none", "required"/"any" or a tool name;
   OpenAI's dict form is read too) or the `tool_choice` field. On a model whose template cannot express

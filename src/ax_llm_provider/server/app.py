@@ -13,6 +13,7 @@ Endpoints (Ollama's paths, bodies, status codes and error bodies):
     POST /api/embeddings      legacy {"embedding": [...]}
     POST /api/pull, /api/create, /api/copy, /api/push, DELETE /api/delete, HEAD|POST /api/blobs/:digest
                               model management (server/management.py)
+    /v1/...                   OpenAI-compatible chat/completions/embeddings/models (openai_compat.py)
 
 Nothing here blocks the event loop: request parsing, model resolution (a first-use pull) and the
 model listings run in worker threads; generation is awaited through the engine's async iterators.
@@ -45,6 +46,7 @@ from ..ollama.client import reject_image_generation
 from ..ollama.merge import merge_chat, merge_generate
 from .errors import BadRequest, error_parts
 from .management import management_routes
+from .openai_compat import OpenAIAPI
 from .streaming import EngineStreamResponse, WatchedResponse, send_json
 
 log = logging.getLogger(__name__)
@@ -236,6 +238,7 @@ def create_app(engine: Engine | None = None, *, origins: Sequence[str] = ()) -> 
     patterns = [*LOCAL_ORIGINS, *(".*" if o == "*" else re.escape(o) for o in origins)]
     cors = Middleware(CORSMiddleware, allow_origin_regex="|".join(f"(?:{p})" for p in patterns),
                       allow_methods=["GET", "HEAD", "POST", "DELETE", "OPTIONS"], allow_headers=["*"])
-    app = Starlette(routes=api.routes(), middleware=[cors], exception_handlers={404: _not_found})
+    routes = [*api.routes(), *OpenAIAPI(api).routes()]
+    app = Starlette(routes=routes, middleware=[cors], exception_handlers={404: _not_found})
     app.state.api = api
     return app
