@@ -76,6 +76,7 @@ class Faults:
     offline_code: int = codes.ERR_DEVICE_NO_CONNECT
     execute: ScheduledFault | None = None
     load: ScheduledFault | None = None
+    engine_init: ScheduledFault | None = None
     hang: HangFault | None = None
     cmm_limit_bytes: int | None = None
     temperature_mc: Callable[[Counters], int] | None = None
@@ -85,6 +86,9 @@ class Faults:
 
     def fail_load(self, code: int = codes.ERR_ENGINE_EXECUTE_FAIL, after: int = 0, times: int = 1) -> None:
         self.load = ScheduledFault(code, after, times)
+
+    def fail_engine_init(self, code: int = codes.ERR_ENGINE_EXECUTE_FAIL, after: int = 0, times: int = 1) -> None:
+        self.engine_init = ScheduledFault(code, after, times)
 
     def hang_execute(self, after: int = 0, timeout_s: float = 30.0, times: int = 1) -> HangFault:
         self.hang = HangFault(after=after, timeout_s=timeout_s, times=times)
