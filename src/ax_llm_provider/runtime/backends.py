@@ -50,12 +50,13 @@ def check_backend(files: ModelFiles, name: str) -> None:
 
 def open_stack(files: ModelFiles, backend: str = "auto", device: int = 0, threads: int | None = None, *,
                axcl: Any | None = None, progress: Callable[[int, int], None] | None = None,
-               cmm_floor_mb: int | None = None) -> DecoderStack:
+               cmm_floor_mb: int | None = None, kv_write: str | None = None) -> DecoderStack:
     """Open the decoder stack of `files` on the chosen backend.
 
     For the card backends only: `axcl` is the module to drive (default `import axcl`; for "simulated", the
     SimCard, default a new one with preset $AX_LLM_SIM_PRESET), `progress(done, total)` is called after each
-    model file, `cmm_floor_mb` is the CMM that must stay free after the load (AxclDecoderStack's default).
+    model file, `cmm_floor_mb` is the CMM that must stay free after the load (AxclDecoderStack's default),
+    `kv_write` is "d2d" (the default copy) or "bind" (axcl and simulated only; a per-model choice).
     """
     name = resolve_backend(files, backend)
     check_backend(files, name)
@@ -66,6 +67,10 @@ def open_stack(files: ModelFiles, backend: str = "auto", device: int = 0, thread
     card_options: dict[str, Any] = {"device_index": device, "progress": progress}
     if cmm_floor_mb is not None:
         card_options["cmm_floor_mb"] = cmm_floor_mb
+    if kv_write is not None:
+        if name not in ("axcl", "simulated"):
+            raise ValueError(f"kv_write applies to the axcl and simulated backends, not {name}")
+        card_options["kv_write"] = kv_write
     if name == "axcl":
         from .axcl_backend import AxclDecoderStack
 
