@@ -101,7 +101,7 @@ def test_bench_reports_its_fields_and_the_legacy_comparison() -> None:
     assert result["baseline_bus_bytes_per_token"] > 500 * result["bus_bytes_per_token"]  # the KV copy
     assert result["baseline_device_bound_tok_s"] < result["device_bound_tok_s"] / 10
     # strict: 28 x 1.51 ms + 7.9 ms, 56 D2D copies, and ~1 ms more per host transfer than the legacy model
-    assert 15 < result["device_bound_tok_s"] < 18
+    assert 17 < result["device_bound_tok_s"] < 18.5  # 17.9: ~4.7 ms more device time per token
     legacy = result["legacy"]
     assert legacy["timing_model"] == "legacy" and legacy["backend"] == "axcl (kv_write=bind)"
     assert 18 < legacy["device_bound_tok_s"] < 21  # ~19.9 tok/s: the measured per-layer figures alone

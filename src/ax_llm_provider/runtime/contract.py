@@ -1,7 +1,7 @@
 """The vendor tensor contract, written once: masks, positions, group choice and prefill chunking.
 
 Pure functions over numpy, shared by every backend (axcl, axengine, onnx, simulated card).
-Conventions (axera-hardware.md section 2):
+Conventions (docs/sdk-notes.md, "The tensor contract"):
   decode  mask [1, 1, C+1]: slot i < C is cache row i, slot C is the current token (always open).
   prefill mask [1, P, Hc+P]: columns [0, hist) open for the valid history, column Hc+j open for j <= i.
 Open is 0, blocked is -65536 (additive, in the model's I/O dtype).

@@ -1,4 +1,4 @@
-"""`axcl.rt.engine_*` I/O description and IO-buffer functions of the simulated card (sdk-api.md 1.6).
+"""`axcl.rt.engine_*` I/O description and IO-buffer functions of the simulated card (docs/sdk-notes.md).
 
 Validation follows the [impl] notes: bad dims index/group -> INVALID_INDEX, bad size index -> the uint64 cast of
 INVALID_INDEX, unknown name -> ILLEGAL_PARAM as int32 (not -1), unset slots -> (None, 0, 0). The by-name buffer
