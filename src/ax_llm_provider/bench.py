@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import logging
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -72,8 +74,17 @@ def _measure(card: SimCard, stack: DecoderStack, embeds: np.ndarray, start: int,
 
 def _run(make: Callable[[SimCard], DecoderStack], preset: str, prompt: np.ndarray, steps: np.ndarray,
          tokens: int, sleep: bool, timing_model: str) -> tuple[dict[str, float], float]:
-    card = SimCard(preset, sleep=sleep, timing_model=timing_model)
-    stack = make(card)
+    with tempfile.TemporaryDirectory(prefix="ax-llm-bench-") as namespace:  # never contends with a simulated service
+        card = SimCard(preset, sleep=sleep, timing_model=timing_model, namespace=Path(namespace))
+        try:
+            return _run_on(card, make(card), prompt, steps, tokens)
+        finally:
+            if card.inited:  # the pyaxengine fake finalises only at exit: let go of the device now
+                card.finalize()
+
+
+def _run_on(card: SimCard, stack: DecoderStack, prompt: np.ndarray, steps: np.ndarray,
+            tokens: int) -> tuple[dict[str, float], float]:
     try:
         before = card.clock.device_ms
         stack.prefill(prompt, 0)
