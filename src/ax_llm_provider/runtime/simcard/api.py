@@ -47,7 +47,7 @@ def api(default: Any, *, value: bool = False, host_only: bool = False, context: 
     value:     the function returns a bare value (no ret), e.g. engine_get_num_inputs.
     host_only: pure host work (malloc_host, free_host) that keeps working when the card is offline.
     context:   the calling thread must have a bound context (else DEVICE_NO_ACTIVE_DEVICE).
-    rpc:       the call is a request to the card: charge one PCIe round trip once it gets past its guards.
+    rpc:       the call is a request to the card: charge one PCIe round trip (guarded calls too: a small overcharge).
     """
     kind = "value" if value else ("tuple" if isinstance(default, tuple) else "ret")
 
