@@ -71,6 +71,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=11434, help="port (default 11434, Ollama's)")
     p.add_argument("--preload", metavar="MODEL", action="append",
                    help="load MODEL before accepting requests (repeatable)")
+    p.add_argument("--origins", metavar="ORIGIN", action="append", default=[],
+                   help="browser origin allowed besides this machine's pages and app:// file:// tauri:// "
+                        "(repeatable; '*' wildcards; added to $OLLAMA_ORIGINS); other origins get 403")
+    p.add_argument("--max-body-bytes", type=int, default=None,
+                   help="largest request body accepted, 413 above it (default $AX_LLM_MAX_BODY_BYTES or 1 MiB)")
+    p.add_argument("--body-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="a request body must arrive within this time, else 408 (default 30)")
+    p.add_argument("--head-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="request headers must arrive within this time, else the connection is closed (default 10)")
+    p.add_argument("--keep-alive-timeout", type=int, default=5, metavar="SECONDS",
+                   help="an idle keep-alive connection is closed after this time (default 5)")
     _backend(p)
     p.set_defaults(func="device:cmd_serve")
 
