@@ -206,3 +206,60 @@ def test_fd_exhaustion_degrades_quietly(tmp_path: Path) -> None:
     tail = log_path.read_text(errors="replace")[-3000:]
     assert served == 200, tail
     assert size < 16_000, tail
+
+
+SERVER_OVER_AN_EMPTY_STORE = textwrap.dedent("""
+    import sys
+    from ax_llm_provider.engine.engine import Engine
+    from ax_llm_provider.model.store import ModelStore
+    from ax_llm_provider.server import BackgroundServer
+    engine = Engine(ModelStore(sys.argv[1]), backend="onnx", auto_pull=False)
+    with BackgroundServer(engine=engine) as url:
+        print(url, flush=True)
+        sys.stdin.read()
+""")
+
+
+def _memory_kb(pid: int) -> dict[str, int]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmHWM", "VmRSS"):
+            fields[key] = int(value.split()[0])
+    return fields
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc/<pid>/status")
+def test_a_50_mb_body_leaves_the_server_small(tmp_path: Path) -> None:
+    """The issue's 50 MB /api/generate body: refused with 413; the server's peak and retained RSS stay flat."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    child = subprocess.Popen([sys.executable, "-c", SERVER_OVER_AN_EMPTY_STORE, str(tmp_path / "store")],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+    try:
+        assert child.stdout is not None
+        url = child.stdout.readline().decode().strip()
+        httpx.get(url + "/api/tags")
+        before = _memory_kb(child.pid)
+        size = 50 * 1024 * 1024
+
+        def body() -> Iterator[bytes]:
+            yield b'{"model": "smollm2:135m", "prompt": "'
+            block = b"z" * (1 << 20)
+            for _ in range(50):
+                yield block
+            yield b'"}'
+
+        statuses = []
+        for headers in ({"Content-Length": str(size + 38)}, {}):  # declared, then chunked
+            statuses.append(httpx.post(url + "/api/generate", content=body(), headers=headers,
+                                       timeout=TIMEOUT).status_code)
+        after = _memory_kb(child.pid)
+        assert httpx.get(url + "/api/version").status_code == 200
+    finally:
+        child.stdin.close()  # type: ignore[union-attr]
+        child.wait(timeout=30)
+    peak_mb, retained_mb = (after["VmHWM"] - before["VmHWM"]) / 1024, (after["VmRSS"] - before["VmRSS"]) / 1024
+    report("body_50mb", status=statuses, peak_growth_mb=round(peak_mb, 1), retained_growth_mb=round(retained_mb, 1),
+           before_change="6.7 GB peak, 3.9 GB retained (issue 15)")
+    assert statuses == [413, 413]
+    assert peak_mb < 32 and retained_mb < 32
