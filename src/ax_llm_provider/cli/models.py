@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import calendar
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -102,11 +103,14 @@ def cmd_list(args: argparse.Namespace) -> int:
         rows += hub.bundle_rows(hub.HUB_BUNDLES.values())
         table(rows)
         return EXIT_OK
-    models = engine_for(args).list()["models"]
+    engine = engine_for(args)
+    models = engine.list()["models"]
     rows = [["NAME", "ID", "SIZE", "MODIFIED"]]
     for m in models:
         rows.append([m["name"], m["digest"][:12], human_bytes(m["size"]), human_since(_parse_iso(m["modified_at"]))])
     table(rows)
+    for bad in engine.store.scan()[1]:
+        print(f"warning: {bad.name} ({bad.path}) is left out: {bad.reason}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -135,7 +139,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
     for name in args.models:
         if is_path_like(name):
             raise CliError(f"{name} is a directory, not a model in the store; delete it yourself if you mean to")
-        stored = store.resolve(name)
+        stored = store.exact(name)  # `rm smollm2` removes smollm2:latest only, as `ollama rm` does
         for engine in process_engines():
             if any(m["name"] == stored.name for m in engine.ps()["models"]):
                 engine.unload(stored.name)
