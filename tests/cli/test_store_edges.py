@@ -46,7 +46,7 @@ def test_rm_needs_the_exact_name(store: Path, cli: Cli) -> None:
     code, _, err = cli("rm", "tiny")  # tiny:latest does not exist; tiny:llama must survive
     assert code == 1 and "tiny:llama" in err and "exact" in err
     assert (store / "tiny" / "llama" / "ax_model.json").is_file()
-    assert cli("rm", TINY)[0] == 0 and not (store / "tiny").exists()
+    assert cli("rm", TINY)[0] == 0 and not (store / "tiny" / "llama").exists()
 
 
 def test_rm_never_follows_a_symlinked_family_out_of_the_store(store: Path, cli: Cli, tmp_path: Path) -> None:
@@ -64,4 +64,4 @@ def test_rm_of_a_linked_model_removes_the_link_only(store: Path, cli: Cli, tmp_p
     (store / "mine").mkdir()
     (store / "mine" / "0").symlink_to(target, target_is_directory=True)
     assert cli("rm", "mine:0")[0] == 0
-    assert not (store / "mine").exists() and (target / "ax_model.json").is_file()
+    assert not (store / "mine" / "0").is_symlink() and (target / "ax_model.json").is_file()

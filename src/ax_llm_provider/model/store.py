@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
@@ -180,5 +179,3 @@ class ModelStore:
             model.path.unlink()
         else:
             shutil.rmtree(model.path)
-        with contextlib.suppress(OSError):  # not empty: other tags remain
-            family.rmdir()  # the last tag of a family takes the family directory with it
