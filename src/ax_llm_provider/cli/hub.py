@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..model.durable import durable_rename
 from ..model.errors import ModelError
 from ..model.layout import MANIFEST_NAME, scan_model_dir
 from ..model.store import ModelStore, normalize_name
@@ -160,7 +161,7 @@ def pull_bundle(bundle: HubBundle, store: ModelStore, progress: Progress | None 
     _write_manifest(partial, bundle)
     if dest.exists():
         shutil.rmtree(dest)
-    partial.rename(dest)
+    durable_rename(partial, dest)  # fsynced: a power cut leaves the partial download or the whole bundle
     step("done", 3, 3)
     return dest
 
