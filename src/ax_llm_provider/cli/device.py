@@ -12,8 +12,8 @@ from typing import Any
 
 from .common import EXIT_ERROR, EXIT_OK, CliError, table
 
-MONITOR_NOTE = ("the continuous health monitor (temperature, CMM, cool-down and recovery policies) is planned; "
-                "this command takes one reading")
+MONITOR_NOTE = ("this command takes one reading; a running engine's monitor thread reads the card continuously "
+                "(docs/health.md)")
 
 # ---- probes (module-level so tests can replace them) ------------------------------------------------
 

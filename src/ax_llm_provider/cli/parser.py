@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ps", help="list the models loaded by THIS process",
                        description="The engine runs inside the process that uses it, so this lists the models "
                                    "loaded by this ax-llm process only (for a single command: none). Run `ax-llm serve` to "
-                                   "keep one process owning the card; ps querying a running server is planned.")
+                                   "keep one process owning the card (its /api/ps lists what it holds).")
     p.set_defaults(func="models:cmd_ps")
 
     p = sub.add_parser("rm", help="remove models from the store")
