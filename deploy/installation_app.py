@@ -37,6 +37,8 @@ from ax_llm_provider.engine import lifecycle
 from ax_llm_provider.engine.engine import Engine
 from ax_llm_provider.engine.health import HealthConfig
 from ax_llm_provider.engine.recovery import DeviceFatalError
+from ax_llm_provider.model.durable import clean_stale_partials
+from ax_llm_provider.model.store import ModelStore
 from ax_llm_provider.observability import configure_logging, start_metrics_server
 
 log = logging.getLogger("installation")
@@ -289,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.metrics_port:
         start_metrics_server(args.metrics_port)
     options = {**OPTIONS, **(json.loads(args.options) if args.options else {})}
+    clean_stale_partials(ModelStore(args.store).root)  # what a crash or power cut left in the store
     engine = Engine(args.store, backend=args.backend, keep_alive=-1, request_timeout=args.request_timeout,
                     health=HealthConfig.from_env())
     lifecycle.install(engine)  # SIGTERM/SIGINT: finish a load, cancel the generation, finalize, exit 0

@@ -4,8 +4,12 @@ other models, `rm` needs the exact name, and `rm` never deletes outside the stor
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from ax_llm_provider import Client
 from ax_llm_provider.engine.engine import Engine
@@ -65,3 +69,15 @@ def test_rm_of_a_linked_model_removes_the_link_only(store: Path, cli: Cli, tmp_p
     (store / "mine" / "0").symlink_to(target, target_is_directory=True)
     assert cli("rm", "mine:0")[0] == 0
     assert not (store / "mine" / "0").is_symlink() and (target / "ax_model.json").is_file()
+
+
+def test_serve_cleans_what_a_killed_pull_left(store: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = pytest.importorskip("ax_llm_provider.server.runner")
+    monkeypatch.setattr(runner, "serve", lambda *args, **kwargs: None)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    leftover = store / "tiny" / f".llama.partial-{dead.pid}-abcd1234"
+    leftover.mkdir()
+    (leftover / "layer.onnx").write_bytes(b"x" * 1024)
+    assert cli("serve")[0] == 0
+    assert not leftover.exists() and (store / "tiny" / "llama").is_dir()

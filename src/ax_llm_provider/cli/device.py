@@ -168,6 +168,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         guard = GuardConfig.from_env(tuple(args.origins), **limits)
     except ValueError as exc:
         raise CliError(f"{exc}; give positive sizes and timeouts") from exc
+    from ..model.durable import clean_stale_partials
+
+    clean_stale_partials(store_of(args).root)  # what a crash or power cut left in the store
     engine = engine_for(args)
     for model in args.preload or []:
         ensure_model(model, store_of(args))

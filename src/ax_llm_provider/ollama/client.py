@@ -96,6 +96,12 @@ def _embeddings_response(result: dict[str, Any]) -> ollama.EmbeddingsResponse:
     return ollama.EmbeddingsResponse(embedding=result["embeddings"][0] if result["embeddings"] else [])
 
 
+def _refuse_image_generation(model: str, *sizes: int | None) -> None:
+    """ollama's width/height/steps drive image-generation models; none runs here (ollama answers 400 too)."""
+    if any(v is not None for v in sizes):
+        raise ollama.ResponseError(f"{model!r} does not support image generation (width, height, steps)", 400)
+
+
 class _Base:
     def __init__(self, host: str | None = None, *, engine: Engine | None = None, **kwargs: Any) -> None:
         # host, headers, timeout, follow_redirects ... belong to the HTTP client this package removes:
@@ -139,7 +145,9 @@ class Client(_Base):
                  stream: bool = False, think: bool | str | None = None, logprobs: bool | None = None,
                  top_logprobs: int | None = None, raw: bool | None = None, format: str | dict[str, Any] | None = None,
                  images: Sequence[Any] | None = None, options: Mapping[str, Any] | ollama.Options | None = None,
-                 keep_alive: float | str | None = None, **kwargs: Any) -> Any:
+                 keep_alive: float | str | None = None, width: int | None = None, height: int | None = None,
+                 steps: int | None = None) -> Any:
+        _refuse_image_generation(model, width, height, steps)
         body = _generate_body(model, prompt, suffix, system, template, context, stream, think, logprobs,
                               top_logprobs, raw, format, images, options, keep_alive)
         start = lambda: self.engine.generate(body)  # noqa: E731
@@ -213,7 +221,9 @@ class AsyncClient(_Base):
                        top_logprobs: int | None = None, raw: bool | None = None,
                        format: str | dict[str, Any] | None = None, images: Sequence[Any] | None = None,
                        options: Mapping[str, Any] | ollama.Options | None = None,
-                       keep_alive: float | str | None = None, **kwargs: Any) -> Any:
+                       keep_alive: float | str | None = None, width: int | None = None,
+                       height: int | None = None, steps: int | None = None) -> Any:
+        _refuse_image_generation(model, width, height, steps)
         body = _generate_body(model, prompt, suffix, system, template, context, stream, think, logprobs,
                               top_logprobs, raw, format, images, options, keep_alive)
         try:
