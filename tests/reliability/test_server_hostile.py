@@ -263,3 +263,10 @@ def test_a_50_mb_body_leaves_the_server_small(tmp_path: Path) -> None:
            before_change="6.7 GB peak, 3.9 GB retained (issue 15)")
     assert statuses == [413, 413]
     assert peak_mb < 32 and retained_mb < 32
+
+
+@pytest.mark.parametrize("raw", [b'{"model": "twin:0", "prompt": ' + b"[" * 20_000 + b"]" * 20_000 + b"}",
+                                 b'{"model": "twin:0", "prompt": "\\ud800 lone"}'])
+def test_malformed_bodies_are_400_not_500(url: str, raw: bytes) -> None:
+    answer = httpx.post(f"{url}/api/generate", content=raw, timeout=TIMEOUT)
+    assert answer.status_code == 400 and "invalid" in answer.json()["error"]

@@ -77,8 +77,14 @@ async def _body(request: Request) -> dict[str, Any]:
         raise BadRequest("missing request body")
     try:
         body = json.loads(raw)
+        # Lone surrogates ("\ud800") parse but are not text: refuse them here, not deep in the tokenizer.
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequest(f"invalid JSON in the request body: {exc}") from exc
+    except RecursionError as exc:
+        raise BadRequest("invalid JSON in the request body: nested too deeply") from exc
+    except UnicodeEncodeError as exc:
+        raise BadRequest(f"invalid text in the request body: {exc.reason} (a lone UTF-16 surrogate escape)") from exc
     if not isinstance(body, dict):
         raise BadRequest(f"the request body must be a JSON object, got {type(body).__name__}")
     return body
