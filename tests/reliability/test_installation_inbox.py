@@ -6,7 +6,6 @@ with exit 1 (systemd then restarted it every 15 s, loading the model onto the ca
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import logging
 import os
@@ -16,15 +15,6 @@ from types import ModuleType, SimpleNamespace
 import pytest
 
 APP = Path(__file__).resolve().parents[2] / "deploy" / "installation_app.py"
-
-
-@pytest.fixture(scope="module")
-def app() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("installation_app_inbox", APP)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 HEALTHY = SimpleNamespace(health=lambda: SimpleNamespace(state="idle"))  # serve() asks only on errors
