@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import logging
 import os
 import re
@@ -126,11 +127,12 @@ class ModelStore:
                 log.warning("model %s left out of the list: %s", bad.name, bad.reason)
         return models
 
-    def scan(self) -> tuple[list[StoredModel], list[DamagedModel]]:
+    def scan(self) -> tuple[builtins.list[StoredModel], builtins.list[DamagedModel]]:
         """(good models, damaged entries): one unreadable manifest does not hide the rest of the store."""
         if not self.root.is_dir():
             return [], []
-        models, damaged = [], []
+        models: builtins.list[StoredModel] = []
+        damaged: builtins.list[DamagedModel] = []
         for family in sorted(self.root.iterdir()):
             if not family.is_dir() or family.name.startswith((".", "_")):
                 continue

@@ -85,6 +85,7 @@ class GuardedH11Protocol(H11Protocol):
     head_timeout_s: float = DEFAULT_HEAD_TIMEOUT_S
     max_connections: int = 1024
     _refusals = _EveryInterval(60.0)
+    _head_deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -113,7 +114,7 @@ class GuardedH11Protocol(H11Protocol):
             self._head_deadline = self.loop.call_later(self.head_timeout_s, self._head_expired)
 
     def _cancel_head_deadline(self) -> None:
-        handle = getattr(self, "_head_deadline", None)
+        handle = self._head_deadline
         if handle is not None:
             handle.cancel()
             self._head_deadline = None
