@@ -14,6 +14,7 @@ EPILOG = """environment:
   AX_LLM_BACKEND     auto, onnx, axcl, axengine, simulated (default auto)
   AX_LLM_DEVICE      card index, 0-based (axcl-smi shows it 1-based)
   AX_LLM_KEEP_ALIVE  default keep_alive (default: forever)
+  OLLAMA_ORIGINS     serve: extra browser origins allowed (comma-separated)
 exit codes: 0 ok, 1 error, 2 usage error, 130 interrupted (Ctrl-C)
 docs: docs/index.md (mkdocs build) or the docs/ directory of the repository"""
 
