@@ -2,7 +2,7 @@
 a seed per prompt), with a bounded num_predict.
 
 What keeps every output complete within num_predict: the schema bounds what it can (maxLength, maxItems,
-enums, integer ranges), and the engine's closing policy (engine/closing.py) ends the JSON when the budget
+enums, integer ranges), and the engine's closing policy (engine/decoding/closing.py) ends the JSON when the budget
 gets short (e.g. a number whose digits go on, or a model that would keep adding array items), so no
 generation ends with done_reason "length" and unparseable text. The budgets leave room above the natural
 answer (the grammar ends the generation as soon as the JSON is complete, so a larger num_predict costs

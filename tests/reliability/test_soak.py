@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from ax_llm_provider.engine.engine import Engine
-from ax_llm_provider.engine.health import HealthConfig
+from ax_llm_provider.engine.ops.health import HealthConfig
 from ax_llm_provider.model.store import ModelStore
 from ax_llm_provider.runtime.simcard import SimCard
 

@@ -26,7 +26,7 @@ import pytest
 
 from ax_llm_provider.engine.engine import Engine
 from ax_llm_provider.engine.errors import EngineError
-from ax_llm_provider.engine.scheduler import CancelToken
+from ax_llm_provider.engine.worker.scheduler import CancelToken
 from ax_llm_provider.server import OLLAMA_VERSION, BackgroundServer, create_app
 from tests.server.conftest import TINY_LLAMA, TINY_QWEN2
 

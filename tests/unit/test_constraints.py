@@ -11,17 +11,22 @@ import numpy as np
 import pytest
 from tests.fixtures.tiny_models import train_tiny_tokenizer
 
-from ax_llm_provider.engine.constraints import (
+from ax_llm_provider.engine.decoding.constraints import (
     GrammarCompiler,
     format_grammar,
     select_tools,
     tool_call_grammar,
 )
+from ax_llm_provider.engine.decoding.grammar_sampler import (
+    BannedTokens,
+    ConstraintPlan,
+    GuidedSampler,
+    JsonShape,
+)
+from ax_llm_provider.engine.decoding.toolcall_stream import make_extractor
+from ax_llm_provider.engine.decoding.toolcalls import GENERIC_JSON, HERMES, ToolCallFactory
 from ax_llm_provider.engine.errors import InvalidRequestError
-from ax_llm_provider.engine.grammar_sampler import BannedTokens, ConstraintPlan, GuidedSampler, JsonShape
 from ax_llm_provider.engine.sampler import make_sampler
-from ax_llm_provider.engine.toolcall_stream import make_extractor
-from ax_llm_provider.engine.toolcalls import GENERIC_JSON, HERMES, ToolCallFactory
 
 SCHEMA = {"type": "object", "properties": {
     "name": {"type": "string"},

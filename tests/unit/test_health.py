@@ -14,15 +14,15 @@ from typing import Any
 import pytest
 
 from ax_llm_provider.engine.engine import Engine
-from ax_llm_provider.engine.health import (
+from ax_llm_provider.engine.ops.health import (
     DeviceOverheatedError,
     DeviceReading,
     HealthConfig,
     HealthMonitor,
     host_figures,
 )
-from ax_llm_provider.engine.recovery import DeviceActivity, RecoveryPolicy
-from ax_llm_provider.engine.scheduler import CancelToken, RequestTimeoutError
+from ax_llm_provider.engine.ops.recovery import DeviceActivity, RecoveryPolicy
+from ax_llm_provider.engine.worker.scheduler import CancelToken, RequestTimeoutError
 from ax_llm_provider.model.store import ModelStore
 from ax_llm_provider.observability import (
     JsonFormatter,
@@ -301,7 +301,7 @@ def test_json_formatter_carries_the_request_id_and_extras() -> None:
 
 def test_every_request_logs_one_done_line_with_counts(tmp_path: Path, tiny_twin: Callable[..., Path],
                                                       caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="ax_llm_provider.engine.supervisor")
+    caplog.set_level(logging.INFO, logger="ax_llm_provider.engine.ops.supervisor")
     with Engine(ModelStore(tmp_path), backend="onnx", auto_pull=False, health=FAST) as engine:
         model = str(tiny_twin("llama"))
         chat(engine, model)

@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from .errors import EngineBusyError, EngineError, RequestCanceledError, RequestTimedOutError
-from .recovery import HangCancelled
-from .scheduler import (
+from .ops.recovery import HangCancelled
+from .worker.scheduler import (
     AsyncRequestStream,
     QueueFullError,
     RequestCancelled,

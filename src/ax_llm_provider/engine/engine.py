@@ -20,23 +20,27 @@ from ..model.errors import ModelNotFoundError
 from ..model.pull import pull
 from ..model.registry import lookup
 from ..model.store import ModelStore, is_path_like, normalize_name
-from .constraints import format_grammar
 from .consume import amapped, engine_error, mapped
 from .context import fit_messages, truncate_tokens
+from .decoding.constraints import format_grammar
+from .decoding.response_parser import chat_chunks, chat_decoding, generate_chunks, generate_decoding
+from .decoding.thinking import think_requested
+from .decoding.toolcalls import request_key
 from .errors import (
     EngineBusyError,
     EngineError,
     InvalidRequestError,
 )
-from .health import HealthConfig, HealthSnapshot
 from .keepalive import parse_keep_alive
+from .ops.health import HealthConfig, HealthSnapshot
+from .ops.recovery import RecoveryPolicy
+from .ops.supervisor import Supervisor
 from .options import InvalidOptionError, parse_options
-from .recovery import RecoveryPolicy
 from .requests import ChatRequest, EmbedRequest, GenerateRequest, parse_request
-from .response_parser import chat_chunks, chat_decoding, generate_chunks, generate_decoding
 from .responses import ExtraMetadata, Timings, chat_chunk, final_fields, generate_chunk
 from .runner import ModelRunner, RunResult
-from .scheduler import (
+from .state import LoadedEntry, ModelInfo
+from .worker.scheduler import (
     CancelToken,
     DeviceWorker,
     QueueFullError,
@@ -44,10 +48,6 @@ from .scheduler import (
     RequestTimeoutError,
     SchedulerError,
 )
-from .state import LoadedEntry, ModelInfo
-from .supervisor import Supervisor
-from .thinking import think_requested
-from .toolcalls import request_key
 
 log = logging.getLogger(__name__)
 Chunk = dict[str, Any]
@@ -70,7 +70,7 @@ class Engine:
                  recovery: RecoveryPolicy | None = None, device_lock: bool | None = None) -> None:
         """card: the `axcl` module or SimCard to drive (default: `import axcl`, or a new SimCard for the
         simulated backend); health / recovery: monitor thresholds and the recovery ladder's bounds
-        (engine/health.py, engine/recovery.py); device_lock: take the single-owner card lock (default: for
+        (engine/ops/health.py, engine/ops/recovery.py); device_lock: take the single-owner card lock (default: for
         the axcl and axengine backends)."""
         self.store = store if isinstance(store, ModelStore) else ModelStore(store)
         self.backend, self.device = backend, device
@@ -363,7 +363,7 @@ class Engine:
         return bool(self._worker.call(lambda: self._unload(name)))
 
     def health(self) -> HealthSnapshot:
-        """The card's and the engine's health now (engine/health.py); `.to_dict()` for JSON."""
+        """The card's and the engine's health now (engine/ops/health.py); `.to_dict()` for JSON."""
         return self._supervisor.health()
 
     def close(self, timeout: float | None = 30.0, *, cancel_running: bool = False) -> None:

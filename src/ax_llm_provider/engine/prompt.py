@@ -23,10 +23,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..model.tokenizer import ChatTokenizer
+from .decoding.thinking import strip_earlier_thinking, think_requested
+from .decoding.toolcalls import (
+    GENERIC_JSON,
+    ToolFamily,
+    calls_as_text,
+    family_for_template,
+    tools_system_text,
+)
 from .errors import CapabilityError, InvalidRequestError
 from .requests import ChatMessage, ChatRequest, GenerateRequest, ToolSpec
-from .thinking import strip_earlier_thinking, think_requested
-from .toolcalls import GENERIC_JSON, ToolFamily, calls_as_text, family_for_template, tools_system_text
 
 FORCING_CHOICES = ("required", "any")
 

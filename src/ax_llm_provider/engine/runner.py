@@ -1,6 +1,6 @@
 """One loaded model on the device thread: prompt tokens in, text deltas and Ollama's counters out.
 
-Everything here runs on the device worker's thread (engine/scheduler.py), so the decoder stack,
+Everything here runs on the device worker's thread (engine/worker/scheduler.py), so the decoder stack,
 the prefix cache and the sampler state are never touched concurrently.
 """
 
@@ -13,16 +13,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..model.loader import LoadedModel
-from .constraints import GrammarCompiler
 from .context import ConversationCuts
+from .decoding.constraints import GrammarCompiler
+from .decoding.grammar_sampler import ConstraintPlan
 from .generator import GenerationStats, generate_tokens
-from .grammar_sampler import ConstraintPlan
 from .options import GenerationOptions
 from .prefix_cache import PrefixCache
 from .prompt import PromptBuilder
 from .sampler import TokenSampler, make_logits_processors
-from .scheduler import CancelToken
 from .textstream import TextStream
+from .worker.scheduler import CancelToken
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from .cancel import CancelToken, RequestCancelled, RequestTimeoutError, Schedule
 if TYPE_CHECKING:
     from .scheduler import DeviceWorker
 
-logger = logging.getLogger("ax_llm_provider.engine.scheduler")
+logger = logging.getLogger("ax_llm_provider.engine.worker.scheduler")
 
 T = TypeVar("T")
 

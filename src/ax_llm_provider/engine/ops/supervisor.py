@@ -6,7 +6,7 @@
   (CMM released late after a crash; an offline card rebooted first), AXCL 0x80300186 mapped to the owner.
 * Requests: `guard(job)` wraps every chat/generate job: fatal check, thermal gate, recovery ladder with a
   transparent re-run when nothing was streamed yet, request id and a structured "request done" log.
-* The health monitor's hooks (engine/health.py) and `close()`.
+* The health monitor's hooks (engine/ops/health.py) and `close()`.
 """
 
 from __future__ import annotations
@@ -23,12 +23,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..model.loader import LoadedModel, load_model
-from ..observability import metrics, request_fields, set_request_id
-from ..runtime import axcl_codes as codes
-from ..runtime.axcl_props import get_device_properties, reboot_device
-from ..runtime.errors import DeviceError, DeviceMemoryError, DeviceOfflineError
-from . import lifecycle
+from ... import process as lifecycle
+from ...model.loader import LoadedModel, load_model
+from ...observability import metrics, request_fields, set_request_id
+from ...runtime import axcl_codes as codes
+from ...runtime.axcl_props import get_device_properties, reboot_device
+from ...runtime.errors import DeviceError, DeviceMemoryError, DeviceOfflineError
+from ..worker.scheduler import CancelToken, RequestStream, SchedulerError
 from .health import (
     DeviceReading,
     HealthConfig,
@@ -43,11 +44,10 @@ from .recovery import (
     RetryingStack,
     WatchedAxcl,
 )
-from .scheduler import CancelToken, RequestStream, SchedulerError
 from .supervisor_hooks import MonitorHooks
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from ..engine import Engine
 
 log = logging.getLogger(__name__)
 Chunk = dict[str, Any]
@@ -105,7 +105,7 @@ class Supervisor(MonitorHooks):
         backend = self.engine.backend
         if backend == "simulated":
             if self.card is None:
-                from ..runtime.simcard import DEFAULT_PRESET, SimCard
+                from ...runtime.simcard import DEFAULT_PRESET, SimCard
 
                 self.card = SimCard(os.environ.get("AX_LLM_SIM_PRESET", DEFAULT_PRESET))
             if self._lock_wanted:
@@ -115,7 +115,7 @@ class Supervisor(MonitorHooks):
             self._take_lock()
         if self.card is not None:
             return self.card
-        from ..runtime.axcl_device import import_axcl
+        from ...runtime.axcl_device import import_axcl
 
         return import_axcl()
 
@@ -125,7 +125,7 @@ class Supervisor(MonitorHooks):
             module = self.axcl.module
             lib = getattr(module, "lib_rt", None)
             if lib is None:
-                from ..runtime.axcl_props import load_lib
+                from ...runtime.axcl_props import load_lib
 
                 lib = load_lib()
             self._lib = lib
@@ -380,7 +380,7 @@ class Supervisor(MonitorHooks):
         worker = self.engine._worker
         stopped = worker.shutdown(wait=True, timeout=timeout, cancel_running=cancel_running)
         if stopped:
-            from .embedder import unload_embedders
+            from ..embedder import unload_embedders
 
             names = self._close_models()
             unload_embedders(self.engine)

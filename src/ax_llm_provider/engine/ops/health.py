@@ -36,11 +36,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..runtime.errors import DeviceError, DeviceOfflineError
-from .errors import EngineBusyError
-from .lifecycle import sd_notify, watchdog_interval
+from ...process import sd_notify, watchdog_interval
+from ...runtime.errors import DeviceError, DeviceOfflineError
+from ..errors import EngineBusyError
+from ..worker.scheduler import CancelToken
 from .recovery import DeviceActivity
-from .scheduler import CancelToken
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class DeviceReading:
 
 
 class HealthHooks(Protocol):
-    """What the monitor asks of the engine (engine/supervisor.py implements it)."""
+    """What the monitor asks of the engine (engine/ops/supervisor.py implements it)."""
 
     activity: DeviceActivity
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from .errors import InvalidRequestError
+from ..errors import InvalidRequestError
 from .toolcalls import ToolFamily
 
 log = logging.getLogger(__name__)

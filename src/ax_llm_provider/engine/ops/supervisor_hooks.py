@@ -12,21 +12,21 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from ..observability import metrics
-from ..runtime import axcl_codes as codes
-from ..runtime.axcl_props import get_device_properties, reboot_device
-from ..runtime.errors import DeviceError, DeviceOfflineError, DeviceTimeoutError
-from . import lifecycle
+from ... import process as lifecycle
+from ...observability import metrics
+from ...runtime import axcl_codes as codes
+from ...runtime.axcl_props import get_device_properties, reboot_device
+from ...runtime.errors import DeviceError, DeviceOfflineError, DeviceTimeoutError
+from ..worker.scheduler import CancelToken, RequestStream
 from .health import DeviceReading, HealthSnapshot, host_figures, offline_reading, reading_from_properties
 from .recovery import HangCancelled
-from .scheduler import CancelToken, RequestStream
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from ..engine import Engine
     from .health import HealthConfig, HealthMonitor
     from .recovery import RecoveryLadder
 
-log = logging.getLogger("ax_llm_provider.engine.supervisor")
+log = logging.getLogger("ax_llm_provider.engine.ops.supervisor")
 
 
 class MonitorHooks:
