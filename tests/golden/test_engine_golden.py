@@ -49,7 +49,7 @@ def test_greedy_chat_matches_golden(smollm2_engine: Engine, messages: list[dict[
 def test_temperature_zero_is_the_argmax_path(smollm2_engine: Engine) -> None:
     messages = GOLDEN[0][0]
     text, _ = run_chat(smollm2_engine, messages, temperature=0, num_predict=12)
-    runner = next(iter(smollm2_engine._models.values())).runner
+    runner = smollm2_engine.slots.entries()[0][1].runner
     model = runner.model
     prompt = model.tokenizer.encode(model.tokenizer.render_chat(messages))
     ids = []

@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import signal
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -242,6 +244,23 @@ def test_onnx_backend_reports_host_only_health(tmp_path: Path, tiny_twin: Callab
     assert snap["host"]["rss_mb"] > 0 and json.dumps(snap)
 
 
+def _health_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "ax-llm-health" and t.is_alive()]
+
+
+def test_the_cpu_twin_starts_no_monitor_and_no_signal_handler_unless_asked(
+        tmp_path: Path, tiny_twin: Callable[..., Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WATCHDOG_USEC", raising=False)
+    before, sigterm = len(_health_threads()), signal.getsignal(signal.SIGTERM)
+    with Engine(ModelStore(tmp_path), backend="onnx", auto_pull=False) as engine:
+        chat(engine, str(tiny_twin("llama")))
+        assert len(_health_threads()) == before and engine.health().state == "ok"
+        assert signal.getsignal(signal.SIGTERM) is sigterm
+    with Engine(ModelStore(tmp_path), backend="onnx", auto_pull=False, health=FAST):  # asked for
+        assert len(_health_threads()) == before + 1
+    assert len(_health_threads()) == before
+
+
 def test_simulated_card_health_reads_temperature_cmm_and_load(tmp_path: Path, tiny_twin: Callable[..., Path]) -> None:
     card = SimCard()
     with Engine(ModelStore(tmp_path), backend="simulated", card=card, auto_pull=False, health=FAST) as engine:
@@ -301,7 +320,7 @@ def test_json_formatter_carries_the_request_id_and_extras() -> None:
 
 def test_every_request_logs_one_done_line_with_counts(tmp_path: Path, tiny_twin: Callable[..., Path],
                                                       caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="ax_llm_provider.engine.ops.supervisor")
+    caplog.set_level(logging.INFO, logger="ax_llm_provider.engine.ops")
     with Engine(ModelStore(tmp_path), backend="onnx", auto_pull=False, health=FAST) as engine:
         model = str(tiny_twin("llama"))
         chat(engine, model)

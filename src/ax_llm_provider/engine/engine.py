@@ -13,10 +13,11 @@ import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
-from ..model.embedding_model import assert_not_embedding_model
 from ..model.errors import ModelNotFoundError
+from ..model.loader import LoadedModel
 from ..model.pull import pull
 from ..model.registry import lookup
 from ..model.store import ModelStore, is_path_like, normalize_name
@@ -38,14 +39,13 @@ from .ops.supervisor import Supervisor
 from .options import InvalidOptionError, parse_options
 from .requests import ChatRequest, EmbedRequest, GenerateRequest, parse_request
 from .responses import ExtraMetadata, Timings, chat_chunk, final_fields, generate_chunk
-from .runner import ModelRunner, RunResult
-from .state import LoadedEntry, ModelInfo
+from .runner import RunResult
+from .slots import ModelSlots
+from .state import ModelInfo
 from .worker.scheduler import (
     CancelToken,
     DeviceWorker,
     QueueFullError,
-    RequestCancelled,
-    RequestTimeoutError,
     SchedulerError,
 )
 
@@ -77,68 +77,17 @@ class Engine:
         self.default_keep_alive = parse_keep_alive(keep_alive, default=_default_keep_alive())
         self.request_timeout, self.stall_timeout = request_timeout, stall_timeout
         self.snapshot_bytes, self.max_loaded_models = snapshot_bytes, max_loaded_models
-        self._worker = DeviceWorker(max_queue=max_queue)
-        self._models: dict[str, LoadedEntry] = {}  # touched only on the device thread
-        self._lock = threading.Lock()  # guards _models for readers (ps) on other threads
-        self._timers: dict[str, threading.Timer] = {}
+        self.worker = DeviceWorker(max_queue=max_queue)  # the device thread: one request at a time, FIFO
+        self.slots = ModelSlots(self.store, self.worker, self._load_model, snapshot_bytes=snapshot_bytes,
+                                max_loaded=max_loaded_models)  # loaded models and keep_alive, lent to ops
         self.auto_pull = auto_pull  # fetch registry models (the embedded default) on first use
         self._pull_lock = threading.Lock()
         self._closed = False
-        self._supervisor = Supervisor(self, card=card, health=health, recovery=recovery, device_lock=device_lock)
+        self._supervisor = Supervisor(self.slots, self.worker, self, backend=backend, device=device, card=card,
+                                      health=health, recovery=recovery, device_lock=device_lock)
 
-    # ---- model lifecycle (device thread) -------------------------------------------------------
-
-    def _ensure_loaded(self, name: str) -> tuple[LoadedEntry, int]:
-        """The loaded entry for `name` and the nanoseconds spent loading it now (0 if it was loaded)."""
-        with self._lock:
-            entry = self._models.get(name)  # `name` is already the stored name (see _resolve)
-        if entry is not None:
-            return entry, 0  # no file-system work per request once loaded
-        stored = self.store.resolve(name)
-        assert_not_embedding_model(stored.path, stored.name)
-        while len(self._models) >= self.max_loaded_models:
-            self._unload(next(iter(self._models)))
-        started = time.perf_counter_ns()
-        model = self._supervisor.load(stored.path, stored.name)  # lock, retries, progress, recovery hooks
-        entry = LoadedEntry(runner=ModelRunner(model, snapshot_bytes=self.snapshot_bytes), path=stored.path)
-        with self._lock:
-            self._models[stored.name] = entry
-        return entry, time.perf_counter_ns() - started
-
-    def _unload(self, name: str) -> bool:
-        with self._lock:
-            entry = self._models.pop(name, None)
-        if entry is None:
-            return False
-        entry.runner.model.close()
-        log.info("unloaded %s", name)
-        return True
-
-    def _after_request(self, entry: LoadedEntry, keep_alive: float) -> None:
-        """Ollama's keep_alive: 0 unloads now, inf never, otherwise a timer from now."""
-        name = entry.runner.model.name
-        timer = self._timers.pop(name, None)
-        if timer is not None:
-            timer.cancel()
-        entry.expires_at = time.time() + keep_alive if math.isfinite(keep_alive) else None
-        if keep_alive <= 0:
-            self._unload(name)
-        elif math.isfinite(keep_alive):
-            timer = threading.Timer(keep_alive, self._expire, args=(name, entry))
-            timer.daemon = True
-            self._timers[name] = timer
-            timer.start()
-
-    def _expire(self, name: str, entry: LoadedEntry) -> None:
-        def unload_if_still_expired() -> None:
-            if self._models.get(name) is entry and entry.expires_at is not None and entry.expires_at <= time.time():
-                self._unload(name)
-
-        if not self._closed:
-            try:
-                self._worker.call(unload_if_still_expired)
-            except (QueueFullError, RequestCancelled, RequestTimeoutError) as exc:
-                log.warning("keep_alive unload of %s postponed: %s", name, exc)
+    def _load_model(self, path: Path, name: str) -> LoadedModel:
+        return self._supervisor.load(path, name)  # lock, retries, progress, recovery hooks
 
     # ---- request plumbing ----------------------------------------------------------------------
 
@@ -167,8 +116,8 @@ class Engine:
     def _submit(self, job: Job, asynchronous: bool) -> Any:
         if self._closed:
             raise EngineError("the engine is closed; create a new Engine")
-        job, request_id = self._supervisor.guard(job)  # fatal check, thermal gate, recovery, request log
-        submit = self._worker.asubmit if asynchronous else self._worker.submit
+        job, request_id = self._supervisor.wrap(job)  # fatal check, thermal gate, recovery, request log
+        submit = self.worker.asubmit if asynchronous else self.worker.submit
         try:
             return submit(job, timeout=self.request_timeout, stall_timeout=self.stall_timeout, request_id=request_id)
         except QueueFullError as exc:
@@ -211,14 +160,14 @@ class Engine:
 
         def job(cancel: CancelToken) -> Iterator[Chunk]:
             timings = Timings(started_ns=time.perf_counter_ns())
-            if not req.messages and keep_alive <= 0 and name not in self._models:  # unload: nothing to load
+            if not req.messages and keep_alive <= 0 and name not in self.slots:  # unload: nothing to load
                 yield {**chat_chunk(name), **final_fields(timings, "unload", time.perf_counter_ns())}
                 return
-            entry, timings.load_ns = self._ensure_loaded(name)
+            entry, timings.load_ns = self.slots.ensure_loaded(name)
             runner = entry.runner
             model_name = runner.model.name
             if not req.messages:  # Ollama: empty messages = load (or unload with keep_alive 0)
-                self._after_request(entry, keep_alive)
+                self.slots.after_request(entry, keep_alive)
                 reason = "unload" if keep_alive <= 0 else "load"
                 yield {**chat_chunk(model_name), **final_fields(timings, reason, time.perf_counter_ns())}
                 return
@@ -240,7 +189,7 @@ class Engine:
                     yield from chat_chunks(model_name, parser.feed(delta.text), delta.logprobs)
                 yield from chat_chunks(model_name, parser.finish(), None)
             finally:
-                self._after_request(entry, keep_alive)
+                self.slots.after_request(entry, keep_alive)
             yield self._final(chat_chunk(model_name), timings, result, meta)
 
         return job
@@ -263,14 +212,14 @@ class Engine:
 
         def job(cancel: CancelToken) -> Iterator[Chunk]:
             timings = Timings(started_ns=time.perf_counter_ns())
-            if not (req.prompt or req.suffix or req.context) and keep_alive <= 0 and name not in self._models:
+            if not (req.prompt or req.suffix or req.context) and keep_alive <= 0 and name not in self.slots:
                 yield {**generate_chunk(name), **final_fields(timings, "unload", time.perf_counter_ns())}
                 return
-            entry, timings.load_ns = self._ensure_loaded(name)
+            entry, timings.load_ns = self.slots.ensure_loaded(name)
             runner = entry.runner
             model_name = runner.model.name
             if not req.prompt and not req.suffix and not req.context:  # load / unload request
-                self._after_request(entry, keep_alive)
+                self.slots.after_request(entry, keep_alive)
                 reason = "unload" if keep_alive <= 0 else "load"
                 yield {**generate_chunk(model_name), **final_fields(timings, reason, time.perf_counter_ns())}
                 return
@@ -297,7 +246,7 @@ class Engine:
                     yield from generate_chunks(model_name, parser.feed(delta.text), delta.logprobs)
                 yield from generate_chunks(model_name, parser.finish(), None)
             finally:
-                self._after_request(entry, keep_alive)
+                self.slots.after_request(entry, keep_alive)
             final = self._final(generate_chunk(model_name), timings, result, meta)
             if not req.raw:
                 final["context"] = result.tokens
@@ -319,24 +268,27 @@ class Engine:
 
     def embed(self, request: EmbedRequest | dict[str, Any]) -> dict[str, Any]:
         """Ollama's /api/embed: L2-normalized vectors, one per input (see engine/embedder.py)."""
-        req = parse_request(EmbedRequest, request)
-        from .embedder import run_embed
-
-        self._resolve(req.model)  # a first-use pull happens here, not while holding the device queue
+        work = self._embed_work(request)  # a first-use pull happens here, not while holding the device queue
         try:
-            return self._worker.call(lambda: run_embed(self, req), timeout=self.request_timeout)
+            return self.worker.call(work, timeout=self.request_timeout)
         except SchedulerError as exc:
             raise engine_error(exc) from exc
 
     async def aembed(self, request: EmbedRequest | dict[str, Any]) -> dict[str, Any]:
-        req = parse_request(EmbedRequest, request)
-        from .embedder import run_embed
-
-        self._resolve(req.model)
+        work = self._embed_work(request)
         try:
-            return await self._worker.acall(lambda: run_embed(self, req), timeout=self.request_timeout)
+            return await self.worker.acall(work, timeout=self.request_timeout)
         except SchedulerError as exc:
             raise engine_error(exc) from exc
+
+    def _embed_work(self, request: EmbedRequest | dict[str, Any]) -> Callable[[], dict[str, Any]]:
+        from .embedder import run_embed
+
+        req = parse_request(EmbedRequest, request)
+        opts, warnings = self._options(req.options)
+        keep_alive = self._keep_alive(req.keep_alive)
+        name = self._resolve(req.model)  # pulls a known model (all-minilm) on first use
+        return lambda: run_embed(self.slots, req, name=name, opts=opts, warnings=warnings, keep_alive=keep_alive)
 
     # ---- models: list / show / ps / load / unload ----------------------------------------------
 
@@ -345,13 +297,11 @@ class Engine:
 
     def show(self, model: str) -> dict[str, Any]:
         stored = self.store.resolve(model)
-        with self._lock:
-            entry = self._models.get(stored.name)
+        entry = self.slots.get(stored.name)
         return ModelInfo.from_path(stored.name, stored.path, entry.runner if entry else None).show()
 
     def ps(self) -> dict[str, Any]:
-        with self._lock:
-            entries = list(self._models.items())
+        entries = self.slots.entries()
         return {"models": [ModelInfo.from_path(name, e.path, e.runner).ps_entry(e.expires_at) for name, e in entries]}
 
     def load(self, model: str, keep_alive: float | str | None = None) -> None:
@@ -360,11 +310,11 @@ class Engine:
 
     def unload(self, model: str) -> bool:
         name = self.store.resolve(model).name
-        return bool(self._worker.call(lambda: self._unload(name)))
+        return bool(self.worker.call(lambda: self.slots.unload(name)))
 
     def health(self) -> HealthSnapshot:
         """The card's and the engine's health now (engine/ops/health.py); `.to_dict()` for JSON."""
-        return self._supervisor.health()
+        return self._supervisor.health(closed=self._closed)
 
     def close(self, timeout: float | None = 30.0, *, cancel_running: bool = False) -> None:
         """Fail queued work, let the running request finish (cancel it with cancel_running; a model load
@@ -372,8 +322,7 @@ class Engine:
         if self._closed:
             return
         self._closed = True
-        for timer in self._timers.values():
-            timer.cancel()
+        self.slots.close()
         self._supervisor.close(timeout, cancel_running=cancel_running)
 
     def __enter__(self) -> Engine:
