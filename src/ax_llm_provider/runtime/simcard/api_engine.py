@@ -18,7 +18,7 @@ from .. import axcl_codes as codes
 from ..bf16 import bf16_to_float32, float32_to_bf16
 from .api import GUARD, api
 from .api_io import IoApi, Slot
-from .memory import Fail, _Block
+from .memory import Block, Fail
 from .models import ModelDesc, TensorDesc, load_twin
 
 if TYPE_CHECKING:
@@ -214,7 +214,7 @@ class EngineApi(IoApi):
         return 0
 
 
-def _slot_view(slot: Slot, t: TensorDesc, group: int, live: dict[int, _Block]) -> np.ndarray:
+def _slot_view(slot: Slot, t: TensorDesc, group: int, live: dict[int, Block]) -> np.ndarray:
     need = t.sizes[group]
     block = slot.block
     if slot.ptr is None:
