@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
 
 from .errors import EngineBusyError, EngineError, RequestCanceledError, RequestTimedOutError
 from .ops.recovery import HangCancelled
+from .responses import Chunk
 from .worker.scheduler import (
     AsyncRequestStream,
     QueueFullError,
@@ -15,8 +15,6 @@ from .worker.scheduler import (
     RequestTimeoutError,
     SchedulerError,
 )
-
-Chunk = dict[str, Any]
 
 
 def engine_error(exc: SchedulerError) -> Exception:

@@ -12,17 +12,17 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from ... import process
 from ...observability import metrics, request_fields, set_request_id
 from ...runtime.errors import DeviceError
+from ..responses import Chunk
 from ..worker.scheduler import CancelToken, SchedulerError
 from .health import HealthMonitor
 from .recovery import DeviceFatalError, HangCancelled, RecoveryLadder, RecoveryPolicy
 
 log = logging.getLogger(__name__)
-Chunk = dict[str, Any]
+
 Job = Callable[[CancelToken], Iterator[Chunk]]
 _ids = itertools.count(1)
 
