@@ -53,11 +53,11 @@ def test_temperature_zero_is_the_argmax_path(smollm2_engine: Engine) -> None:
     model = runner.model
     prompt = model.tokenizer.encode(model.tokenizer.render_chat(messages))
     ids = []
-    for token in generate_tokens(model.stack, model.embeddings, prompt, max_new_tokens=12,
-                                 end_ids=model.tokenizer.eos_ids, sampler=lambda logits, _: int(np.argmax(logits))):
-        if token in model.tokenizer.eos_ids:
+    for step in generate_tokens(model.stack, model.embeddings, prompt, max_new_tokens=12,
+                                end_ids=model.tokenizer.eos_ids, sampler=lambda logits, _: int(np.argmax(logits))):
+        if step.token in model.tokenizer.eos_ids:
             break
-        ids.append(token)
+        ids.append(step.token)
     runner.cache.invalidate()  # the raw loop above overwrote the KV rows behind the cache's back
     assert text == model.tokenizer.decode(ids, skip_special_tokens=True)
 

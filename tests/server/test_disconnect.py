@@ -36,10 +36,10 @@ def token_times(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     times: list[float] = []
     original = runner_module.generate_tokens
 
-    def timed(*args: Any, **kwargs: Any) -> Iterator[int]:
-        for token in original(*args, **kwargs):
+    def timed(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        for step in original(*args, **kwargs):
             times.append(time.monotonic())
-            yield token
+            yield step
 
     monkeypatch.setattr(runner_module, "generate_tokens", timed)
     return times

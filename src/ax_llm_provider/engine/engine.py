@@ -13,6 +13,7 @@ import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,18 @@ from ..model.registry import lookup
 from ..model.store import ModelStore, is_path_like, normalize_name
 from .consume import amapped, engine_error, mapped
 from .context import fit_messages, truncate_tokens
-from .decoding.constraints import format_grammar
-from .decoding.response_parser import chat_chunks, chat_decoding, generate_chunks, generate_decoding
+from .decoding.constraints import GrammarSpec, format_grammar
+from .decoding.response_parser import (
+    Decoding,
+    Part,
+    chat_chunks,
+    chat_decoding,
+    generate_chunks,
+    generate_decoding,
+)
 from .decoding.thinking import think_requested
 from .decoding.toolcalls import request_key
 from .errors import (
-    EngineBusyError,
     EngineError,
     InvalidRequestError,
 )
@@ -36,22 +43,61 @@ from .keepalive import parse_keep_alive
 from .ops.health import HealthConfig, HealthSnapshot
 from .ops.recovery import RecoveryPolicy
 from .ops.supervisor import Supervisor
-from .options import InvalidOptionError, parse_options
+from .options import GenerationOptions, InvalidOptionError, parse_options
 from .requests import ChatRequest, EmbedRequest, GenerateRequest, parse_request
-from .responses import ExtraMetadata, Timings, chat_chunk, final_fields, generate_chunk
-from .runner import RunResult
+from .responses import (
+    ChatChunk,
+    Chunk,
+    ExtraMetadata,
+    GenerateChunk,
+    Timings,
+    chat_chunk,
+    final_fields,
+    generate_chunk,
+)
+from .runner import ModelRunner, RunStats
 from .slots import ModelSlots
 from .state import ModelInfo
 from .worker.scheduler import (
     CancelToken,
     DeviceWorker,
-    QueueFullError,
     SchedulerError,
 )
 
 log = logging.getLogger(__name__)
-Chunk = dict[str, Any]
 Job = Callable[[CancelToken], Iterator[Chunk]]
+
+
+@dataclass(frozen=True)
+class RequestEdge:
+    """A chat or generate request's fields, validated once at the engine's edge (before queueing)."""
+
+    opts: GenerationOptions
+    warnings: list[str]
+    keep_alive: float
+    format_spec: GrammarSpec | None
+    name: str  # the stored model name
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What the device half of a job runs: the fitted prompt, its window, decoding, and any truncation."""
+
+    tokens: list[int]
+    window: int
+    decoding: Decoding
+    truncation: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """How chat and generate differ in the shared job: the empty chunk and the content chunks."""
+
+    empty: Callable[[str], Chunk]
+    chunks: Callable[[str, list[Part], list[dict[str, Any]] | None], Iterator[Chunk]]
+
+
+ENDPOINTS = {"chat": Endpoint(chat_chunk, chat_chunks), "generate": Endpoint(generate_chunk, generate_chunks)}
 
 
 def _default_keep_alive() -> float:
@@ -120,8 +166,8 @@ class Engine:
         submit = self.worker.asubmit if asynchronous else self.worker.submit
         try:
             return submit(job, timeout=self.request_timeout, stall_timeout=self.stall_timeout, request_id=request_id)
-        except QueueFullError as exc:
-            raise EngineBusyError(str(exc)) from exc
+        except SchedulerError as exc:  # a full queue, a stopped worker: mapped where every scheduler error is
+            raise engine_error(exc) from exc
 
     def _stream(self, job: Job) -> Iterator[Chunk]:
         """Run a job on the device worker; map scheduler errors to Ollama-like ones; close frees the device."""
@@ -142,127 +188,120 @@ class Engine:
         except ValueError as exc:
             raise InvalidRequestError(str(exc)) from exc
 
-    # ---- /api/chat -----------------------------------------------------------------------------
+    # ---- /api/chat and /api/generate ----------------------------------------------------------
 
-    def chat(self, request: ChatRequest | dict[str, Any]) -> Iterator[Chunk]:
+    def chat(self, request: ChatRequest | dict[str, Any]) -> Iterator[ChatChunk]:
         """Ollama's /api/chat, streamed as response dicts (the last one has done=True)."""
-        return self._stream(self._chat_job(request))
+        return self._stream(self._chat_job(request))  # type: ignore[return-value]
 
-    def achat(self, request: ChatRequest | dict[str, Any]) -> AsyncIterator[Chunk]:
-        return self._astream(self._chat_job(request))
+    def achat(self, request: ChatRequest | dict[str, Any]) -> AsyncIterator[ChatChunk]:
+        return self._astream(self._chat_job(request))  # type: ignore[return-value]
+
+    def generate(self, request: GenerateRequest | dict[str, Any]) -> Iterator[GenerateChunk]:
+        """Ollama's /api/generate, streamed as response dicts."""
+        return self._stream(self._generate_job(request))  # type: ignore[return-value]
+
+    def agenerate(self, request: GenerateRequest | dict[str, Any]) -> AsyncIterator[GenerateChunk]:
+        return self._astream(self._generate_job(request))  # type: ignore[return-value]
 
     def _chat_job(self, request: ChatRequest | dict[str, Any]) -> Job:
         req = parse_request(ChatRequest, request)
-        opts, warnings = self._options(req.options)
-        keep_alive = self._keep_alive(req.keep_alive)
-        format_spec = format_grammar(req.format)  # an invalid schema is a 400 before queueing
-        name = self._resolve(req.model)  # model not found is raised here, before queueing
+        edge = self._edge(req)
 
-        def job(cancel: CancelToken) -> Iterator[Chunk]:
-            timings = Timings(started_ns=time.perf_counter_ns())
-            if not req.messages and keep_alive <= 0 and name not in self.slots:  # unload: nothing to load
-                yield {**chat_chunk(name), **final_fields(timings, "unload", time.perf_counter_ns())}
-                return
-            entry, timings.load_ns = self.slots.ensure_loaded(name)
-            runner = entry.runner
-            model_name = runner.model.name
-            if not req.messages:  # Ollama: empty messages = load (or unload with keep_alive 0)
-                self.slots.after_request(entry, keep_alive)
-                reason = "unload" if keep_alive <= 0 else "load"
-                yield {**chat_chunk(model_name), **final_fields(timings, reason, time.perf_counter_ns())}
-                return
+        def prepare(runner: ModelRunner) -> Prepared:
             plan = runner.prompts.chat_plan(req)
-            window = opts.context_size(runner.capacity)
-            fit = fit_messages(plan.messages, plan.render, window, num_keep=opts.num_keep, truncate=req.truncate,
-                               cuts=runner.cuts)
-            key = request_key(model_name, [m.model_dump(exclude_none=True) for m in req.messages], plan.tools)
+            window = edge.opts.context_size(runner.capacity)
+            fit = fit_messages(plan.messages, plan.render, window, num_keep=edge.opts.num_keep,
+                               truncate=req.truncate, cuts=runner.cuts)
+            key = request_key(runner.model.name, [m.model_dump(exclude_none=True) for m in req.messages], plan.tools)
             decoding = chat_decoding(plan, fit.tokens, decode=runner.model.tokenizer.decode,
-                                     grammars=runner.grammars if plan.forced else None, format_spec=format_spec,
+                                     grammars=runner.grammars if plan.forced else None, format_spec=edge.format_spec,
                                      call_key=key, builder_family=runner.prompts.family)
-            result = RunResult()
-            meta = ExtraMetadata(warnings=warnings + decoding.warnings, backend=runner.model.backend,
-                                 truncation=fit.report.as_metadata() if fit.report.truncated else None)
-            parser = decoding.parser
-            try:
-                for delta in runner.run(fit.tokens, opts, cancel, result, window=window, logprobs=req.logprobs,
-                                        top_logprobs=req.top_logprobs, constraint=decoding.constraint):
-                    yield from chat_chunks(model_name, parser.feed(delta.text), delta.logprobs)
-                yield from chat_chunks(model_name, parser.finish(), None)
-            finally:
-                self.slots.after_request(entry, keep_alive)
-            yield self._final(chat_chunk(model_name), timings, result, meta)
+            return Prepared(fit.tokens, window, decoding, fit.report.as_metadata() if fit.report.truncated else None)
 
-        return job
-
-    # ---- /api/generate -------------------------------------------------------------------------
-
-    def generate(self, request: GenerateRequest | dict[str, Any]) -> Iterator[Chunk]:
-        """Ollama's /api/generate, streamed as response dicts."""
-        return self._stream(self._generate_job(request))
-
-    def agenerate(self, request: GenerateRequest | dict[str, Any]) -> AsyncIterator[Chunk]:
-        return self._astream(self._generate_job(request))
+        return self._job(req, edge, ENDPOINTS["chat"], load_only=not req.messages, prepare=prepare)
 
     def _generate_job(self, request: GenerateRequest | dict[str, Any]) -> Job:
         req = parse_request(GenerateRequest, request)
-        opts, warnings = self._options(req.options)
-        keep_alive = self._keep_alive(req.keep_alive)
-        format_spec = format_grammar(req.format)
-        name = self._resolve(req.model)
+        edge = self._edge(req)
 
-        def job(cancel: CancelToken) -> Iterator[Chunk]:
-            timings = Timings(started_ns=time.perf_counter_ns())
-            if not (req.prompt or req.suffix or req.context) and keep_alive <= 0 and name not in self.slots:
-                yield {**generate_chunk(name), **final_fields(timings, "unload", time.perf_counter_ns())}
-                return
-            entry, timings.load_ns = self.slots.ensure_loaded(name)
-            runner = entry.runner
-            model_name = runner.model.name
-            if not req.prompt and not req.suffix and not req.context:  # load / unload request
-                self.slots.after_request(entry, keep_alive)
-                reason = "unload" if keep_alive <= 0 else "load"
-                yield {**generate_chunk(model_name), **final_fields(timings, reason, time.perf_counter_ns())}
-                return
-            window = opts.context_size(runner.capacity)
+        def prepare(runner: ModelRunner) -> Prepared:
+            window = edge.opts.context_size(runner.capacity)
             tokens = runner.prompts.generate_tokens(req)
-            fit_report = None
+            truncation = None
             if len(tokens) > window:
                 if not req.truncate:
                     raise InvalidRequestError(f"the prompt is {len(tokens)} tokens, longer than the context length {window}")
-                tokens, dropped = truncate_tokens(tokens, window, opts.num_keep)
-                fit_report = {"window": window, "prompt_tokens": len(tokens), "dropped_messages": 0,
+                tokens, dropped = truncate_tokens(tokens, window, edge.opts.num_keep)
+                truncation = {"window": window, "prompt_tokens": len(tokens), "dropped_messages": 0,
                               "truncated_tokens": dropped}
             prompts = runner.prompts
             decoding = generate_decoding(think=think_requested(req.think, prompts.thinking_model),
                                          thinking_model=prompts.thinking_model, raw=req.raw, prompt=tokens,
-                                         decode=runner.model.tokenizer.decode, format_spec=format_spec)
-            result = RunResult()
-            meta = ExtraMetadata(warnings=warnings + decoding.warnings, backend=runner.model.backend,
-                                 truncation=fit_report)
-            parser = decoding.parser
+                                         decode=runner.model.tokenizer.decode, format_spec=edge.format_spec)
+            return Prepared(tokens, window, decoding, truncation)
+
+        load_only = not (req.prompt or req.suffix or req.context)
+        return self._job(req, edge, ENDPOINTS["generate"], load_only=load_only, prepare=prepare,
+                         with_context=not req.raw)
+
+    def _edge(self, req: ChatRequest | GenerateRequest) -> RequestEdge:
+        """Everything checked before queueing: options, keep_alive, the format's grammar, the model's name."""
+        opts, warnings = self._options(req.options)
+        return RequestEdge(opts, warnings, self._keep_alive(req.keep_alive), format_grammar(req.format),
+                           self._resolve(req.model))  # model not found is raised here, before queueing
+
+    def _job(self, req: ChatRequest | GenerateRequest, edge: RequestEdge, endpoint: Endpoint, *, load_only: bool,
+             prepare: Callable[[ModelRunner], Prepared], with_context: bool = False) -> Job:
+        """The device half shared by chat and generate: load (or only load / unload), run, stream, finish."""
+        name, keep_alive = edge.name, edge.keep_alive
+
+        def job(cancel: CancelToken) -> Iterator[Chunk]:
+            started = time.perf_counter_ns()
+            if load_only and keep_alive <= 0 and name not in self.slots:  # unload: nothing to load
+                yield {**endpoint.empty(name), **final_fields(Timings(started), "unload", time.perf_counter_ns())}
+                return
+            entry, load_ns = self.slots.ensure_loaded(name)
+            timings = Timings(started_ns=started, load_ns=load_ns)
+            runner = entry.runner
+            model_name = runner.model.name
+            if load_only:  # Ollama: an empty request loads (or unloads with keep_alive 0)
+                self.slots.after_request(entry, keep_alive)
+                reason = "unload" if keep_alive <= 0 else "load"
+                yield {**endpoint.empty(model_name), **final_fields(timings, reason, time.perf_counter_ns())}
+                return
+            run = prepare(runner)
+            meta = ExtraMetadata(warnings=edge.warnings + run.decoding.warnings, backend=runner.model.backend,
+                                 truncation=run.truncation)
+            parser = run.decoding.parser
+            stats: RunStats | None = None
             try:
-                for delta in runner.run(tokens, opts, cancel, result, window=window, logprobs=req.logprobs,
-                                        top_logprobs=req.top_logprobs, constraint=decoding.constraint):
-                    yield from generate_chunks(model_name, parser.feed(delta.text), delta.logprobs)
-                yield from generate_chunks(model_name, parser.finish(), None)
+                for step in runner.run(run.tokens, edge.opts, cancel, window=run.window, logprobs=req.logprobs,
+                                       top_logprobs=req.top_logprobs, constraint=run.decoding.constraint):
+                    if step.text or step.logprobs:
+                        yield from endpoint.chunks(model_name, parser.feed(step.text), step.logprobs)
+                    stats = step.final or stats
+                yield from endpoint.chunks(model_name, parser.finish(), None)
             finally:
                 self.slots.after_request(entry, keep_alive)
-            final = self._final(generate_chunk(model_name), timings, result, meta)
-            if not req.raw:
-                final["context"] = result.tokens
+            assert stats is not None  # a run that ends without raising ends with its stats
+            final = self._final(endpoint.empty(model_name), timings, stats, meta)
+            if with_context:
+                final["context"] = stats.tokens
             yield final
 
         return job
 
     @staticmethod
-    def _final(chunk: Chunk, timings: Timings, result: RunResult, meta: ExtraMetadata) -> Chunk:
-        if result.closing_tokens:
-            meta.warnings.append(f"the JSON was closed early to fit the token budget ({result.closing_tokens} "
+    def _final(chunk: Chunk, timings: Timings, stats: RunStats, meta: ExtraMetadata) -> Chunk:
+        if stats.closing_tokens:
+            meta.warnings.append(f"the JSON was closed early to fit the token budget ({stats.closing_tokens} "
                                  "tokens chosen by the closing policy); raise num_predict for a full answer")
-        timings.prompt_eval_count, timings.prompt_eval_ns = result.prompt_tokens, result.prompt_ns
-        timings.eval_count, timings.eval_ns = result.eval_count, result.eval_ns
-        meta.reused_tokens = result.reused_tokens
-        return {**chunk, **final_fields(timings, result.done_reason, time.perf_counter_ns()), "ax": meta.as_dict()}
+        timings.prompt_eval_count, timings.prompt_eval_ns = stats.prompt_tokens, stats.prompt_ns
+        timings.eval_count, timings.eval_ns = stats.eval_count, stats.eval_ns
+        meta.reused_tokens = stats.reused_tokens
+        return {**chunk, **final_fields(timings, stats.done_reason, time.perf_counter_ns()),  # type: ignore[typeddict-item]
+                "ax": meta.as_dict()}
 
     # ---- /api/embed -----------------------------------------------------------------------------
 
