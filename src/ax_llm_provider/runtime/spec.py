@@ -7,7 +7,7 @@ window of Hc rows. The CPU twin carries the same groups in its ONNX metadata (`a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 IoDtype = Literal["bfloat16", "float32"]
@@ -32,10 +32,6 @@ class ShapeGroup:
     def is_decode(self) -> bool:
         return self.tokens == 1
 
-    @property
-    def mask_columns(self) -> int:
-        return self.history + self.tokens
-
 
 @dataclass(frozen=True)
 class StackSpec:
@@ -47,8 +43,6 @@ class StackSpec:
     vocab: int
     groups: tuple[ShapeGroup, ...]
     io_dtype: IoDtype = "bfloat16"
-    # Bookkeeping only; the engine never reads these for correctness.
-    notes: dict[str, str] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         decode = [g for g in self.groups if g.is_decode]

@@ -107,10 +107,6 @@ class DeviceActivity:
     def answered(self) -> None:
         self.last_answer = time.monotonic()
 
-    def stuck_for(self, now: float | None = None) -> float:
-        since = self.busy_since
-        return 0.0 if since is None else (now if now is not None else time.monotonic()) - since
-
 
 class _WatchedRt:
     """`axcl.rt` with engine_execute timed; every other attribute is the real one."""
