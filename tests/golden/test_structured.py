@@ -79,6 +79,7 @@ def text_of(chunks: list[dict[str, Any]]) -> str:
     return "".join(c["message"]["content"] for c in chunks)
 
 
+@pytest.mark.slow  # statistical: 50 generations
 def test_schema_50_of_50(smollm2_engine: Engine) -> None:
     started, failures, closed, samples = time.monotonic(), [], 0, []
     prompts = [f"Describe {who} from {where} as a JSON profile." for who in WHO for where in WHERE]
@@ -99,6 +100,7 @@ def test_schema_50_of_50(smollm2_engine: Engine) -> None:
     assert closed <= N // 5, f"{closed}/{N} answers were cut short by the closing policy"
 
 
+@pytest.mark.slow  # statistical: 50 generations
 def test_format_json_50_of_50(smollm2_engine: Engine) -> None:
     started, failures, shapes, closed, samples = time.monotonic(), [], set(), 0, []
     prompts = [f"Answer in JSON: describe {thing}, with {aspect}." for thing in THINGS for aspect in ASPECTS]
@@ -119,6 +121,7 @@ def test_format_json_50_of_50(smollm2_engine: Engine) -> None:
     assert not failures, failures  # free-form objects: this model often nests on until the budget closes them
 
 
+@pytest.mark.slow  # statistical: 50 generations
 def test_forced_tool_calls_50_of_50(smollm2_engine: Engine) -> None:
     started, failures, closed, samples = time.monotonic(), [], 0, []
     schemas = {"get_weather": WEATHER["function"]["parameters"], "get_time": TIME["function"]["parameters"]}
