@@ -46,10 +46,8 @@ from .ops.supervisor import Supervisor
 from .options import GenerationOptions, InvalidOptionError, parse_options
 from .requests import ChatRequest, EmbedRequest, GenerateRequest, parse_request
 from .responses import (
-    ChatChunk,
     Chunk,
     ExtraMetadata,
-    GenerateChunk,
     Timings,
     chat_chunk,
     final_fields,
@@ -190,19 +188,19 @@ class Engine:
 
     # ---- /api/chat and /api/generate ----------------------------------------------------------
 
-    def chat(self, request: ChatRequest | dict[str, Any]) -> Iterator[ChatChunk]:
+    def chat(self, request: ChatRequest | dict[str, Any]) -> Iterator[Chunk]:
         """Ollama's /api/chat, streamed as response dicts (the last one has done=True)."""
-        return self._stream(self._chat_job(request))  # type: ignore[return-value]
+        return self._stream(self._chat_job(request))
 
-    def achat(self, request: ChatRequest | dict[str, Any]) -> AsyncIterator[ChatChunk]:
-        return self._astream(self._chat_job(request))  # type: ignore[return-value]
+    def achat(self, request: ChatRequest | dict[str, Any]) -> AsyncIterator[Chunk]:
+        return self._astream(self._chat_job(request))
 
-    def generate(self, request: GenerateRequest | dict[str, Any]) -> Iterator[GenerateChunk]:
+    def generate(self, request: GenerateRequest | dict[str, Any]) -> Iterator[Chunk]:
         """Ollama's /api/generate, streamed as response dicts."""
-        return self._stream(self._generate_job(request))  # type: ignore[return-value]
+        return self._stream(self._generate_job(request))
 
-    def agenerate(self, request: GenerateRequest | dict[str, Any]) -> AsyncIterator[GenerateChunk]:
-        return self._astream(self._generate_job(request))  # type: ignore[return-value]
+    def agenerate(self, request: GenerateRequest | dict[str, Any]) -> AsyncIterator[Chunk]:
+        return self._astream(self._generate_job(request))
 
     def _chat_job(self, request: ChatRequest | dict[str, Any]) -> Job:
         req = parse_request(ChatRequest, request)
@@ -300,8 +298,7 @@ class Engine:
         timings.prompt_eval_count, timings.prompt_eval_ns = stats.prompt_tokens, stats.prompt_ns
         timings.eval_count, timings.eval_ns = stats.eval_count, stats.eval_ns
         meta.reused_tokens = stats.reused_tokens
-        return {**chunk, **final_fields(timings, stats.done_reason, time.perf_counter_ns()),  # type: ignore[typeddict-item]
-                "ax": meta.as_dict()}
+        return {**chunk, **final_fields(timings, stats.done_reason, time.perf_counter_ns()), "ax": meta.as_dict()}
 
     # ---- /api/embed -----------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -29,7 +30,7 @@ class TokenStep:
     token: int
     ns: int  # this step's time: decoding the previous token (not on the first step), then sampling this one
     prefill_ns: int = 0  # the prompt's prefill, on the first step only
-    finish: str | None = None  # last step only: "stop" (an end token) or "length" (max_new_tokens or capacity)
+    finish: Literal["stop", "length"] | None = None  # last step only: an end token, or max_new_tokens / capacity
 
 
 def generate_tokens(

@@ -49,7 +49,10 @@ class GenerateChunk(_Final, total=False):
     context: list[int]
 
 
-Chunk = ChatChunk | GenerateChunk  # what the engine streams, whatever the endpoint
+# What the engine streams, whatever the endpoint: a JSON object whose keys ChatChunk / GenerateChunk name
+# (tests/unit/test_chunk_shapes.py holds the engine's output to them). Adapters and the server merge and
+# extend chunks as plain dicts, so the streams are typed with this alias.
+Chunk = dict[str, Any]
 
 
 def now_rfc3339() -> str:
@@ -103,21 +106,21 @@ def final_fields(timings: Timings, done_reason: str, now_ns: int) -> dict[str, A
 
 
 def chat_chunk(model: str, content: str = "", *, thinking: str | None = None,
-               tool_calls: list[dict[str, Any]] | None = None, logprobs: list[dict[str, Any]] | None = None) -> ChatChunk:
-    message: Message = {"role": "assistant", "content": content}
+               tool_calls: list[dict[str, Any]] | None = None, logprobs: list[dict[str, Any]] | None = None) -> Chunk:
+    message: dict[str, Any] = {"role": "assistant", "content": content}
     if thinking:
         message["thinking"] = thinking
     if tool_calls:
         message["tool_calls"] = tool_calls
-    chunk: ChatChunk = {"model": model, "created_at": now_rfc3339(), "message": message, "done": False}
+    chunk: Chunk = {"model": model, "created_at": now_rfc3339(), "message": message, "done": False}
     if logprobs:
         chunk["logprobs"] = logprobs
     return chunk
 
 
 def generate_chunk(model: str, response: str = "", *, thinking: str | None = None,
-                   logprobs: list[dict[str, Any]] | None = None) -> GenerateChunk:
-    chunk: GenerateChunk = {"model": model, "created_at": now_rfc3339(), "response": response, "done": False}
+                   logprobs: list[dict[str, Any]] | None = None) -> Chunk:
+    chunk: Chunk = {"model": model, "created_at": now_rfc3339(), "response": response, "done": False}
     if thinking:
         chunk["thinking"] = thinking
     if logprobs:

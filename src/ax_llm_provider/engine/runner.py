@@ -20,7 +20,7 @@ from .options import GenerationOptions
 from .prefix_cache import PrefixCache
 from .prompt import PromptBuilder
 from .sampler import TokenSampler
-from .textstream import TextStream
+from .textstream import DoneReason, TextStream
 from .worker.scheduler import CancelToken
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ class ModelRunner:
         generated: list[int] = []
         reused = self.cache.prepare(prompt)
         prompt_ns = eval_ns = 0
-        finish = "stop"
+        finish: DoneReason = "stop"
         clean = False
         try:
             if guided is not None:

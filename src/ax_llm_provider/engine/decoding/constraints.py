@@ -78,7 +78,8 @@ def format_grammar(fmt: str | Mapping[str, Any] | None) -> GrammarSpec | None:
     once): None or "" (no constraint), "json" (any object) or a JSON schema, compiled here."""
     if not fmt:
         return None
-    schema: Any = {"type": "object"} if fmt == "json" else dict(fmt)
+    # "json" is the only string form the request models let through
+    schema: Any = {"type": "object"} if isinstance(fmt, str) else dict(fmt)
     # no sort_keys: property order is the order the grammar generates them in
     return _schema_spec(json.dumps(schema, ensure_ascii=False))
 
