@@ -116,7 +116,7 @@ class AXOllama(StructuredPredictMixin, FunctionCallingLLM):
                                               description="Additional Ollama options (merged into `options`).")
     is_function_calling_model: bool = Field(default=True, description="Whether the model is a function calling model.")
     keep_alive: float | str | None = Field(
-        default=None, description="How long the model stays loaded after a request (None: the engine default, forever).")
+        default="5m", description="How long the model stays loaded after a request (None: the engine default, forever).")
     thinking: bool | Literal["low", "medium", "high"] | None = Field(
         default=None, description="Enable or disable thinking (sent as `think`); None: the model's default.")
     headers: dict[str, str] | None = Field(default=None, description="Accepted and ignored (no HTTP).")
