@@ -85,8 +85,6 @@ def test_serve_preloads_an_embedding_model(store: Path, cli, monkeypatch: pytest
     monkeypatch.setattr(runner, "serve", lambda host, port, *, engine, log_level, **limits: calls.append(engine))
     code, _, err = cli("serve", "--port", "18080", "--preload", "tiny-embed", "--preload", TINY)
     assert code == 0, err
-    from ax_llm_provider.engine.embedder import embedder_cache
-
     engine = calls[0]
-    assert list(embedder_cache(engine)) == ["tiny-embed:latest"]  # type: ignore[arg-type]
+    assert list(engine.slots.embedders) == ["tiny-embed:latest"]  # type: ignore[attr-defined]
     assert [m["name"] for m in engine.ps()["models"]] == [TINY]  # type: ignore[attr-defined]
