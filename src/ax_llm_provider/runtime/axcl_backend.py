@@ -45,12 +45,12 @@ from .contract import (
     MASK_BLOCKED,
     Chunk,
     ContextOverflowError,
-    plan_prefill,
     prefill_indices,
     prefill_mask,
     select_decode_group,
 )
 from .errors import DeviceError, DeviceMemoryError, check, device_error
+from .planner import Planner, make_plan
 from .protocol import KVSnapshot
 from .spec import ShapeGroup, StackSpec
 
@@ -105,6 +105,9 @@ class _Resources:
 
 class AxclDecoderStack:
     """DecoderStack on an AX650 card through pyaxcl (`axcl`), or anything with its API (the simulated card)."""
+
+    # How prefill() splits a prompt (runtime/planner.py); None: plain chunks. open_stack sets it from costs.
+    planner: Planner | None = None
 
     def __init__(self, layer_paths: Sequence[str | Path], post_path: str | Path, axcl: Any | None = None, *,
                  device_index: int = 0, kv_write: str = "bind", config: str | None = None,
@@ -331,7 +334,7 @@ class AxclDecoderStack:
 
     def prefill(self, embeds: np.ndarray, start: int, want_logits: bool = True) -> np.ndarray | None:
         embeds = np.asarray(embeds, dtype=np.float32).reshape(-1, self.spec.hidden)
-        plan = plan_prefill(self.spec, start, len(embeds))
+        plan = make_plan(self.spec, start, len(embeds), self.planner)
         self._begin()
         return self._step(self._prefill, embeds, start, plan, want_logits)
 
