@@ -64,16 +64,18 @@ class PrefillCosts:
 def plan_cheapest(spec: StackSpec, start: int, count: int, costs: PrefillCosts) -> list[Chunk]:
     """The plan of least total cost for positions start..start+count-1; ties go to chunks (today's plan).
 
-    Dynamic programming from the end: at each position either one decode step or the longest chunk that
-    fits (a chunk costs the same whatever its length, and the group a chunk needs depends only on where it
-    starts). Without a usable prefill group at a position, only the decode step is possible, as in
-    `plan_prefill`. Linear in `count`.
+    Dynamic programming from the end: at each position either one decode step or a chunk. A chunk costs the
+    same whatever its length and the group it needs depends only on where it starts, so only two lengths
+    can be best: the longest that fits, or one that ends exactly at a prefill window's history (the next
+    chunk then starts in that cheaper window rather than the next larger one). Without a usable prefill
+    group at a position only the decode step is possible, as in `plan_prefill`. O(count x groups).
     """
     if not costs.covers(spec):
         log.warning("prefill costs (%s) miss some shape groups of this model: plain chunks", costs.source)
         return plan_prefill(spec, start, count)
     plan_prefill(spec, start, count)  # the same validation and capacity error as the default plan
     end, size = start + count, spec.prefill_chunk
+    windows = sorted({g.history for g in spec.prefill_groups})
     best = [0.0] * (count + 1)  # best[i]: cost of positions start+i..end-1
     choice: list[Chunk] = [Chunk(0, 0, spec.decode_group)] * count
     for i in range(count - 1, -1, -1):
@@ -81,10 +83,12 @@ def plan_cheapest(spec: StackSpec, start: int, count: int, costs: PrefillCosts) 
         step = select_decode_group(spec, pos)
         choice[i], best[i] = Chunk(pos, 1, step), costs.step_ms[step.index] + best[i + 1]
         group = select_prefill_group(spec, pos)
-        if group is not None:
-            n = min(size, end - pos)
+        if group is None:
+            continue
+        longest = min(size, end - pos)
+        for n in (longest, *(h - pos for h in windows if pos < h < pos + longest)):
             total = costs.chunk_ms[group.index] + best[i + n]
-            if total <= best[i]:
+            if total < best[i] or (total == best[i] and choice[i].group.is_decode):
                 choice[i], best[i] = Chunk(pos, n, group), total
     plan, i = [], 0
     while i < count:
