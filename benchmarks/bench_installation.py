@@ -116,7 +116,7 @@ def replay(preset: str, planner: bool, tokenizer: ChatTokenizer) -> Replay:
     card = SimCard(preset)
     layers, post = card.add_null_stack()
     stack = AxclDecoderStack(layers, post, card)
-    stack.planner = costs_from_timing(stack.spec, card.timing).planner() if planner else None
+    stack.planner = costs_from_timing(stack.spec, card.timing, kv_d2d=stack.kv_d2d).planner() if planner else None
     capacity, hidden = stack.spec.decode_capacity, stack.spec.hidden
     rows = (np.random.default_rng(0).standard_normal((64, hidden)) * 0.02).astype(np.float32)
 

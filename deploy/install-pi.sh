@@ -3,7 +3,7 @@
 # LLM-8850 (AX650N) M.2 card: AXCL host runtime (axclhost + dkms), the vendor's pyaxcl and pyaxengine
 # wheels, a venv with ax-llm-provider, CPU governor "performance", the ax-llm unit.
 #
-# UNTESTED ON HARDWARE: written from the vendor guides and docs/field-notes.md; `--dry-run` prints every
+# UNTESTED ON HARDWARE: written from the vendor guides and docs/sdk-notes.md; `--dry-run` prints every
 # step without running it. Run as root:
 #
 #   sudo deploy/install-pi.sh \
@@ -136,7 +136,7 @@ if [[ -n $AXCL_DEB ]]; then
 else
     run apt-get install -y axclhost || die "axclhost is not in any configured apt repository: pass --axcl-deb or --axcl-apt-source (M5Stack LLM-8850 guide)"
 fi
-# after a kernel upgrade the module must be rebuilt: docs/hardware.md, axera-hardware.md section 7
+# after a kernel upgrade the module must be rebuilt: docs/hardware.md, docs/sdk-notes.md ("Field lessons")
 run dkms autoinstall -k "$(uname -r)" || warn "dkms autoinstall failed; the axcl_host module may be missing"
 run modprobe axcl_host || warn "modprobe axcl_host failed: check the card's power supply and seating"
 if [[ $DRY_RUN -eq 0 ]]; then

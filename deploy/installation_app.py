@@ -37,7 +37,7 @@ from ax_llm_provider.observability import configure_logging, start_metrics_serve
 
 log = logging.getLogger("installation")
 EXIT_OK, EXIT_PRELOAD_FAILED, EXIT_FATAL = 0, 1, 3
-# The installation's request pattern (docs/field-notes.md).
+# The installation's request pattern (docs/sdk-notes.md, "Field lessons used by the deployment files").
 OPTIONS: dict[str, Any] = {"num_predict": 100, "temperature": 0.99, "top_k": 85, "top_p": 0.9,
                            "repeat_penalty": 1.5, "repeat_last_n": 64, "stop": ["#", "["]}
 SYSTEM = "You are the voice of an art installation. Answer the visitor in one or two short sentences."

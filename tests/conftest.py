@@ -36,6 +36,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session")
+def _simcard_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("simcard")
+
+
+@pytest.fixture(autouse=True)
+def _simcard_namespace(request: pytest.FixtureRequest, _simcard_root: Path,
+                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test gets its own simulated-card namespace (one process per card is enforced within it), so
+    concurrent test runs, and cards an earlier test left open, never collide; child processes inherit it."""
+    monkeypatch.setenv("AX_LLM_SIMCARD_DIR", str(_simcard_root / request.node.name[:80]))
+
+
+@pytest.fixture(scope="session")
 def model_store() -> ModelStore:
     return ModelStore()
 

@@ -13,21 +13,28 @@ shared machine a single pre-emption can add 100 ms to one step); simulator_share
 of it spent inside the simulated API calls, a stand-in for pyaxcl's own ctypes cost.
 
 The same figures for the pyaxengine path (KV copied every call) are measured in the same run as baseline_*.
-Timing presets are partly estimates: see `source` in the result and docs/field-notes.md.
+Timing presets are partly estimates: see `source` in the result and docs/sdk-notes.md ("Timing figures").
+
+timing_model "strict" (default) is the card as the SDK behaves (a round trip per bus call, no pinned discount
+for malloc_host); "legacy" is the earlier, kinder model. `compare_legacy=True` also runs the old configuration
+(legacy timing, kv_write="bind", the old default) in the same process and reports it under "legacy", so the
+effect of the stricter card on projected tok/s and host overhead is measured side by side.
 """
 
 from __future__ import annotations
 
 import logging
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .runtime.axcl_backend import AxclDecoderStack
-from .runtime.axengine_backend import AxengineDecoderStack
+from .runtime.axengine_backend import AxengineDecoderStack, vendor_stdout_to_log
 from .runtime.protocol import DecoderStack
 from .runtime.simcard import DEFAULT_PRESET, SimCard, get_preset, make_axengine
 
@@ -66,9 +73,18 @@ def _measure(card: SimCard, stack: DecoderStack, embeds: np.ndarray, start: int,
 
 
 def _run(make: Callable[[SimCard], DecoderStack], preset: str, prompt: np.ndarray, steps: np.ndarray,
-         tokens: int, sleep: bool) -> tuple[dict[str, float], float]:
-    card = SimCard(preset, sleep=sleep)
-    stack = make(card)
+         tokens: int, sleep: bool, timing_model: str) -> tuple[dict[str, float], float]:
+    with tempfile.TemporaryDirectory(prefix="ax-llm-bench-") as namespace:  # never contends with a simulated service
+        card = SimCard(preset, sleep=sleep, timing_model=timing_model, namespace=Path(namespace))
+        try:
+            return _run_on(card, make(card), prompt, steps, tokens)
+        finally:
+            if card.inited:  # the pyaxengine fake finalises only at exit: let go of the device now
+                card.finalize()
+
+
+def _run_on(card: SimCard, stack: DecoderStack, prompt: np.ndarray, steps: np.ndarray,
+            tokens: int) -> tuple[dict[str, float], float]:
     try:
         before = card.clock.device_ms
         stack.prefill(prompt, 0)
@@ -80,8 +96,8 @@ def _run(make: Callable[[SimCard], DecoderStack], preset: str, prompt: np.ndarra
 
 
 def run_backend_bench(preset: str = DEFAULT_PRESET, tokens: int = 32, *, prompt_tokens: int = 130,
-                      baseline_tokens: int = 3, kv_write: str = "bind", sleep: bool = False,
-                      seed: int = 0) -> dict[str, Any]:
+                      baseline_tokens: int = 3, kv_write: str = "d2d", sleep: bool = False, seed: int = 0,
+                      timing_model: str = "strict", compare_legacy: bool = False) -> dict[str, Any]:
     """Bench the axcl backend and the pyaxengine baseline on the simulated card; returns a JSON-able dict."""
     spec = get_preset(preset)
     g = spec.geometry
@@ -89,19 +105,24 @@ def run_backend_bench(preset: str = DEFAULT_PRESET, tokens: int = 32, *, prompt_
     prompt = (rng.standard_normal((prompt_tokens, g.hidden)) * 0.02).astype(np.float32)
     steps = (rng.standard_normal((16, g.hidden)) * 0.02).astype(np.float32)
 
-    def axcl(card: SimCard) -> DecoderStack:
-        layers, post = card.add_null_stack()
-        return AxclDecoderStack(layers, post, card, kv_write=kv_write)
+    def axcl(write: str) -> Callable[[SimCard], DecoderStack]:
+        def make(card: SimCard) -> DecoderStack:
+            layers, post = card.add_null_stack()
+            return AxclDecoderStack(layers, post, card, kv_write=write)
+        return make
 
     def axengine(card: SimCard) -> DecoderStack:
         layers, post = card.add_null_stack()
-        return AxengineDecoderStack(layers, post, make_axengine(card))
+        with vendor_stdout_to_log("import"):  # the fake, like pyaxengine, prints on import
+            fake = make_axengine(card)
+        return AxengineDecoderStack(layers, post, fake)
 
     started = time.perf_counter()
-    main, prefill_ms = _run(axcl, preset, prompt, steps, tokens, sleep)
-    base, base_prefill_ms = _run(axengine, preset, prompt, steps, baseline_tokens, sleep)
+    main, prefill_ms = _run(axcl(kv_write), preset, prompt, steps, tokens, sleep, timing_model)
+    base, base_prefill_ms = _run(axengine, preset, prompt, steps, baseline_tokens, sleep, timing_model)
     result: dict[str, Any] = {
         "preset": preset,
+        "timing_model": timing_model,
         "backend": f"axcl (kv_write={kv_write})",
         "tokens": tokens,
         "prompt_tokens": prompt_tokens,
@@ -121,6 +142,10 @@ def run_backend_bench(preset: str = DEFAULT_PRESET, tokens: int = 32, *, prompt_
         "note": "simulated card, null compute; host overhead includes the simulator's own Python cost",
         "bench_seconds": time.perf_counter() - started,
     }
+    if compare_legacy:
+        old, old_prefill_ms = _run(axcl("bind"), preset, prompt, steps, tokens, sleep, "legacy")
+        result["legacy"] = {"timing_model": "legacy", "backend": "axcl (kv_write=bind)", **old,
+                            "prefill_device_ms": old_prefill_ms}
     log.info("bench %s: projected %.2f tok/s of %.2f device-bound (%.1f%%), baseline %.2f tok/s", preset,
              result["projected_tok_s"], result["device_bound_tok_s"], 100 * result["efficiency"],
              result["baseline_projected_tok_s"])

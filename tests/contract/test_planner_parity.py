@@ -115,3 +115,31 @@ def test_the_cost_planners_plans_give_the_plain_greedy_tokens(bench: Bench, pres
     plan = planner(spec, history, new)
     for backend in BACKENDS:
         assert bench.greedy(backend, ids, history, plan) == bench.greedy(backend, ids, history, None), backend
+
+
+@pytest.mark.parametrize("kv_write", ["d2d", "bind"])
+def test_timing_costs_match_the_simulated_clock(tiny_twin: Callable[..., Path], kv_write: str) -> None:
+    """The planner's cost table for the simulated card is what the card's clock charges for each call."""
+    files = scan_model_dir(tiny_twin("qwen3", 0, **GEOMETRY))
+    card = SimCard()
+    stack = AxclDecoderStack(files.layers, files.post, card, kv_write=kv_write)
+    try:
+        spec, rows = stack.spec, np.zeros((8, stack.spec.hidden), np.float32)
+        costs = costs_from_timing(spec, card.timing, kv_d2d=stack.kv_d2d)
+        stack.prefill(rows, 0, want_logits=False)  # settles the decode mask after position 8
+
+        def charged(plan: list[Chunk], start: int) -> float:
+            stack.planner = lambda spec, s, c: plan  # type: ignore[assignment]
+            before = card.clock.device_ms
+            stack.prefill(rows[: sum(c.count for c in plan)], start, want_logits=False)
+            return card.clock.device_ms - before
+
+        window = select_prefill_group(spec, 8)
+        assert window is not None
+        chunk = charged([Chunk(8, 8, window)], 8)
+        steps = charged([Chunk(8 + i, 1, select_decode_group(spec, 8 + i)) for i in range(4)], 8)
+        settle = card.timing.transfer_ms(16, True)  # every prefill ends opening the decode mask up to its end
+        assert chunk == pytest.approx(costs.chunk_ms[window.index] + settle, rel=0.02)
+        assert steps == pytest.approx(4 * costs.step_ms[spec.decode_group.index] + settle, rel=0.02)
+    finally:
+        stack.close()

@@ -35,7 +35,6 @@ from ax_llm_provider.engine.recovery import RecoveryPolicy
 from ax_llm_provider.model.store import ModelStore
 from ax_llm_provider.runtime import axcl_codes as codes
 from ax_llm_provider.runtime.errors import (
-    DeviceBusyError,
     DeviceError,
     DeviceMemoryError,
     DeviceOfflineError,
@@ -107,13 +106,13 @@ def until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
 
 def execute_error(card: SimCard, engine: Engine, model: str, rng: random.Random,
                   steady: dict[str, Any]) -> tuple[tuple[type[BaseException], ...], Cleanup]:
-    code = rng.choice([codes.ERR_ENGINE_EXECUTE_FAIL, codes.ERR_ENGINE_BUSY])
+    code = rng.choice([codes.ERR_ENGINE_EXECUTE_FAIL, codes.ERR_ENGINE_UNEXPECT_RESPONSE])  # declared codes only
     card.faults.fail_execute(code=code, after=rng.randrange(0, 60), times=rng.choice([1, 2, 3, 5, 8]))
 
     def cleanup() -> None:
         card.faults.execute = None
 
-    return (DeviceError, DeviceBusyError), cleanup
+    return (DeviceError,), cleanup
 
 
 def offline(card: SimCard, engine: Engine, model: str, rng: random.Random,

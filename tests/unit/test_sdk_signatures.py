@@ -1,4 +1,4 @@
-"""Pin pyaxcl's API surface as sdk-api.md documents it: names, argument order, return tuples, constants, codes.
+"""Pin pyaxcl's API surface as docs/sdk-notes.md records it: names, argument order, return tuples, constants, codes.
 
 Every test runs on the simulated card, and on the real `axcl` module when a card is present (`-m npu`),
 so the simulated card and the backends can only disagree with hardware on facts nobody here could know.
@@ -20,12 +20,12 @@ from ax_llm_provider.runtime.simcard import Geometry, SimCard, null_layer
 
 S = codes.signed
 
-# sdk-api.md sections 1.3-1.6: Python parameter names, in order.
+# pyAXCL 3.10.2 (axcl/axcl.py, axcl/rt/*.py): Python parameter names, in order.
 DOCUMENTED_TOP = {"init": ["config"], "finalize": [], "set_log_level": ["level"]}
 DOCUMENTED_RT = {
     "get_version": [], "get_soc_name": [], "set_device": ["device_id"], "reset_device": ["device_id"],
     "get_device": [], "get_device_count": [], "get_device_list": [], "synchronize_device": [],
-    "get_device_utilization_rate": ["device_id"], "create_context": ["device_id"], "destroy_context": ["context"],
+    "get_device_properties": ["device_id"], "create_context": ["device_id"], "destroy_context": ["context"],
     "set_current_context": ["context"], "get_current_context": [], "get_default_context": ["device_id"],
     "create_stream": [], "destroy_stream": ["stream"], "destroy_stream_force": ["stream"],
     "synchronize_stream": ["stream"], "synchronize_stream_with_timeout": ["stream", "timeout"],
@@ -122,7 +122,8 @@ def test_device_and_memory_conventions(axcl: Any) -> None:
     rt = axcl.rt
     version = rt.get_version()
     assert len(version) == 4 and version[-1] == 0
-    assert rt.get_device_utilization_rate(rt.get_device()[0])[-1] in (0, -1)  # (0, 0, 0, -1) on V3.10.2
+    props, ret = rt.get_device_properties(rt.get_device()[0])  # pyAXCL 3.10 (it dropped the utilization call)
+    assert ret == 0 and props["free_cmm_size"] <= props["total_cmm_size"] and len(props["sw_version"]) == 64
     ptr, ret = rt.malloc(256, axcl.AXCL_MEM_MALLOC_NORMAL_ONLY)
     assert ret == 0 and isinstance(ptr, int) and ptr
     host, ret = rt.malloc_host(64)

@@ -1,4 +1,4 @@
-"""The pyaxengine fake reproduces sdk-api.md sections 4 and 5; the same pins run on the real module (-m npu).
+"""The pyaxengine fake reproduces pyaxengine 0.1.3 (docs/sdk-notes.md, "pyaxengine"); the same pins run on the real module (-m npu).
 
 On a card, set AX_LLM_TEST_AXMODEL to a `*_together.axmodel` for the session-level checks.
 """
@@ -95,7 +95,7 @@ def test_output_order_follows_the_rank_logic() -> None:
     by_model = session.run(None, feed(session))
     a, b, c = names
     permuted = session.run([c, a, b], feed(session))
-    # sdk-api.md 4.7: asking for [C, A, B] returns [B, C, A]
+    # pyaxengine's run() ranks outputs by output_names.index(): asking for [C, A, B] returns [B, C, A]
     assert [x.shape for x in permuted] == [by_model[1].shape, by_model[2].shape, by_model[0].shape]
 
 

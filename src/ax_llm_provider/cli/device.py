@@ -195,7 +195,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.tokens < 1:
         raise CliError("--tokens must be at least 1")
-    result = run_backend_bench(args.preset, args.tokens, kv_write=args.kv_write)
+    result = run_backend_bench(args.preset, args.tokens, kv_write=args.kv_write, timing_model=args.timing)
     if args.json:
         print(json.dumps(result))
         return EXIT_OK

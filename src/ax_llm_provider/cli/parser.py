@@ -163,7 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="qwen3-0.6b-w8a16",
                    help="qwen3-0.6b-w8a16, qwen2.5-0.5b-w4a16 or qwen2.5-1.5b-w4a16")
     p.add_argument("--tokens", type=int, default=32, help="decode steps to measure")
-    p.add_argument("--kv-write", choices=("bind", "d2d"), default="bind")
+    p.add_argument("--kv-write", choices=("bind", "d2d"), default="d2d",
+                   help="d2d: copy K/V on the card after each execute (the vendor's way, default); bind: unverified")
+    p.add_argument("--timing", choices=("strict", "legacy"), default="strict",
+                   help="simulated-card timing model: strict (default) or the earlier, kinder legacy model")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.set_defaults(func="device:cmd_bench")
     return parser

@@ -98,6 +98,9 @@ class ModelRunner:
             raise ValueError("empty prompt: nothing to evaluate")
         if len(prompt) > window:
             raise ValueError(f"prompt of {len(prompt)} tokens exceeds the window {window}")
+        if opts.num_predict == 0:  # evaluate only (issue 17): see evaluate_only
+            self.evaluate_only(prompt, result)
+            return
         tokenizer = self.model.tokenizer
         sampler = TokenSampler.from_options(opts, context_size=window, logprobs=logprobs, top_logprobs=top_logprobs)
         text = TextStream(self._decode, stop=opts.stop, eos_token_ids=tokenizer.eos_ids,
@@ -151,6 +154,23 @@ class ModelRunner:
             result.tokens = prompt + generated
             log.debug("run: prompt %d (reused %d) eval %d reason %s", len(prompt), reused, len(generated),
                       result.done_reason)
+
+
+    # -- evaluate only (num_predict 0; issue 17) ------------------------------------------------------
+    def evaluate_only(self, prompt: list[int], result: RunResult) -> None:
+        """Evaluate `prompt` into the KV and the prefix cache, generate nothing (eval_count 0, "length").
+
+        An application feeds what it already knows of the next prompt (the visitor's words so far), so the
+        request that follows finds it cached and prefills only the rest. Nothing sampled, no output changes.
+        """
+        reused = self.cache.prepare(prompt)
+        result.prompt_tokens, result.reused_tokens = len(prompt), reused
+        began = time.perf_counter_ns()
+        self.model.stack.prefill(self.model.embeddings.lookup(prompt[reused:]), reused, want_logits=False)
+        self.cache.commit(prompt)
+        result.prompt_ns = time.perf_counter_ns() - began
+        result.eval_count, result.done_reason, result.tokens = 0, "length", list(prompt)
+        log.debug("evaluate only: prompt %d (reused %d)", len(prompt), reused)
 
 
 def elapsed_ns(since: int) -> int:

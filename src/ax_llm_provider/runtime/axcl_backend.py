@@ -9,20 +9,25 @@ Design (the per-token budget is what the simulated card's counters check):
   mask] are shared by all layers: uploaded once per token / chunk, not once per layer.
 * The decode mask lives on the card and is patched in place: per token one 2-byte H2D opens the slot of
   the previous token (any jump, e.g. after prefill or a rewind, is still one contiguous H2D).
-* K_cache_out / V_cache_out are bound directly into the cache row (`kv_write="bind"`): before each
-  execute the two output pointers are re-set to `K + pos*kv_dim*2`. A prefill chunk writes all P rows, so
-  rows past its real tokens get padding K/V: they lie beyond the valid length, are masked, and are
-  overwritten before they are ever valid (hence the P rows of slack). Re-binding is a host-side setter
-  (sdk-api.md 1.6: it only validates and stores the pointer), while the alternative, a D2D copy after
-  every execute (`kv_write="d2d"`, what ax-llm does), costs the same two calls per layer but each one a
-  device round trip and a copy. So: same call count, no device work; "d2d" stays as the fallback should
-  the NPU not tolerate an output aliasing its (masked) K_cache input on real hardware.
+* K/V writes (`kv_write`): by default ("d2d") K_cache_out / V_cache_out land in a scratch buffer and
+  are copied on the card (D2D) into cache row `pos` after every execute, as the vendor runner does. The
+  option "bind" instead re-points the two outputs straight at `K + pos*kv_dim*2` before each execute (a
+  host-side setter, no device work): the outputs then overlap the same execute's K_cache input (masked
+  rows), which no vendor code does and no document says the NPU tolerates, so it stays opt-in until a
+  card shows it gives the same logits (docs/sdk-notes.md, "Writing K/V"). In bind mode a prefill chunk
+  writes all P rows, so rows past its real tokens get padding K/V beyond the valid length (masked, and
+  overwritten before they are ever valid: hence the P rows of slack). Both cost two calls per layer.
 * Hidden states never leave the card: layer m writes a ping-pong buffer that layer m+1 reads; the post
   model reads the last layer's buffer (re-bound to row n-1 after a prefill chunk). Only the logits
-  (vocab x 2 bytes) come back, into pinned host memory (`malloc_host`); every upload also starts pinned.
+  (vocab x 2 bytes) come back, into a `malloc_host` staging buffer (plain host memory in V3.10.2: it saves
+  allocations, not transfer time).
 
-Per decode token: 2 H2D + L x (2 setters + 1 execute) + 1 post execute + 1 D2H = 3L + 4 calls;
-bus bytes = align(H*2) + 4 + 2 + vocab*2; no KV crosses the bus.
+Per decode token: 2 H2D + L x (1 execute + 2 D2D, or 2 setters in bind mode) + 1 post execute + 1 D2H
+= 3L + 4 calls; bus bytes = align(H*2) + 4 + 2 + vocab*2; no KV crosses the bus.
+
+Device memory is checked before loading (the CMM guard): free CMM from AXCL_SYS_MemQueryStatus after
+AXCL_SYS_Init, else from pyAXCL 3.10's get_device_properties; if neither answers, a warning says the load
+goes ahead unchecked. A load or allocation that fails anyway is classified by the call and the CMM left.
 """
 
 from __future__ import annotations
@@ -32,11 +37,13 @@ import logging
 import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from time import monotonic
 from typing import Any
 
 import numpy as np
 
 from . import axcl_codes as codes
+from .axcl_cmm import MB, CmmGuard
 from .axcl_device import AxclRuntime, import_axcl, value
 from .axcl_layout import plan_layout, read_stack_spec
 from .axcl_model import EngineModel
@@ -49,7 +56,7 @@ from .contract import (
     prefill_mask,
     select_decode_group,
 )
-from .errors import DeviceError, DeviceMemoryError, check, device_error
+from .errors import DeviceError, DeviceMemoryError, check, device_error, execute_error, memory_error
 from .planner import Planner, make_plan
 from .protocol import KVSnapshot
 from .spec import ShapeGroup, StackSpec
@@ -57,7 +64,6 @@ from .spec import ShapeGroup, StackSpec
 log = logging.getLogger(__name__)
 H2D, D2H, D2D = codes.AXCL_MEMCPY_HOST_TO_DEVICE, codes.AXCL_MEMCPY_DEVICE_TO_HOST, codes.AXCL_MEMCPY_DEVICE_TO_DEVICE
 _BLOCKED_BF16 = int(float32_to_bf16(np.array([MASK_BLOCKED], np.float32))[0])
-MB = 1 << 20
 
 
 class _Resources:
@@ -69,13 +75,16 @@ class _Resources:
         self.device: list[int] = []
         self.host: list[int] = []
         self.closed = False
+        self.cmm = CmmGuard(runtime)
 
     def load(self, path: str) -> EngineModel:
         self.models.append(EngineModel(self.runtime, path))
         return self.models[-1]
 
     def malloc(self, size: int, what: str) -> int:
-        ptr = value(self.rt.malloc(size, codes.AXCL_MEM_MALLOC_HUGE_FIRST), "axcl.rt.malloc", f"{what}, {size} bytes")
+        ptr, ret = self.rt.malloc(size, codes.AXCL_MEM_MALLOC_HUGE_FIRST)
+        if ret != 0 or ptr is None:
+            raise memory_error(ret or codes.WRAPPER_GUARD, "axcl.rt.malloc", f"{what}, {size} bytes")
         self.device.append(ptr)
         return ptr
 
@@ -100,6 +109,7 @@ class _Resources:
                 if ret != 0:
                     log.warning("closing the axcl stack: %s", device_error(ret, f"axcl.rt.{name}"))
         self.models, self.device, self.host = [], [], []
+        self.cmm.close()
         self.runtime.release()
 
 
@@ -110,34 +120,36 @@ class AxclDecoderStack:
     planner: Planner | None = None
 
     def __init__(self, layer_paths: Sequence[str | Path], post_path: str | Path, axcl: Any | None = None, *,
-                 device_index: int = 0, kv_write: str = "bind", config: str | None = None,
+                 device_index: int = 0, kv_write: str = "d2d", config: str | None = None,
                  cmm_floor_mb: int = 128, progress: Callable[[int, int], None] | None = None) -> None:
         """Load every model now (a Pi 5 takes 10-130 s): `progress(done, total)` is called after each file.
 
         axcl: the `axcl` module (default: `import axcl`) or a simulated card. device_index: an index into
-        `axcl.rt.get_device_list()`. kv_write: "bind" (default) or "d2d", see the module docstring.
+        `axcl.rt.get_device_list()`. kv_write: "d2d" (default, the vendor's copy) or "bind", see the
+        module docstring.
         cmm_floor_mb: refuse to load unless this much CMM stays free afterwards.
         """
         if kv_write not in ("bind", "d2d", "copy"):  # "copy" is the calibration's name for "d2d"
             raise ValueError(f"kv_write must be 'bind' or 'copy' ('d2d'), not {kv_write!r}")
         self._d2d = kv_write in ("d2d", "copy")
+        self.kv_d2d = self._d2d  # read by the prefill planner's cost model
         self._axcl = axcl if axcl is not None else import_axcl()
         self._res = _Resources(AxclRuntime.acquire(self._axcl, device_index, config))
         self._finalizer = weakref.finalize(self, self._res.close)  # runs at exit too
         self._rt = self._res.rt
         try:
             paths = [str(p) for p in (*layer_paths, post_path)]
-            self._require_cmm(self._models_bytes(paths), "the model files", cmm_floor_mb)
+            self._res.cmm.require(self._models_bytes(paths), "the model files", cmm_floor_mb)
             for i, path in enumerate(paths):
-                self._res.load(path)
+                self._load(path, cmm_floor_mb)
                 log.debug("loaded %d/%d: %s", i + 1, len(paths), path)
                 if progress is not None:
                     progress(i + 1, len(paths))
             self._layers, self._post = self._res.models[:-1], self._res.models[-1]
             self.spec: StackSpec = read_stack_spec(self._layers, self._post)
             self._layout = plan_layout(self.spec, self._layers[0], self._post, self._d2d)
-            self._require_cmm(self._layout.device_bytes(self.spec.layers, self._d2d), "KV cache and IO buffers",
-                              cmm_floor_mb)
+            self._res.cmm.require(self._layout.device_bytes(self.spec.layers, self._d2d), "KV cache and IO buffers",
+                                  cmm_floor_mb)
             self._allocate()
             self._bind_all()
             self._clear_device_state()
@@ -154,21 +166,25 @@ class AxclDecoderStack:
         for path in paths:
             _, cmm, ret = self._rt.engine_get_usage(path)
             if ret != 0:
-                log.debug("engine_get_usage(%s) -> %d; skipping the CMM pre-check", path, ret)
+                log.warning("engine_get_usage(%s) failed (%s): the CMM budget check is skipped for the model files",
+                            path, device_error(ret, "axcl.rt.engine_get_usage"))
                 return None
             total += cmm
         return total
 
-    def _require_cmm(self, need: int | None, what: str, floor_mb: int) -> None:
-        """Refuse a load that would overflow CMM: an overflow has crashed the NPU driver (ax-llm issue #21)."""
-        status, ret = self._axcl.sys.mem_query_status()
-        if need is None or ret != 0 or not status:
-            return
-        remain = int(status["remain_size"]) * 1024  # KB per the C struct's partition units (unconfirmed)
-        if need + floor_mb * MB > remain:
-            raise DeviceMemoryError(codes.signed(codes.ERR_MEMORY_NO_MEMORY), "CMM budget check",
-                                    f"{what} need {need / MB:.0f} MB plus a {floor_mb} MB floor, "
-                                    f"{remain / MB:.0f} MB of CMM remain")
+    def _load(self, path: str, floor_mb: int) -> None:
+        """Load one model; a failure with CMM short of what the file needs is a memory error."""
+        try:
+            self._res.load(path)
+        except DeviceError as exc:
+            if type(exc) is not DeviceError:
+                raise
+            _, need, ret = self._rt.engine_get_usage(path)
+            remain = self._res.cmm.free_bytes() if ret == 0 else None
+            if remain is not None and need + floor_mb * MB > remain:
+                raise DeviceMemoryError(exc.code, exc.function, f"{path}: needs {need / MB:.0f} MB of CMM, "
+                                        f"{remain / MB:.0f} MB remain") from exc
+            raise
 
     def _allocate(self) -> None:
         lay, spec, res = self._layout, self.spec, self._res
@@ -289,9 +305,10 @@ class AxclDecoderStack:
                 if ret:
                     raise device_error(ret, "axcl.rt.engine_set_output_buffer_by_index", f"layer {m}")
                 bound[m] = row
+            started = monotonic()
             ret = execute(model_id, context_id, g, io)
             if ret:
-                raise device_error(ret, "axcl.rt.engine_execute", f"layer {m}, shape group {g}")
+                raise execute_error(ret, monotonic() - started, f"layer {m}, shape group {g}")
             if self._d2d:
                 nbytes = count * self._layout.row_bytes
                 self._copy(k + offset, self._scratch[0], nbytes, D2D)
@@ -303,9 +320,10 @@ class AxclDecoderStack:
             h2 = 2 * self.spec.hidden
             post.bind(0, "input", self._hidden[(self.spec.layers - 1) % 2] + row * h2, h2)
             self._post_row = row
+        started = monotonic()
         ret = self._rt.engine_execute(post.model_id, post.context_id, 0, post.ios[0])
         if ret:
-            raise device_error(ret, "axcl.rt.engine_execute", "post (lm-head) model")
+            raise execute_error(ret, monotonic() - started, "post (lm-head) model")
         self._copy(self._logits_host, self._logits_dev, self._layout.logits, D2H)
         return bf16_to_float32(self._logits_bits)  # a new array: the staging buffer is reused
 

@@ -1,8 +1,13 @@
-"""AXCL constants and error codes, exactly as pyaxcl V2.25 / axcl-runtime V3.10.2 define them (sdk-api.md).
+"""AXCL constants and error codes, as pyAXCL 3.10.2 / axcl-runtime V3.10.2 define them (docs/sdk-notes.md).
 
 Shared by the `axcl` backend, the typed errors and the simulated card so all three agree on the numbers.
 pyaxcl returns `axclError` through a `c_int32` restype, so runtime codes arrive as negative Python ints;
 `signed(code)` converts a documented unsigned hex code to what Python sees.
+
+`DECLARED` holds every code the public V3.10.2 headers define (axcl-runtime: include/external/axcl_rt_*.h).
+A few more constants below are built from the generic id table but declared nowhere (marked so): the
+project uses them only as labels for errors it raises itself (its CMM budget refusal, its watchdog timeout);
+the simulated card never returns them.
 """
 
 from __future__ import annotations
@@ -58,21 +63,44 @@ ERR_STREAM_NULL_POINTER = 0x80300302
 ERR_STREAM_TIMEOUT = 0x80300305
 ERR_STREAM_SYNC_TIMEOUT = 0x80300383
 ERR_MEMORY_NULL_POINTER = 0x80300502
-ERR_MEMORY_ILLEGAL_PARAM = 0x80300503
-ERR_MEMORY_NO_MEMORY = 0x80300507
 ERR_MEMORY_EXECUTE_FAIL = 0x8030050C
 ERR_MEMORY_NOT_DEVICE_MEMORY = 0x80300581
 ERR_ENGINE_NULL_POINTER = 0x80300702
 ERR_ENGINE_ILLEGAL_PARAM = 0x80300703
 ERR_ENGINE_AXCL_UNSUPPORTED = 0x80300704
+ERR_ENGINE_UNEXPECT_RESPONSE = 0x8030070A
+ERR_ENGINE_EXECUTE_FAIL = 0x8030070C
+ERR_ENGINE_INVALID_INDEX = 0x80300781
+# NOT declared by the V3.10.2 headers: this project's own labels (see the module docstring).
+ERR_MEMORY_ILLEGAL_PARAM = 0x80300503
+ERR_MEMORY_NO_MEMORY = 0x80300507
 ERR_ENGINE_TIMEOUT = 0x80300705
 ERR_ENGINE_BUSY = 0x80300706
 ERR_ENGINE_NO_MEMORY = 0x80300707
 ERR_ENGINE_OPEN = 0x8030070B
-ERR_ENGINE_EXECUTE_FAIL = 0x8030070C
-ERR_ENGINE_INVALID_INDEX = 0x80300781
+# Native AX SDK codes the runtime passes through from the card (axcl-runtime: ax_sys_api.h, CMM section).
+AX_ERR_CMM_NOTREADY = 0x800B0010
+AX_ERR_CMM_NOMEM = 0x800B0018
 # Get{Input,Output}SizeByIndex return the invalid-index code cast to uint64 instead of a size.
 SIZE_INVALID_INDEX = 0xFFFFFFFF80300781
+
+# Every code the V3.10.2 public headers declare (device, context, stream/event, memory, engine).
+DECLARED = frozenset({
+    0x80300102, 0x8030010B, 0x80300104, *range(0x80300180, 0x80300189),
+    0x80300202, *range(0x80300281, 0x80300285),
+    0x80300302, 0x80300305, *range(0x80300381, 0x80300385),
+    0x80300502, 0x80300508, 0x80300509, 0x8030050A, 0x8030050C, 0x80300581,
+    0x80300702, 0x80300703, 0x80300704, 0x80300708, 0x80300709, 0x8030070A, 0x8030070C, 0x80300781,
+})
+NATIVE_NAMES = {AX_ERR_CMM_NOTREADY: "AX_ERR_CMM_NOTREADY", AX_ERR_CMM_NOMEM: "AX_ERR_CMM_NOMEM"}
+NATIVE_NOMEM_ID = 0x18  # AX_ERR_NOMEM, the id byte of every native "no memory" code
+
+
+def is_native(ret: int) -> bool:
+    """A device-side AX SDK code passed through (its second byte is not the AXCL id 0x30)."""
+    code = unsigned(ret)
+    return bool(code & 0x80000000) and (code >> 16) & 0xFF != 0x30
+
 
 SUBMODULES = {0x01: "DEVICE", 0x02: "CONTEXT", 0x03: "STREAM", 0x04: "TASK", 0x05: "MEMORY", 0x06: "CONFIG",
               0x07: "ENGINE", 0x08: "SYSLOG", 0x09: "SYSCTRL", 0x0A: "LATENCY", 0x0B: "P2P", 0x0C: "USRWORK"}
@@ -107,6 +135,6 @@ def code_name(ret: int) -> str:
     if code in SPECIFIC_NAMES:
         return f"AXCL_ERR_{SPECIFIC_NAMES[code]}"
     if (code >> 16) & 0xFF != 0x30:
-        return "AX_NATIVE_ERROR"  # passed through from the device's own SDK
+        return NATIVE_NAMES.get(code, "AX_NATIVE_ERROR")  # passed through from the device's own SDK
     sub, errid = (code >> 8) & 0xFF, code & 0xFF
     return f"AXCL_ERR_{SUBMODULES.get(sub, f'SUB{sub:02X}')}_{GENERIC_IDS.get(errid, f'{errid:02X}')}"

@@ -1,8 +1,8 @@
 """One process's hold on one card through pyaxcl: init, device, NPU engine init and the runtime context.
 
 Shared (reference-counted) by every decoder stack opened on the same `axcl` module and device index, so
-two models on one card do not initialise it twice; the last release finalises it (axera-hardware.md
-section 7: always unload/free/reset/finalize, or CMM may stay allocated after the process is gone).
+two models on one card do not initialise it twice; the last release finalises it (docs/sdk-notes.md,
+"Teardown": always unload/free/reset/finalize, or CMM may stay allocated after the process is gone).
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ def import_axcl() -> Any:
         import axcl
     except ImportError as exc:
         raise ImportError(
-            "the axcl backend needs pyaxcl (module `axcl`), which is not on PyPI: install the pyAXCL wheel from "
-            "the AXERA-TECH/pyaxcl releases on the Pi (docs/hardware.md), or use the simulated card for tests"
+            "the axcl backend needs pyaxcl (module `axcl`), which is not on PyPI: install the pyAXCL 3.10.x wheel "
+            "that ships with the AXCL runtime (AXERA-TECH/axcl-runtime, out/python/pyAXCL-3.10.2-py3-none-any.whl; "
+            "docs/hardware.md), or use the simulated card for tests"
         ) from exc
     except OSError as exc:  # pyaxcl loads libaxcl_*.so at import time
         raise ImportError(
@@ -97,9 +98,9 @@ class AxclRuntime:
             self._shared.pop((id(self.axcl), self.device_index), None)
         self._finalize()
 
-    def bind_thread(self) -> None:
-        """Make the runtime context current on the calling thread (once per thread)."""
-        if not getattr(self._local, "bound", False):
+    def bind_thread(self, force: bool = False) -> None:
+        """Make the runtime context current on the calling thread (once per thread, or again if `force`)."""
+        if force or not getattr(self._local, "bound", False):
             check(self.rt.set_current_context(self.context), "axcl.rt.set_current_context")
             self._local.bound = True
 

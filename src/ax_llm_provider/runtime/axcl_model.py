@@ -81,7 +81,7 @@ class EngineModel:
         if missing:
             raise ValueError(
                 f"{self.path} lacks tensor(s) {missing}; it has inputs {list(self.inputs)} and outputs "
-                f"{list(self.outputs)}: not an AXERA per-layer LLM model (axera-hardware.md section 2)"
+                f"{list(self.outputs)}: not an AXERA per-layer LLM model (docs/sdk-notes.md, 'The tensor contract')"
             )
 
     def bind(self, group: int, name: str, ptr: int, size: int, output: bool = False) -> None:

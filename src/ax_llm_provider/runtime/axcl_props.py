@@ -1,4 +1,7 @@
-"""`axclrtGetDeviceProperties` through ctypes (pyaxcl V2.25 has no wrapper), and `axclrtRebootDevice`.
+"""`axclrtGetDeviceProperties` and `axclrtRebootDevice` through ctypes, whatever the pyaxcl version.
+
+pyAXCL 3.10 also wraps the first as `axcl.rt.get_device_properties` (the CMM guard uses it when present);
+2.25 has no wrapper, and neither version wraps the reboot (exported, but absent from the public header).
 
 Works on the real `libaxcl_rt.so` (a `ctypes.CDLL`) and on the simulated card's `lib_rt` stand-in.
 Units as the runtime reports them: temperature in milli-degrees C, memory sizes in KB, loads x 100.

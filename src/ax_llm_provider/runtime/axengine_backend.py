@@ -4,12 +4,24 @@ The documented simple, slow fallback. pyaxengine copies every input it is fed ho
 `run()` and every output back, so the KV cache lives on the host and its full window crosses PCIe on every
 layer call (about 10 MB per layer per token for Qwen3-0.6B at C = 2559). It exists for boards and setups
 where pyaxcl is missing, and as the baseline the `axcl` backend is measured against.
+
+Three habits of real pyaxengine shape this module (docs/sdk-notes.md, "pyaxengine"):
+* `run()` asserts every fed array has the node's exact shape; the no-history prefill group declares its
+  unread K/V placeholder as [1, 1, hidden], so it is fed zeros of the node's own shape, never a cache slice.
+* Sessions sit in a module-level list until the interpreter exits: dropping them frees nothing on the card,
+  so `close()` unloads each one explicitly (a private call, checked for).
+* It `print()`s `[INFO]` lines on import and per session (~145 for a 28-layer model); they are captured
+  into this module's log instead of the user's stdout.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
-from collections.abc import Sequence
+import sys
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +43,46 @@ log = logging.getLogger(__name__)
 PROVIDER = "AXCLRTExecutionProvider"
 
 
+class _ThreadStdout(io.TextIOBase):
+    """sys.stdout stand-in: writes from one thread go to a buffer, every other thread's to the real stdout."""
+
+    def __init__(self, original: Any, thread: int) -> None:
+        self.original, self.thread, self.buffer_text = original, thread, io.StringIO()
+
+    def write(self, text: str) -> int:
+        if threading.get_ident() == self.thread:
+            return self.buffer_text.write(text)
+        return self.original.write(text)
+
+    def flush(self) -> None:
+        self.original.flush()
+
+
+_stdout_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def vendor_stdout_to_log(what: str) -> Iterator[None]:
+    """Route what pyaxengine print()s on this thread to the log (DEBUG), line by line."""
+    with _stdout_lock:
+        original = sys.stdout
+        capture = _ThreadStdout(original, threading.get_ident())
+        sys.stdout = capture
+    try:
+        yield
+    finally:
+        with _stdout_lock:
+            if sys.stdout is capture:
+                sys.stdout = original
+        for line in capture.buffer_text.getvalue().splitlines():
+            if line.strip():
+                log.debug("pyaxengine (%s): %s", what, line)
+
+
 def import_axengine() -> Any:
     try:
-        import axengine
+        with vendor_stdout_to_log("import"):
+            import axengine
     except ImportError as exc:
         raise ImportError(
             "the axengine backend needs pyaxengine (module `axengine`), which is not on PyPI: install the wheel "
@@ -63,18 +112,33 @@ class AxengineDecoderStack:
         ax = axengine if axengine is not None else import_axengine()
         options = [{"device_id": device_index}]  # an index into the device list, as a list of dicts
 
-        def session(path: str | Path) -> Any:
-            return ax.InferenceSession(str(path), providers=[PROVIDER], provider_options=options)
-
-        self._layers = [session(p) for p in layer_paths]
-        self._post = session(post_path)
-        self._nodes = _groups(self._layers[0])
-        self.spec = self._read_spec()
+        self._layers: list[Any] = []
+        self._post: Any = None
+        self._closed = False
+        try:
+            with vendor_stdout_to_log("load"):
+                for path in layer_paths:
+                    self._layers.append(ax.InferenceSession(str(path), providers=[PROVIDER], provider_options=options))
+                self._post = ax.InferenceSession(str(post_path), providers=[PROVIDER], provider_options=options)
+            self._nodes = _groups(self._layers[0])
+            self.spec = self._read_spec()
+        except AttributeError as exc:
+            self.close()
+            if "VNpuKind" not in str(exc):
+                raise
+            raise RuntimeError(
+                "pyaxengine could not initialise the NPU (axclrtEngineInit returned an error, which pyaxengine "
+                f"reports as {exc!r}); check that no other process drives the card (`axcl-smi`)") from exc
+        except BaseException:
+            self.close()  # what was loaded stays in CMM otherwise (see close)
+            raise
         c, kv = self.spec.decode_capacity, self.spec.kv_dim
         self._bf16 = next(n.dtype for n in self._nodes[0][0] if n.name == "input")
         self._k = [np.zeros((1, c, kv), np.uint16) for _ in self._layers]
         self._v = [np.zeros((1, c, kv), np.uint16) for _ in self._layers]
-        self._closed = False
+        # the no-history group's placeholder: never read, fed as zeros of whatever shape the node declares
+        self._placeholders = {g: {n.name: np.zeros(n.shape, n.dtype) for n in ins if n.name in ("K_cache", "V_cache")}
+                              for g, (ins, _) in enumerate(self._nodes) if self.spec.groups[g].history == 0}
 
     def _read_spec(self) -> StackSpec:
         groups = []
@@ -97,11 +161,15 @@ class AxengineDecoderStack:
         g, rows = group.index, group.kv_rows
         mask_bits = float32_to_bf16(mask)
         names = [n.name for n in self._nodes[g][1]]
+        placeholder = self._placeholders.get(g)
         for m, session in enumerate(self._layers):
             feed = {"input": self._feed(g, "input", x), "indices": self._feed(g, "indices", indices),
-                    "mask": self._feed(g, "mask", mask_bits),
-                    "K_cache": self._feed(g, "K_cache", self._k[m][:, :rows]),
-                    "V_cache": self._feed(g, "V_cache", self._v[m][:, :rows])}
+                    "mask": self._feed(g, "mask", mask_bits)}
+            if placeholder is not None:
+                feed.update(placeholder)
+            else:
+                feed["K_cache"] = self._feed(g, "K_cache", self._k[m][:, :rows])
+                feed["V_cache"] = self._feed(g, "V_cache", self._v[m][:, :rows])
             out = dict(zip(names, session.run(None, feed, shape_group=g), strict=True))
             self._k[m][0, start:start + count] = out["K_cache_out"].view(np.uint16).reshape(-1, self.spec.kv_dim)[:count]
             self._v[m][0, start:start + count] = out["V_cache_out"].view(np.uint16).reshape(-1, self.spec.kv_dim)[:count]
@@ -147,12 +215,30 @@ class AxengineDecoderStack:
                 dst[0, :n] = src if src.dtype == np.uint16 else float32_to_bf16(src)
 
     def close(self) -> None:
-        """pyaxengine sessions have no close(): dropping them lets its atexit/__del__ unload the models."""
+        """Unload every session now: pyaxengine keeps them in a module-level list, so dropping frees nothing."""
         if self._closed:
             return
         self._closed = True
+        sessions = [*self._layers, *([self._post] if self._post is not None else [])]
+        for session in sessions:
+            _unload(session)
         self._layers.clear()
         self._post = None
-        self._k.clear()
-        self._v.clear()
-        log.debug("axengine decoder stack closed")
+        for caches in (getattr(self, "_k", []), getattr(self, "_v", [])):
+            caches.clear()
+        log.debug("axengine decoder stack closed: %d sessions unloaded", len(sessions))
+
+
+def _unload(session: Any) -> None:
+    """Free one session's model and IO buffers on the card through pyaxengine's private `_unload()`.
+
+    It is idempotent in pyaxengine (it clears its io and model id), so the atexit pass that runs later over
+    the module's list does nothing more. The session object stays in that list: removing it would make its
+    __del__ raise. If a pyaxengine version lacks the method, say so: the card memory stays held until exit.
+    """
+    unload = getattr(getattr(session, "_sess", None), "_unload", None)
+    if unload is None:
+        log.warning("this pyaxengine has no session._sess._unload(): the model stays in the card's CMM until the "
+                    "process exits; restart the process before loading another model")
+        return
+    unload()

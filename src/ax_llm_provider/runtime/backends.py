@@ -61,9 +61,10 @@ def open_stack(files: ModelFiles, backend: str = "auto", device: int = 0, thread
     For the card backends only: `axcl` is the module to drive (default `import axcl`; for "simulated", the
     SimCard, default a new one with preset $AX_LLM_SIM_PRESET), `progress(done, total)` is called after each
     model file, `cmm_floor_mb` is the CMM that must stay free after the load (AxclDecoderStack's default),
-    `kv_write` the KV write mode (default: the model's stored calibration, else the backend's default),
-    `prefill_planner` whether prefill may mix decode steps and chunks by cost (runtime/planner.py; on the
-    card only: the CPU twin's cost scales with the tokens, so plain chunks are already its cheapest plan).
+    `kv_write` is "d2d" (the vendor's copy) or "bind" (axcl and simulated only; default: the model's stored
+    calibration, else "d2d"), `prefill_planner` whether prefill may mix decode steps and chunks by cost
+    (runtime/planner.py; on the card only: the CPU twin's cost scales with the tokens, so plain chunks are
+    already its cheapest plan).
     """
     name = resolve_backend(files, backend)
     check_backend(files, name)
@@ -74,6 +75,8 @@ def open_stack(files: ModelFiles, backend: str = "auto", device: int = 0, thread
     card_options: dict[str, Any] = {"device_index": device, "progress": progress}
     if cmm_floor_mb is not None:
         card_options["cmm_floor_mb"] = cmm_floor_mb
+    if kv_write is not None and name not in ("axcl", "simulated"):
+        raise ValueError(f"kv_write applies to the axcl and simulated backends, not {name}")
     if name == "axengine":
         from .axengine_backend import AxengineDecoderStack
 
@@ -105,7 +108,7 @@ def _card_planner(stack: DecoderStack, name: str, card: Any, calibration: Callab
     from .planner import costs_from_record, costs_from_timing
 
     if name == "simulated" and hasattr(card, "timing"):
-        costs = costs_from_timing(stack.spec, card.timing)
+        costs = costs_from_timing(stack.spec, card.timing, kv_d2d=getattr(stack, "kv_d2d", True))
     else:
         record = calibration()
         costs = costs_from_record(stack.spec, record) if record is not None else None

@@ -1,7 +1,8 @@
 """The vendor tensor contract, written once: masks, positions, group choice and prefill chunking.
 
 Pure functions over numpy, shared by every backend (axcl, axengine, onnx, simulated card).
-Conventions (docs/models.md, "Shape groups"; AXERA-TECH/ax-llm src/runner/LLM_decode.cpp):
+Conventions (docs/sdk-notes.md, "The tensor contract"; docs/models.md, "Shape groups"; AXERA-TECH/ax-llm
+src/runner/LLM_decode.cpp):
   decode  mask [1, 1, C+1]: slot i < C is cache row i, slot C is the current token (always open).
   prefill mask [1, P, Hc+P]: columns [0, hist) open for the valid history, column Hc+j open for j <= i.
 Open is 0, blocked is -65536 (additive, in the model's I/O dtype).

@@ -1,7 +1,13 @@
 """Typed device errors: every non-zero `ret` from the AXCL runtime becomes one of these.
 
 The engine's recovery ladder dispatches on the class (retry, reset and reload, reboot the card, give up),
-so the mapping from code to class lives here, once. Messages name the call, the code in hex and what to do.
+so the mapping lives here, once. Messages name the call, the code in hex and what to do.
+
+The class comes from the code where the headers say what it means (device/port codes: offline), and from
+the call and its context where they do not: the V3.10.2 headers declare no "out of memory" or "timeout"
+code, so a failed `malloc` is a memory error whatever its code (`memory_error`), a failed model load is one
+when CMM turns out to be short (the backend checks), and hangs are the engine watchdog's to name
+(docs/sdk-notes.md, "Error codes").
 """
 
 from __future__ import annotations
@@ -75,8 +81,9 @@ _HINTS = {
     codes.ERR_ENGINE_ILLEGAL_PARAM: "a handle, index or size is invalid: this is a bug in the caller",
     codes.ERR_ENGINE_INVALID_INDEX: "a tensor index or shape group is out of range: the model is not the "
                                     "expected AXERA layer model",
-    codes.WRAPPER_GUARD: "pyaxcl refused the call (a NULL/0 handle or empty path) or swallowed an exception; "
-                         "see the pyaxcl log line just before this",
+    codes.WRAPPER_GUARD: "pyaxcl refused the call (a NULL/0 handle or empty path) or swallowed an exception "
+                         "(its bare `except:` also swallows a Ctrl+C that lands inside the call); see the pyaxcl "
+                         "log line just before this",
 }
 
 
@@ -86,6 +93,8 @@ def error_class(ret: int) -> type[DeviceError]:
     if code in _OFFLINE:
         return DeviceOfflineError
     errid = code & 0xFF
+    if codes.is_native(ret):  # a device-side AX SDK code: only its "no memory" id is known to mean anything here
+        return DeviceMemoryError if errid == codes.NATIVE_NOMEM_ID else DeviceError
     if code in _MEMORY or errid == _GENERIC_NO_MEMORY:
         return DeviceMemoryError
     if errid == _GENERIC_TIMEOUT or code == codes.ERR_STREAM_SYNC_TIMEOUT:
@@ -99,6 +108,34 @@ def device_error(ret: int, function: str, detail: str = "") -> DeviceError:
     """Build the typed exception for a failed call (do not raise it here: callers add context)."""
     key = ret if ret == codes.WRAPPER_GUARD else codes.unsigned(ret)
     return error_class(ret)(ret, function, detail, _HINTS.get(key))
+
+
+def memory_error(ret: int, function: str, detail: str = "") -> DeviceError:
+    """The error for a failed allocation: a memory error unless the code says the card is gone or pyaxcl refused.
+
+    axclrtMalloc has no declared "out of memory" code; what comes back when CMM is exhausted is a device-side
+    failure (MEMORY_EXECUTE_FAIL) or the card's own CMM code, so the call, not the code, decides.
+    """
+    error = device_error(ret, function, detail)
+    if type(error) is DeviceError and ret != codes.WRAPPER_GUARD:
+        return DeviceMemoryError(ret, function, detail)
+    return error
+
+
+HUNG_EXECUTE_S = 0.5  # a layer executes in 1-200 ms: an execute that fails after this long was a hang
+
+
+def execute_error(ret: int, seconds: float, detail: str = "") -> DeviceError:
+    """The error for a failed engine_execute: a timeout when it failed only after blocking this long.
+
+    No header declares a timeout code, and what the runtime returns when the NPU hangs is undocumented (a
+    generic EXECUTE_FAIL is likely): the time the call took is the context that names it.
+    """
+    error = device_error(ret, "axcl.rt.engine_execute", detail)
+    if type(error) in (DeviceError, DeviceBusyError) and seconds >= HUNG_EXECUTE_S:
+        return DeviceTimeoutError(ret, "axcl.rt.engine_execute",
+                                  f"{detail}; it failed after blocking {seconds:.1f} s: the NPU hung")
+    return error
 
 
 def check(ret: int, function: str, detail: str = "") -> None:

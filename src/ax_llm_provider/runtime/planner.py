@@ -124,19 +124,23 @@ def make_plan(spec: StackSpec, start: int, count: int, planner: Planner | None) 
 
 # -- where the costs come from ---------------------------------------------------------------------------
 
-def costs_from_timing(spec: StackSpec, timing: Any) -> PrefillCosts:
+def costs_from_timing(spec: StackSpec, timing: Any, *, kv_d2d: bool = True) -> PrefillCosts:
     """Costs of the axcl backend on the simulated card, from its timing model (runtime/simcard/timing.py).
 
     A chunk: one upload of [embeddings | indices | mask] and one prefill execute per layer. A decode step
     inside a prefill: one upload of [embedding | index], one mask patch and one decode execute per layer.
+    With `kv_d2d` (the backend's default KV write) every execute is followed by two on-card copies of the
+    new K/V rows. tests/contract/test_planner_parity.py checks these against the card's clock.
     """
-    layers, hidden = spec.layers, spec.hidden
+    layers, hidden, row = spec.layers, spec.hidden, 2 * spec.kv_dim
     chunk_ms, step_ms = {}, {}
     for g in spec.prefill_groups:
         upload = g.tokens * (2 * hidden + 4) + 2 * g.tokens * g.mask_columns
-        chunk_ms[g.index] = layers * timing.prefill_layer_ms + timing.transfer_ms(upload, True)
+        copies = 2 * timing.d2d_ms(g.tokens * row) if kv_d2d else 0.0
+        chunk_ms[g.index] = layers * (timing.prefill_layer_ms + copies) + timing.transfer_ms(upload, True)
     for g in spec.decode_groups:
-        step_ms[g.index] = (layers * timing.decode_layer_ms + timing.transfer_ms(2 * hidden + 4, True)
+        copies = 2 * timing.d2d_ms(row) if kv_d2d else 0.0
+        step_ms[g.index] = (layers * (timing.decode_layer_ms + copies) + timing.transfer_ms(2 * hidden + 4, True)
                             + timing.transfer_ms(2, True))
     return PrefillCosts(chunk_ms, step_ms, "simulated card timing model")
 

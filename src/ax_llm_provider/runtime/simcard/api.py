@@ -1,8 +1,14 @@
 """pyaxcl's wrapper conventions, applied to every simulated API function by one decorator.
 
-sdk-api.md section 1.2: results are `ret` alone or a tuple with `ret` last; runtime codes are negative
+docs/sdk-notes.md, "pyaxcl": results are `ret` alone or a tuple with `ret` last; runtime codes are negative
 int32; -1 is pyaxcl's own code for a tripped guard or a swallowed exception; wrappers never raise; NULL
 comes back as None. An implementation signals a runtime error by raising `Fail(code)`.
+
+pyaxcl's wrappers end in a bare `except:`, so even a KeyboardInterrupt or SystemExit raised while a call is
+inside the wrapper comes back as its default (-1): so it does here. The decorator also enforces what the
+AXCL docs require of threads (a bound context for every device call, `context=True`) and charges one PCIe
+round trip (`TimingModel.rpc_ms`) to every call that crosses the bus (`rpc=True`); host-only work such as
+the IO buffer setters costs nothing.
 """
 
 from __future__ import annotations
@@ -33,12 +39,15 @@ def _with_code(default: Any, kind: str, code: int) -> Any:
     return default
 
 
-def api(default: Any, *, value: bool = False, host_only: bool = False) -> Callable[[F], F]:
+def api(default: Any, *, value: bool = False, host_only: bool = False, context: bool = False,
+        rpc: bool = False) -> Callable[[F], F]:
     """Wrap an API method: count it, honour the offline fault, map Fail/exceptions to pyaxcl's returns.
 
     default:   what pyaxcl returns when its guard trips or it swallows an exception.
     value:     the function returns a bare value (no ret), e.g. engine_get_num_inputs.
     host_only: pure host work (malloc_host, free_host) that keeps working when the card is offline.
+    context:   the calling thread must have a bound context (else DEVICE_NO_ACTIVE_DEVICE).
+    rpc:       the call is a request to the card: charge one PCIe round trip (guarded calls too: a small overcharge).
     """
     kind = "value" if value else ("tuple" if isinstance(default, tuple) else "ret")
 
@@ -56,17 +65,22 @@ def api(default: Any, *, value: bool = False, host_only: bool = False) -> Callab
             elif not least <= len(args) <= most:
                 raise TypeError(f"{name}() takes {most} positional arguments but {len(args)} were given")
             card: SimCard = self.card
-            card.counters.calls[name] += 1
+            card.counters.calls[getattr(self, "count_prefix", "") + name] += 1
             if card.faults.offline and not host_only:
                 return _with_code(default, kind, card.faults.offline_code)
             clock = card.clock
             started, slept = perf_counter(), clock.slept_ms
             try:
+                card.faults.maybe_interrupt(name)
+                if context:
+                    card.current_context()
+                if rpc:
+                    clock.charge("rpc", card.timing.rpc_ms)
                 return fn(self, *args, **kwargs)
             except Fail as fail:
                 log.debug("simulated %s -> 0x%08X: %s", name, fail.code, fail)
                 return _with_code(default, kind, fail.code)
-            except Exception as exc:  # pyaxcl swallows everything, logs it and returns its defaults
+            except BaseException as exc:  # noqa: BLE001  # pyaxcl's bare `except:` eats even KeyboardInterrupt
                 log.error("simulated pyaxcl wrapper %s swallowed %s: %s", name, type(exc).__name__, exc)
                 log.debug("swallowed exception", exc_info=True)
                 return default

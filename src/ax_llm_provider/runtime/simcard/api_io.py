@@ -1,4 +1,4 @@
-"""`axcl.rt.engine_*` I/O description and IO-buffer functions of the simulated card (sdk-api.md 1.6).
+"""`axcl.rt.engine_*` I/O description and IO-buffer functions of the simulated card (docs/sdk-notes.md).
 
 Validation follows the [impl] notes: bad dims index/group -> INVALID_INDEX, bad size index -> the uint64 cast of
 INVALID_INDEX, unknown name -> ILLEGAL_PARAM as int32 (not -1), unset slots -> (None, 0, 0). The by-name buffer
@@ -46,14 +46,14 @@ class IoApi:
 
     # -- io info -------------------------------------------------------------------------------
 
-    @api((None, GUARD))
+    @api((None, GUARD), context=True, rpc=True)
     def engine_get_io_info(self, model_id: int) -> tuple[int | None, int]:
         self._model(model_id)
         info = self.card.new_handle("io_info")
         self.card.io_infos[info] = model_id
         return (info, 0)
 
-    @api(GUARD)
+    @api(GUARD, context=True)
     def engine_destroy_io_info(self, io_info: int) -> int:
         if not io_info:
             return GUARD
@@ -66,15 +66,15 @@ class IoApi:
             raise Fail(codes.ERR_ENGINE_NULL_POINTER, f"unknown io_info {io_info}")
         return self.card.models[model_id]
 
-    @api((0, GUARD))
+    @api((0, GUARD), context=True)
     def engine_get_shape_groups_count(self, io_info: int) -> tuple[int, int]:
         return (self._info(io_info).groups, 0) if io_info else (0, GUARD)
 
-    @api(0, value=True)
+    @api(0, value=True, context=True)
     def engine_get_num_inputs(self, io_info: int) -> int:
         return len(self._info(io_info).inputs) if io_info else 0
 
-    @api(0, value=True)
+    @api(0, value=True, context=True)
     def engine_get_num_outputs(self, io_info: int) -> int:
         return len(self._info(io_info).outputs) if io_info else 0
 
@@ -83,26 +83,26 @@ class IoApi:
             return codes.SIZE_INVALID_INDEX  # the uint64 cast of INVALID_INDEX, not 0
         return tensors[index].size(group)
 
-    @api(0, value=True)
+    @api(0, value=True, context=True)
     def engine_get_input_size_by_index(self, io_info: int, group: int, index: int) -> int:
         if not io_info:
             return 0
         d = self._info(io_info)
         return self._size(d.inputs, d.groups, group, index)
 
-    @api(0, value=True)
+    @api(0, value=True, context=True)
     def engine_get_output_size_by_index(self, io_info: int, group: int, index: int) -> int:
         if not io_info:
             return 0
         d = self._info(io_info)
         return self._size(d.outputs, d.groups, group, index)
 
-    @api(None, value=True)
+    @api(None, value=True, context=True)
     def engine_get_input_name_by_index(self, io_info: int, index: int) -> str | None:
         tensors = self._info(io_info).inputs if io_info else ()
         return tensors[index].name if 0 <= index < len(tensors) else None
 
-    @api(None, value=True)
+    @api(None, value=True, context=True)
     def engine_get_output_name_by_index(self, io_info: int, index: int) -> str | None:
         tensors = self._info(io_info).outputs if io_info else ()
         return tensors[index].name if 0 <= index < len(tensors) else None
@@ -113,11 +113,11 @@ class IoApi:
                 return i
         return codes.signed(codes.ERR_ENGINE_ILLEGAL_PARAM)  # not -1
 
-    @api(GUARD, value=True)
+    @api(GUARD, value=True, context=True)
     def engine_get_input_index_by_name(self, io_info: int, name: str) -> int:
         return self._index(self._info(io_info).inputs, name) if io_info and name else GUARD
 
-    @api(GUARD, value=True)
+    @api(GUARD, value=True, context=True)
     def engine_get_output_index_by_name(self, io_info: int, name: str) -> int:
         return self._index(self._info(io_info).outputs, name) if io_info and name else GUARD
 
@@ -126,14 +126,14 @@ class IoApi:
             raise Fail(codes.ERR_ENGINE_INVALID_INDEX, f"dims of tensor {index} group {group}")
         return (list(tensors[index].dims[group]), 0)
 
-    @api(([], GUARD))
+    @api(([], GUARD), context=True)
     def engine_get_input_dims(self, io_info: int, group: int, index: int) -> tuple[list[int], int]:
         if not io_info:
             return ([], GUARD)
         d = self._info(io_info)
         return self._dims(d.inputs, d.groups, group, index)
 
-    @api(([], GUARD))
+    @api(([], GUARD), context=True)
     def engine_get_output_dims(self, io_info: int, group: int, index: int) -> tuple[list[int], int]:
         if not io_info:
             return ([], GUARD)
@@ -145,25 +145,25 @@ class IoApi:
             raise Fail(codes.ERR_ENGINE_ILLEGAL_PARAM, f"tensor index {index}")
         return (tensors[index].dtype if value is None else value, 0)
 
-    @api((0, GUARD))
+    @api((0, GUARD), context=True)
     def engine_get_input_data_type(self, io_info: int, index: int) -> tuple[int, int]:
         return self._per_tensor(self._info(io_info).inputs, index, None) if io_info else (0, GUARD)
 
-    @api((0, GUARD))
+    @api((0, GUARD), context=True)
     def engine_get_output_data_type(self, io_info: int, index: int) -> tuple[int, int]:
         return self._per_tensor(self._info(io_info).outputs, index, None) if io_info else (0, GUARD)
 
-    @api((0, GUARD))
+    @api((0, GUARD), context=True)
     def engine_get_input_data_layout(self, io_info: int, index: int) -> tuple[int, int]:
         return self._per_tensor(self._info(io_info).inputs, index, codes.AXCL_DATA_LAYOUT_NONE) if io_info else (0, GUARD)
 
-    @api((0, GUARD))
+    @api((0, GUARD), context=True)
     def engine_get_output_data_layout(self, io_info: int, index: int) -> tuple[int, int]:
         return self._per_tensor(self._info(io_info).outputs, index, codes.AXCL_DATA_LAYOUT_NONE) if io_info else (0, GUARD)
 
     # -- io and buffers --------------------------------------------------------------------------
 
-    @api((None, GUARD))
+    @api((None, GUARD), context=True)
     def engine_create_io(self, io_info: int) -> tuple[int | None, int]:
         if not io_info:
             return (None, GUARD)
@@ -173,7 +173,7 @@ class IoApi:
                                   [Slot() for _ in desc.outputs])
         return (io, 0)
 
-    @api(GUARD)
+    @api(GUARD, context=True)
     def engine_destroy_io(self, io: int) -> int:
         if not io:
             return GUARD
@@ -214,38 +214,38 @@ class IoApi:
             raise Fail(codes.ERR_ENGINE_ILLEGAL_PARAM, f"index {index}")
         return (slots[index].ptr, slots[index].size, 0)
 
-    @api(GUARD)
+    @api(GUARD, context=True)
     def engine_set_input_buffer_by_index(self, io: int, index: int, data_buffer: int, size: int) -> int:
         return self._set(io, index, data_buffer, size, False)
 
-    @api(GUARD)
+    @api(GUARD, context=True)
     def engine_set_output_buffer_by_index(self, io: int, index: int, data_buffer: int, size: int) -> int:
         return self._set(io, index, data_buffer, size, True)
 
-    @api(GUARD)
+    @api(GUARD, context=True)
     def engine_set_input_buffer_by_name(self, io: int, name: str, data_buffer: int, size: int) -> int:
         return self._set(io, 0, data_buffer, size, False) if name else GUARD  # published bug: first tensor
 
-    @api(GUARD)
+    @api(GUARD, context=True)
     def engine_set_output_buffer_by_name(self, io: int, name: str, data_buffer: int, size: int) -> int:
         return self._set(io, 0, data_buffer, size, True) if name else GUARD
 
-    @api((None, 0, GUARD))
+    @api((None, 0, GUARD), context=True)
     def engine_get_input_buffer_by_index(self, io: int, index: int) -> tuple[int | None, int, int]:
         return self._get(io, index, False)
 
-    @api((None, 0, GUARD))
+    @api((None, 0, GUARD), context=True)
     def engine_get_output_buffer_by_index(self, io: int, index: int) -> tuple[int | None, int, int]:
         return self._get(io, index, True)
 
-    @api((None, 0, GUARD))
+    @api((None, 0, GUARD), context=True)
     def engine_get_input_buffer_by_name(self, io: int, name: str) -> tuple[int | None, int, int]:
         return self._get(io, 0, False) if name else (None, 0, GUARD)
 
-    @api((None, 0, GUARD))
+    @api((None, 0, GUARD), context=True)
     def engine_get_output_buffer_by_name(self, io: int, name: str) -> tuple[int | None, int, int]:
         return self._get(io, 0, True) if name else (None, 0, GUARD)
 
-    @api(GUARD)
+    @api(GUARD, context=True)
     def engine_set_dynamic_batch_size(self, io: int, batch_size: int) -> int:
         return 0 if io else GUARD

@@ -1,4 +1,8 @@
-"""`axcl.rt` memory functions of the simulated card (sdk-api.md section 1.5)."""
+"""`axcl.rt` memory functions of the simulated card (docs/sdk-notes.md, "AXCL runtime").
+
+`malloc_host` is plain host memory, as in V3.10.2 (libc malloc): transfers from it cost what transfers
+from any other host buffer cost, unless the legacy timing model (which assumed it pinned) is chosen.
+"""
 
 from __future__ import annotations
 
@@ -21,19 +25,19 @@ class MemoryApi:
         card.current_context()
         if policy not in (codes.AXCL_MEM_MALLOC_HUGE_FIRST, codes.AXCL_MEM_MALLOC_HUGE_ONLY,
                           codes.AXCL_MEM_MALLOC_NORMAL_ONLY, 3):
-            raise Fail(codes.ERR_MEMORY_ILLEGAL_PARAM, f"malloc policy {policy}")
-        card.reserve_cmm(int(size), codes.ERR_MEMORY_NO_MEMORY)
+            raise Fail(codes.ERR_MEMORY_EXECUTE_FAIL, f"malloc policy {policy}")
+        card.reserve_cmm(int(size), codes.AX_ERR_CMM_NOMEM)  # the device's own CMM code, passed through
         return (card.memory.alloc(size), 0)
 
-    @api((None, GUARD))
+    @api((None, GUARD), context=True, rpc=True)
     def malloc(self, size: int, policy: int) -> tuple[int | None, int]:
         return self._malloc(size, policy)
 
-    @api((None, GUARD))
+    @api((None, GUARD), context=True, rpc=True)
     def malloc_cached(self, size: int, policy: int) -> tuple[int | None, int]:
         return self._malloc(size, policy)
 
-    @api(GUARD)
+    @api(GUARD, context=True, rpc=True)
     def free(self, dev_ptr: int) -> int:
         if not dev_ptr:
             return GUARD
@@ -49,11 +53,11 @@ class MemoryApi:
             raise Fail(codes.ERR_MEMORY_NOT_DEVICE_MEMORY)
         return 0
 
-    @api(GUARD)
+    @api(GUARD, context=True, rpc=True)
     def mem_flush(self, dev_ptr: int, size: int) -> int:
         return self._exact_base(dev_ptr)
 
-    @api(GUARD)
+    @api(GUARD, context=True, rpc=True)
     def mem_invalidate(self, dev_ptr: int, size: int) -> int:
         return self._exact_base(dev_ptr)
 
@@ -68,7 +72,7 @@ class MemoryApi:
         self.card.memory.free_host(host_ptr)
         return 0  # libc free: always succeeds
 
-    @api(GUARD)
+    @api(GUARD, context=True)
     def memset(self, dev_ptr: int, value: int, count: int) -> int:
         if not dev_ptr:
             return GUARD
@@ -91,14 +95,14 @@ class MemoryApi:
         card.counters.copies_by_kind[name] += 1
         timing = card.timing
         if kind == codes.AXCL_MEMCPY_HOST_TO_DEVICE:
-            card.clock.charge("h2d", timing.transfer_ms(count, card.memory.is_pinned(src_ptr, count)))
+            card.clock.charge("h2d", timing.transfer_ms(count, card.memory.is_host_alloc(src_ptr, count)))
         elif kind == codes.AXCL_MEMCPY_DEVICE_TO_HOST:
-            card.clock.charge("d2h", timing.transfer_ms(count, card.memory.is_pinned(dst_ptr, count)))
+            card.clock.charge("d2h", timing.transfer_ms(count, card.memory.is_host_alloc(dst_ptr, count)))
         elif kind == codes.AXCL_MEMCPY_DEVICE_TO_DEVICE:
             card.clock.charge("d2d", timing.d2d_ms(count))
         return 0
 
-    @api(GUARD)
+    @api(GUARD, context=True, rpc=True)
     def memcmp(self, dev_ptr1: int, dev_ptr2: int, count: int) -> int:
         if not dev_ptr1 or not dev_ptr2:
             return GUARD

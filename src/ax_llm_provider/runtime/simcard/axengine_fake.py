@@ -1,12 +1,17 @@
 """A pyaxengine stand-in (module `axengine`, AXCLRT provider) built on a simulated card.
 
-Reproduces sdk-api.md sections 4 and 5: provider selection, `provider_options=[{"device_id": i}]` read as an
+Reproduces pyaxengine 0.1.3 (docs/sdk-notes.md, "pyaxengine"): provider selection, `provider_options=[{"device_id": i}]` read as an
 index into get_device_list(), NodeArg with numpy dtypes (bf16 = ml_dtypes.bfloat16), the AXCLRT session's
 exact construction order through the card's pyaxcl API, and `run()`'s checks in their order with their
 exception types: missing input / unknown output name -> ValueError, bad shape group -> ValueError (or
 IndexError), shape or dtype mismatch -> AssertionError (no casting), an output list omitting a model output ->
 ValueError (HEAD), device failure -> RuntimeError. Every input fed is copied H2D and every output D2H, every
 call: that is the behaviour (and the cost) the axengine backend inherits.
+
+Also its habits: sessions are held in a module-level list (strong references, so dropping one frees nothing;
+only `_unload()` or interpreter exit does), `[INFO]` lines are print()ed to stdout, and a non-zero
+axclrtEngineInit makes session construction raise AttributeError (the real code formats `vnpu.value` on a cffi
+pointer in both of its failure branches).
 """
 
 from __future__ import annotations
@@ -55,11 +60,11 @@ class _Module:
             raise ImportError("No providers found. Please make sure you have installed one of the following: "
                               f"{[AXENGINE, AXCLRT]}")
         self.card, self.available = card, providers
-        self.sessions: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.sessions: list[Any] = []  # strong references, as pyaxengine's _all_model_instances
         self.initialised = False
         self.engine_initialised = False
         self.dtypes = _dtype_map()
-        log.info("[INFO] Available providers: %s", providers)
+        print(f"[INFO] Available providers:  {providers}")
 
     def ensure_init(self) -> None:
         if self.initialised:
@@ -103,22 +108,22 @@ class _AxclrtSession:
             raise RuntimeError(f"Set AXCL device failed {devices[device_index]}.")
         if rt.engine_init(codes.AXCL_VNPU_DISABLE) == 0:
             module.engine_initialised = True
-        else:
-            kind, ret = rt.engine_get_vnpu_kind()
-            if ret != 0:  # the real code's message formatting raises AttributeError here
-                raise AttributeError("cdata 'axclrtEngineVNpuKind *' has no attribute 'value'")
-            log.debug("[WARNING] NPU already initialized (VNPU kind %s)", kind)
-        log.info("[INFO] SOC Name: %s", rt.get_soc_name())
+        else:  # both branches of the real code format `vnpu.value` on a cffi pointer first
+            rt.engine_get_vnpu_kind()
+            raise AttributeError("cdata 'axclrtEngineVNpuKind *' has no attribute 'value'")
+        print(f"[INFO] SOC Name: {rt.get_soc_name()}")
         self._context, ret = rt.get_current_context()
         if ret != 0:
             raise RuntimeError("Get current context failed.")
-        if rt.engine_get_vnpu_kind()[1] != 0:
+        kind, ret = rt.engine_get_vnpu_kind()
+        if ret != 0:
             raise RuntimeError("Failed to get VNPU attribute.")
+        print(f"[INFO] VNPU type: VNPUType.{'DISABLED' if kind == codes.AXCL_VNPU_DISABLE else kind}")
         self._load(rt, path_or_bytes)
         self._model_ctx, ret = rt.engine_create_context(self._model_id)
         if ret != 0:
             raise RuntimeError(f"axclrtEngineCreateContext failed 0x{ret & 0xFFFFFFFF:08x}.")
-        log.info("[INFO] Compiler version: %s", rt.engine_get_model_compiler_version(self._model_id))
+        print(f"[INFO] Compiler version: {rt.engine_get_model_compiler_version(self._model_id)}")
         info, ret = rt.engine_get_io_info(self._model_id)
         count, ret2 = rt.engine_get_shape_groups_count(info) if ret == 0 else (0, ret)
         if ret != 0 or ret2 != 0:
@@ -128,7 +133,7 @@ class _AxclrtSession:
         self._inputs = [self._node_args(rt, g, False) for g in range(count)]
         self._outputs = [self._node_args(rt, g, True) for g in range(count)]
         self._allocate(rt)
-        module.sessions.add(self)
+        module.sessions.append(self)
 
     def _load(self, rt: Any, source: str | bytes) -> None:
         if isinstance(source, str):
@@ -188,10 +193,12 @@ class _AxclrtSession:
             self._model_id = 0
 
     def __del__(self) -> None:
+        # as the real one; it only runs once the module list let go (interpreter exit), so it rarely does
         try:
             self._unload()
-        except (AttributeError, TypeError) as exc:  # interpreter teardown: module globals may be gone
-            log.debug("pyaxengine fake: unload in __del__ failed: %s", exc)
+            self._module.sessions.remove(self)
+        except (AttributeError, TypeError, ValueError) as exc:  # teardown, or never listed
+            log.debug("pyaxengine fake: __del__: %s", exc)
 
     def get_inputs(self, shape_group: int = 0) -> list[NodeArg]:
         return self._group_list(self._inputs, shape_group)
@@ -262,6 +269,7 @@ def make_axengine(card: SimCard | None = None, providers: list[str] | None = Non
             self._provider = _choose_provider(module.available, providers)
             if self._provider != AXCLRT:
                 raise ValueError(f"Selected provider: '{self._provider}' is not simulated.")
+            print(f"[INFO] Using provider: {self._provider}")
             device_index = provider_options[0].get("device_id", 0) if provider_options else 0
             self._sess = _AxclrtSession(module, path_or_bytes, device_index)
 
@@ -305,7 +313,7 @@ def _choose_provider(available: list[str], providers: Any) -> str:
         for entry in providers:
             if isinstance(entry, tuple):
                 assert len(entry) == 2 and isinstance(entry[0], str) and isinstance(entry[1], dict)
-                entry = entry[0]  # the dict is stored but not used (sdk-api.md 4.3)
+                entry = entry[0]  # the dict is stored but not used (docs/sdk-notes.md, "pyaxengine")
             if entry in available:
                 return entry
             log.warning("[WARNING] Selected provider: '%s' is not available.", entry)

@@ -17,6 +17,8 @@ import ctypes
 import itertools
 import logging
 import threading
+import weakref
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -29,6 +31,7 @@ from .api_memory import MemoryApi
 from .faults import Counters, Faults
 from .memory import DeviceMemory, Fail
 from .models import ModelDesc, ModelFactory, null_layer, null_post, shuffled
+from .ownership import acquire, default_namespace, release
 from .timing import DEFAULT_PRESET, Geometry, Preset, SimClock, TimingModel, get_preset
 
 log = logging.getLogger("ax_llm_provider.runtime.simcard")
@@ -66,6 +69,12 @@ class SimLibAxclRt:
             return codes.signed(card.faults.offline_code)
         if device_id not in card.device_ids:
             return codes.signed(codes.ERR_DEVICE_INVALID_ID)
+        # the real call does SetDevice ... ResetDevice itself: refused while another process owns the card
+        borrowed = device_id not in card.owned
+        if borrowed and not card.take_ownership(device_id):
+            return codes.signed(codes.ERR_DEVICE_PORT_ALLOCATE)
+        if borrowed:
+            card.give_up_ownership(device_id)
         ctypes.memset(ctypes.addressof(target), 0, ctypes.sizeof(target))
         target.swVersion = b"V3.10.2_sim"
         target.uid = 0x650_0000_0000 + device_id
@@ -91,10 +100,19 @@ class SimCard:
 
     def __init__(self, preset: str | Preset | None = DEFAULT_PRESET, *, timing: TimingModel | None = None,
                  device_ids: tuple[int, ...] = (1,), cmm_total_bytes: int = 7040 * MIB, sleep: bool = False,
-                 dirty_memory: bool = False, shuffle_io_seed: int | None = None, ort_threads: int = 1) -> None:
+                 dirty_memory: bool = True, shuffle_io_seed: int | None = None, ort_threads: int = 1,
+                 corrupt_aliased_outputs: bool = False, namespace: Path | None = None,
+                 timing_model: str = "strict") -> None:
+        """dirty_memory: fresh device memory holds 0xFF bytes (bf16 NaN), as stale CMM may; False zeroes it.
+        corrupt_aliased_outputs: an execute whose output range overlaps one of its input ranges writes NaN
+        there (what the NPU does with aliased buffers is undocumented: this makes the hazard visible).
+        namespace: where the one-process-per-card lock lives (ownership.default_namespace()).
+        timing_model: "strict" or "legacy" (see timing), applied to the preset's or the given timing.
+        """
         self.card = self
         self.preset = get_preset(preset) if isinstance(preset, str) else preset
-        self.timing = timing or (self.preset.timing if self.preset else get_preset(DEFAULT_PRESET).timing)
+        base = timing or (self.preset.timing if self.preset else get_preset(DEFAULT_PRESET).timing)
+        self.timing = base.named(timing_model)
         self.device_ids = tuple(device_ids)
         self.cmm_total_bytes = cmm_total_bytes
         self.shuffle_io_seed = shuffle_io_seed
@@ -103,6 +121,10 @@ class SimCard:
         self.counters = Counters()
         self.faults = Faults()
         self.memory = DeviceMemory(dirty_memory)
+        self.corrupt_aliased_outputs = corrupt_aliased_outputs
+        self.namespace = namespace or default_namespace()
+        self.owned: set[int] = set()
+        weakref.finalize(self, _release_all, self.namespace, self.owned)  # a dropped card lets go of the device
         self.model_files: dict[str, ModelFactory] = {}
         self.npu_loading_percent = 0.0
         self._handles = itertools.count(0x1000)
@@ -137,6 +159,7 @@ class SimCard:
     @api(GUARD)
     def finalize(self) -> int:
         self._reset_state()  # the process's device state goes away with it
+        _release_all(self.namespace, self.owned)
         return 0
 
     @api(GUARD)
@@ -150,6 +173,20 @@ class SimCard:
 
     def new_handle(self, kind: str) -> int:
         return next(self._handles)
+
+    def take_ownership(self, device_id: int) -> bool:
+        """Hold `device_id` for this process (see ownership); False if another process holds it."""
+        if device_id in self.owned:
+            return True
+        if not acquire(self.namespace, device_id):
+            return False
+        self.owned.add(device_id)
+        return True
+
+    def give_up_ownership(self, device_id: int) -> None:
+        if device_id in self.owned:
+            self.owned.discard(device_id)
+            release(self.namespace, device_id)
 
     def require_init(self) -> None:
         if not self.inited:
@@ -190,7 +227,7 @@ class SimCard:
                 hang.fired += 1
                 hang.entered.set()
                 hang.released.wait(hang.timeout_s)
-                raise Fail(codes.ERR_ENGINE_TIMEOUT, "injected hang ended")
+                raise Fail(codes.ERR_ENGINE_EXECUTE_FAIL, "injected hang ended")
         if faults.execute is not None and faults.execute.trigger():
             raise Fail(faults.execute.code, "injected execute fault")
 
@@ -224,3 +261,9 @@ class SimCard:
         inited = self.inited
         self._reset_state()
         self.inited = inited
+
+
+def _release_all(namespace: Path, owned: set[int]) -> None:
+    for device_id in list(owned):
+        release(namespace, device_id)
+    owned.clear()

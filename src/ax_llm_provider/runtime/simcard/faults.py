@@ -1,7 +1,9 @@
 """Counters and fault injection of the simulated card.
 
 Faults are scheduled by call count so tests are deterministic: `fail_execute(after=5)` makes the sixth
-engine_execute of the card fail. Every fault says which documented runtime code it returns.
+engine_execute of the card fail. Every fault returns a code the V3.10.2 headers declare (or a native one
+passed through): what the runtime really returns for a hang or an exhausted CMM is undocumented, so the
+defaults are the generic EXECUTE_FAIL codes (docs/sdk-notes.md, "Error codes").
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ class ScheduledFault:
 
 @dataclass
 class HangFault:
-    """engine_execute blocks until `release()` or `timeout_s`, then returns ENGINE_TIMEOUT."""
+    """engine_execute blocks until `release()` or `timeout_s`, then returns ENGINE_EXECUTE_FAIL."""
 
     after: int = 0
     timeout_s: float = 30.0
@@ -76,15 +78,29 @@ class Faults:
     offline_code: int = codes.ERR_DEVICE_NO_CONNECT
     execute: ScheduledFault | None = None
     load: ScheduledFault | None = None
+    engine_init: ScheduledFault | None = None
     hang: HangFault | None = None
     cmm_limit_bytes: int | None = None
     temperature_mc: Callable[[Counters], int] | None = None
+    interrupt_in: str | None = None
+
+    def interrupt_next(self, function: str) -> None:
+        """The next call of `function` receives a KeyboardInterrupt while inside pyaxcl's wrapper (a Ctrl+C)."""
+        self.interrupt_in = function
+
+    def maybe_interrupt(self, function: str) -> None:
+        if self.interrupt_in == function:
+            self.interrupt_in = None
+            raise KeyboardInterrupt(f"injected during {function}")
 
     def fail_execute(self, code: int = codes.ERR_ENGINE_EXECUTE_FAIL, after: int = 0, times: int = 1) -> None:
         self.execute = ScheduledFault(code, after, times)
 
     def fail_load(self, code: int = codes.ERR_ENGINE_EXECUTE_FAIL, after: int = 0, times: int = 1) -> None:
         self.load = ScheduledFault(code, after, times)
+
+    def fail_engine_init(self, code: int = codes.ERR_ENGINE_EXECUTE_FAIL, after: int = 0, times: int = 1) -> None:
+        self.engine_init = ScheduledFault(code, after, times)
 
     def hang_execute(self, after: int = 0, timeout_s: float = 30.0, times: int = 1) -> HangFault:
         self.hang = HangFault(after=after, timeout_s=timeout_s, times=times)
@@ -102,7 +118,7 @@ class Faults:
         self.offline = False
 
     def limit_cmm(self, limit_bytes: int | None) -> None:
-        """Pretend CMM holds only `limit_bytes`: malloc and model loads beyond it fail with NO_MEMORY."""
+        """Pretend CMM holds only `limit_bytes`: malloc and model loads beyond it fail (EXECUTE_FAIL codes)."""
         self.cmm_limit_bytes = limit_bytes
 
     def temperature_ramp(self, start_c: float = 45.0, per_execute_c: float = 0.01, max_c: float = 105.0) -> None:

@@ -3,8 +3,8 @@
 Device pointers live at and above DEVICE_BASE (2**56), far above any user-space host address, so the
 card can tell a device pointer from a host one. Host pointers are real process addresses, exactly as
 pyaxcl takes them: `arr.ctypes.data` for a numpy array (keep the array alive across the call), or
-the int returned by `malloc_host`. Transfers touching `malloc_host` memory are "pinned"; any other host
-address pays the unpinned cost of the timing model.
+the int returned by `malloc_host` (plain host memory, as libc malloc is in V3.10.2; only the legacy
+timing model treats it as pinned).
 
 Interior pointers (base + offset) are accepted by memcpy/memset, as on the card. Unlike the card, every
 access is bounds-checked against its allocation and fails with MEMORY_EXECUTE_FAIL instead of silently
@@ -114,7 +114,7 @@ class DeviceMemory:
         if self._pinned.pop(ptr, None) is not None:
             self._pinned_bases.remove(ptr)
 
-    def is_pinned(self, ptr: int, count: int) -> bool:
+    def is_host_alloc(self, ptr: int, count: int) -> bool:
         i = bisect.bisect_right(self._pinned_bases, ptr) - 1
         if i < 0:
             return False
@@ -128,9 +128,9 @@ class DeviceMemory:
         dst_dev, src_dev = self.is_device(dst), self.is_device(src)
         wanted = _SIDES
         if kind not in wanted:
-            raise Fail(codes.ERR_MEMORY_ILLEGAL_PARAM, f"memcpy kind {kind} is not simulated")
+            raise Fail(codes.ERR_MEMORY_EXECUTE_FAIL, f"memcpy kind {kind} is not simulated")
         if wanted[kind] != (dst_dev, src_dev):
-            raise Fail(codes.ERR_MEMORY_ILLEGAL_PARAM,
+            raise Fail(codes.ERR_MEMORY_EXECUTE_FAIL,
                        f"memcpy kind {kind} with dst {'device' if dst_dev else 'host'} / src "
                        f"{'device' if src_dev else 'host'} pointers")
         if count <= 0:

@@ -5,6 +5,10 @@ names, dims per shape group (decode: K_cache [1,C,kv_dim], mask [1,1,C+1]; prefi
 `ax.shape_groups` metadata), data type BF16 for every float tensor, UINT32 for `indices`, and sizes in bytes.
 A twin executes through onnxruntime in float32 (bf16 at the device boundary); a null model reads nothing
 and writes deterministic pseudo-random bf16, so benchmarks can use a full-size geometry cheaply.
+
+The "no history" prefill group declares its placeholder `K_cache` / `V_cache` as [1, 1, hidden], the shape
+vendor code feeds there (docs/sdk-notes.md, "The no-history placeholder"); it is never read, so a twin's
+graph gets zeros of its own [1, 1, kv_dim] instead.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from .timing import Geometry
 
 LAYER_INPUTS = ("input", "indices", "mask", "K_cache", "V_cache")
 LAYER_OUTPUTS = ("K_cache_out", "V_cache_out", "output")
+PLACEHOLDERS = ("K_cache", "V_cache")
 _ORT_TYPES = {"tensor(float)": codes.AXCL_DATA_TYPE_BF16, "tensor(uint32)": codes.AXCL_DATA_TYPE_UINT32,
               "tensor(int32)": codes.AXCL_DATA_TYPE_INT32, "tensor(float16)": codes.AXCL_DATA_TYPE_FP16,
               "tensor(uint8)": codes.AXCL_DATA_TYPE_UINT8, "tensor(int8)": codes.AXCL_DATA_TYPE_INT8}
@@ -65,6 +70,8 @@ class ModelDesc:
     runner: Runner
     compiler_version: str = "sim"
     group_tokens: tuple[int, ...] = field(default=())
+    # (group, tensor) -> the shape the runner wants where the card declares another (the unread placeholder)
+    runner_shapes: dict[tuple[int, str], tuple[int, ...]] = field(default_factory=dict)
 
     @property
     def groups(self) -> int:
@@ -72,11 +79,18 @@ class ModelDesc:
 
 
 def _layer_dims(name: str, tokens: int, history: int, kv_rows: int, hidden: int, kv_dim: int) -> tuple[int, ...]:
+    if history == 0 and name in PLACEHOLDERS:
+        return (1, 1, hidden)  # what vendor bundles declare for the unread no-history cache
     return {
         "input": (1, tokens, hidden), "output": (1, tokens, hidden), "indices": (1, tokens),
         "mask": (1, tokens, history + tokens), "K_cache": (1, kv_rows, kv_dim), "V_cache": (1, kv_rows, kv_dim),
         "K_cache_out": (1, tokens, kv_dim), "V_cache_out": (1, tokens, kv_dim),
     }[name]
+
+
+def _placeholder_runner_shapes(groups: list[dict[str, int]], kv_dim: int) -> dict[tuple[int, str], tuple[int, ...]]:
+    return {(g, name): (1, max(group["kv_rows"], 1), kv_dim)
+            for g, group in enumerate(groups) if group["history"] == 0 for name in PLACEHOLDERS}
 
 
 def _layer_tensors(names: tuple[str, ...], dtypes: dict[str, int], groups: list[dict[str, int]],
@@ -187,7 +201,8 @@ def load_twin(source: str | bytes, threads: int = 1, path: str = "<memory>") -> 
         hidden, kv_dim = shapes["input"][-1], shapes["K_cache"][-1]
         return ModelDesc(_layer_tensors(tuple(t.name for t in ins), dtypes, groups, hidden, kv_dim),
                          _layer_tensors(tuple(t.name for t in outs), dtypes, groups, hidden, kv_dim),
-                         "layer", size, runner, "sim-twin", tuple(g["tokens"] for g in groups))
+                         "layer", size, runner, "sim-twin", tuple(g["tokens"] for g in groups),
+                         _placeholder_runner_shapes(groups, kv_dim))
     kind = "post" if os.path.basename(path).rsplit(".", 1)[0].endswith("_post") else "other"
     return ModelDesc(tuple(TensorDesc(t.name, dtypes[t.name], (_fixed(t.shape, f"{path}:{t.name}"),)) for t in ins),
                      tuple(TensorDesc(t.name, dtypes[t.name], (_fixed(t.shape, f"{path}:{t.name}"),)) for t in outs),
@@ -199,7 +214,8 @@ def shuffled(desc: ModelDesc, seed: int) -> ModelDesc:
     rng = np.random.default_rng(seed)
     ins = tuple(desc.inputs[i] for i in rng.permutation(len(desc.inputs)))
     outs = tuple(desc.outputs[i] for i in rng.permutation(len(desc.outputs)))
-    return ModelDesc(ins, outs, desc.kind, desc.cmm_bytes, desc.runner, desc.compiler_version, desc.group_tokens)
+    return ModelDesc(ins, outs, desc.kind, desc.cmm_bytes, desc.runner, desc.compiler_version, desc.group_tokens,
+                     desc.runner_shapes)
 
 
 ModelFactory = Callable[[], ModelDesc]

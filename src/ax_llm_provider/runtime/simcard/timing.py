@@ -1,17 +1,25 @@
 """Timing model and presets of the simulated card, plus the clock that accumulates simulated device time.
 
-Figures come from docs/field-notes.md. Only the qwen3-0.6b-w8a16 per-layer and lm-head times were
-measured (llama.cpp card backend on an LLM-8850 + Pi 5); every other number is an ESTIMATE derived from
-a published tokens/s figure or from the Pi 5's PCIe link, and is labelled so in `Preset.source`.
+Figures come from docs/sdk-notes.md ("Timing figures"). Only the qwen3-0.6b-w8a16 per-layer and lm-head
+times were measured (llama.cpp card backend on an LLM-8850 + Pi 5); every other number is an ESTIMATE derived
+from a published tokens/s figure or from the Pi 5's PCIe link, and is labelled so in `Preset.source`.
 The clock never sleeps unless asked: tests and benchmarks read the simulated time instead.
+
+Two models: "strict" (the default) charges a PCIe round trip (`rpc_ms`) to every call that crosses the bus
+and the same host-transfer cost whatever allocated the host buffer (`malloc_host` is plain malloc in V3.10.2);
+"legacy" is the earlier model, which charged nothing for the round trips and treated `malloc_host` memory
+as pinned (no ~1 ms extra per transfer). Keep "legacy" only to compare figures.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Literal
 
 MB = 1 << 20
+TimingName = Literal["strict", "legacy"]
+TIMING_MODELS: tuple[str, ...] = ("strict", "legacy")
 
 
 @dataclass(frozen=True)
@@ -39,15 +47,27 @@ class TimingModel:
     post_ms: float  # one execute of the lm-head (post) model
     other_execute_ms: float = 0.46  # any other model: the fixed cost per engine call
     pcie_bytes_per_s: float = 400e6  # Pi 5 PCIe Gen2 x1, effective (ESTIMATE)
-    memcpy_fixed_ms: float = 0.03  # one pinned H2D/D2H round trip (ESTIMATE)
-    unpinned_extra_ms: float = 1.0  # extra for a transfer touching unpinned host memory (field notes: ~1 ms)
+    memcpy_fixed_ms: float = 0.03  # the round trip of one H2D/D2H (ESTIMATE)
+    unpinned_extra_ms: float = 1.0  # extra for a transfer from ordinary host memory (field notes: ~1 ms, C code)
+    rpc_ms: float = 0.03  # the PCIe round trip of any other call that reaches the card (ESTIMATE)
+    malloc_host_pinned: bool = False  # legacy: malloc_host memory skips unpinned_extra_ms
     d2d_bytes_per_s: float = 8e9  # on-card copy (ESTIMATE)
     d2d_fixed_ms: float = 0.03
     memset_fixed_ms: float = 0.03
     properties_ms: float = 20.0  # axclrtGetDeviceProperties runs shell commands on the card (ESTIMATE)
 
-    def transfer_ms(self, nbytes: int, pinned: bool) -> float:
+    def transfer_ms(self, nbytes: int, from_malloc_host: bool) -> float:
+        pinned = from_malloc_host and self.malloc_host_pinned
         return self.memcpy_fixed_ms + nbytes * 1e3 / self.pcie_bytes_per_s + (0.0 if pinned else self.unpinned_extra_ms)
+
+    def legacy(self) -> TimingModel:
+        """The earlier, kinder model: no round trip per call, malloc_host treated as pinned."""
+        return replace(self, rpc_ms=0.0, malloc_host_pinned=True)
+
+    def named(self, name: str) -> TimingModel:
+        if name not in TIMING_MODELS:
+            raise ValueError(f"unknown timing model {name!r}; choose one of {', '.join(TIMING_MODELS)}")
+        return self.legacy() if name == "legacy" else self
 
     def d2d_ms(self, nbytes: int) -> float:
         return self.d2d_fixed_ms + nbytes * 1e3 / self.d2d_bytes_per_s
