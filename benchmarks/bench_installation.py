@@ -1,7 +1,14 @@
 """The installation's experience on the simulated card: time to first token, first sentence and 100 tokens.
 
 Replays a 30-turn conversation of the talking-lantern installation (the whole history resent every turn,
-num_predict 100) on the simulated card for each preset, with and without the prefill planner, in one run.
+num_predict 100) on the simulated card for each preset, in one run, three ways:
+
+  plain chunks       prefill as before the planner (every prompt in padded P-token chunks);
+  planner            the prefill planner (runtime/planner.py) with the card's costs;
+  planner + partial  the planner, and the application sends the visitor's words so far (all but the last
+                     word, as speech recognition delivers them) with num_predict 0 while the visitor is still
+                     speaking; that evaluation is off the critical path and not counted. The request then
+                     prefills only the rest of the line and the template's tail.
 Each turn goes the way the engine takes it: the messages are fitted to the compiled context (engine/context.py,
 old messages dropped in stable blocks), the longest cached prefix is reused and only the new tokens are
 prefilled; then 99 decode steps give the 100th token. The scripted reply is what enters the history, and its
@@ -88,10 +95,13 @@ class Turn:
     plan: str
 
 
+MODES = ("plain chunks", "planner", "planner + partial")
+
+
 @dataclass
 class Replay:
     preset: str
-    planner: bool
+    mode: str
     turns: list[Turn] = field(default_factory=list)
 
 
@@ -111,11 +121,16 @@ def plan_summary(stack: AxclDecoderStack, start: int, count: int) -> str:
     return f"{chunks} chunk(s) + {len(plan) - chunks} step(s)"
 
 
-def replay(preset: str, planner: bool, tokenizer: ChatTokenizer) -> Replay:
+def common_prefix(a: list[int], b: list[int]) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+
+
+def replay(preset: str, mode: str, tokenizer: ChatTokenizer) -> Replay:
     """One pass over the conversation on a fresh simulated card."""
     card = SimCard(preset)
     layers, post = card.add_null_stack()
     stack = AxclDecoderStack(layers, post, card)
+    planner = mode != "plain chunks"
     stack.planner = costs_from_timing(stack.spec, card.timing, kv_d2d=stack.kv_d2d).planner() if planner else None
     capacity, hidden = stack.spec.decode_capacity, stack.spec.hidden
     rows = (np.random.default_rng(0).standard_normal((64, hidden)) * 0.02).astype(np.float32)
@@ -127,15 +142,19 @@ def replay(preset: str, planner: bool, tokenizer: ChatTokenizer) -> Replay:
         return tokenizer.encode(tokenizer.render_chat(messages), add_special_tokens=False)
 
     end_of_turn = tokenizer.encode("<|im_end|>", add_special_tokens=False)
-    result, cuts, history, live = Replay(preset, planner), ConversationCuts(), [], []
+    result, cuts, history, live = Replay(preset, mode), ConversationCuts(), [], []
     clock = card.clock
     try:
         for line, reply in CONVERSATION:
-            messages = [{"role": "system", "content": SYSTEM}, *history, {"role": "user", "content": line}]
-            prompt = fit_messages(messages, render, capacity, cuts=cuts).tokens
-            reused = next((i for i, (a, b) in enumerate(zip(live, prompt, strict=False)) if a != b),
-                          min(len(live), len(prompt)))
-            reused = min(reused, len(prompt) - 1)
+            head = [{"role": "system", "content": SYSTEM}, *history]
+            if mode == "planner + partial" and " " in line:  # num_predict 0 with the words heard so far
+                early = fit_messages([*head, {"role": "user", "content": line.rsplit(" ", 1)[0]}], render, capacity,
+                                     cuts=cuts).tokens
+                done = min(common_prefix(live, early), len(early) - 1)
+                stack.prefill(embeds(early[done:]), done, want_logits=False)
+                live = early
+            prompt = fit_messages([*head, {"role": "user", "content": line}], render, capacity, cuts=cuts).tokens
+            reused = min(common_prefix(live, prompt), len(prompt) - 1)
             summary = plan_summary(stack, reused, len(prompt) - reused)
             started = clock.device_ms
             stack.prefill(embeds(prompt[reused:]), reused)
@@ -160,7 +179,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def figures(run: Replay) -> dict[str, Any]:
-    out: dict[str, Any] = {"preset": run.preset, "planner": run.planner, "turns": len(run.turns),
+    out: dict[str, Any] = {"preset": run.preset, "mode": run.mode, "turns": len(run.turns),
                            "median_new_tokens": statistics.median(t.new for t in run.turns)}
     for name in ("ttft_ms", "sentence_ms", "hundred_ms"):
         values = [v for t in run.turns if (v := getattr(t, name)) is not None]
@@ -179,12 +198,12 @@ def main() -> int:
     results = []
     for preset in args.preset or PRESETS:
         one_chunk = get_preset(preset).timing.prefill_layer_ms * get_preset(preset).geometry.layers
-        for planner in (False, True):
-            run = replay(preset, planner, tokenizer)
+        for mode in MODES:
+            run = replay(preset, mode, tokenizer)
             results.append({**figures(run), "one_chunk_floor_ms": one_chunk})
             if args.turns:
                 for i, t in enumerate(run.turns, 1):
-                    print(f"  {preset} planner={planner} turn {i:2d}: prompt {t.prompt:4d} new {t.new:3d} "
+                    print(f"  {preset} {mode} turn {i:2d}: prompt {t.prompt:4d} new {t.new:3d} "
                           f"[{t.plan}] ttft {t.ttft_ms:7.1f} sentence {t.sentence_ms or float('nan'):7.1f} ms")
     if args.json:
         print(json.dumps(results, indent=2))
@@ -196,7 +215,7 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|")
     for r in results:
         cells = [f"{r[k]['median'] / 1e3:.2f} s / {r[k]['p90'] / 1e3:.2f} s" for k in ("ttft_ms", "sentence_ms", "hundred_ms")]
-        print(f"| {r['preset']} | {'planner' if r['planner'] else 'plain chunks'} | {r['median_new_tokens']} | "
+        print(f"| {r['preset']} | {r['mode']} | {r['median_new_tokens']} | "
               f"{' | '.join(cells)} | {r['one_chunk_floor_ms'] / 1e3:.2f} s |")
     return 0
 
