@@ -4,6 +4,11 @@ A random history is prefilled the plain way; the turn's new tokens then run unde
 mix of decode-group steps and chunks of any length the windows allow) or under the cost planner; the greedy
 continuation must equal the one after plain chunked prefill of the same tokens. Twins come from the real
 converter (tiny random qwen3 / llama checkpoints) with 8-token chunks and windows 0, 8, 16, 24.
+
+One allowance, and only one: a decode call and a chunk add up the same numbers in another order, so with
+bf16 logits (the card's) two tokens that tie, or differ by a rounding step, can swap. A divergence passes only
+at a step where the two tokens' logits are within two bf16 steps of each other in both runs (1e-4 relative
+for the float32 twin); after it the continuations differ legitimately. Anything else fails.
 """
 
 from __future__ import annotations
@@ -31,22 +36,25 @@ from ax_llm_provider.runtime.simcard.timing import get_preset  # noqa: E402
 GEOMETRY = {"decode_capacity": 63, "prefill_chunk": 8, "prefill_histories": (0, 8, 16, 24)}
 STEPS = 6
 BACKENDS = ("onnx", "onnx-exact", "simulated")
+TIE = {"onnx": 1e-4, "onnx-exact": 1e-4, "simulated": 2.0**-6}  # relative: float32, bf16 (two steps)
 
 
 class Bench:
     """One twin opened on every backend, reused across examples (each example prefills from position 0)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, namespace: Path) -> None:
         files = scan_model_dir(root)
         self.stacks: dict[str, DecoderStack] = {
             "onnx": OnnxDecoderStack(files.layers, files.post),
             "onnx-exact": OnnxDecoderStack(files.layers, files.post, exact_shapes=True),
-            "simulated": AxclDecoderStack(files.layers, files.post, SimCard()),
+            # Its own card namespace: a module fixture is set up before the per-test one (tests/conftest.py).
+            "simulated": AxclDecoderStack(files.layers, files.post, SimCard(namespace=namespace)),
         }
         spec = self.stacks["simulated"].spec
         self.table = bf16_to_float32(np.fromfile(files.embedding, dtype="<u2")).reshape(-1, spec.hidden)
 
-    def greedy(self, backend: str, ids: list[int], history: int, plan: list[Chunk] | None) -> list[int]:
+    def greedy(self, backend: str, ids: list[int], history: int,
+               plan: list[Chunk] | None) -> tuple[list[int], list[np.ndarray]]:
         stack = self.stacks[backend]
         stack.planner = None  # type: ignore[attr-defined]
         if history:
@@ -58,12 +66,13 @@ class Bench:
         finally:
             stack.planner = None  # type: ignore[attr-defined]
         assert logits is not None
-        tokens, pos = [], len(ids)
+        tokens, seen, pos = [], [], len(ids)
         for _ in range(STEPS):
+            seen.append(logits)
             tokens.append(int(np.argmax(logits)))
             logits = stack.decode(self.table[tokens[-1]], pos)
             pos += 1
-        return tokens
+        return tokens, seen
 
     def close(self) -> None:
         for stack in self.stacks.values():
@@ -71,10 +80,24 @@ class Bench:
 
 
 @pytest.fixture(scope="module", params=["qwen3", "llama"])
-def bench(request: pytest.FixtureRequest, tiny_twin: Callable[..., Path]) -> Bench:
-    made = Bench(tiny_twin(request.param, 0, **GEOMETRY))
+def bench(request: pytest.FixtureRequest, tiny_twin: Callable[..., Path],
+          tmp_path_factory: pytest.TempPathFactory) -> Bench:
+    made = Bench(tiny_twin(request.param, 0, **GEOMETRY), tmp_path_factory.mktemp("planner-card"))
     request.addfinalizer(made.close)
     return made
+
+
+def assert_same_greedy(backend: str, plain: tuple[list[int], list[np.ndarray]],
+                       other: tuple[list[int], list[np.ndarray]]) -> None:
+    """Equal tokens, except that a tie (within rounding in both runs) may go either way; see the module doc."""
+    for step, (a, b) in enumerate(zip(plain[0], other[0], strict=True)):
+        if a == b:
+            continue
+        for logits in (plain[1][step], other[1][step]):
+            gap = abs(float(logits[a]) - float(logits[b]))
+            assert gap <= TIE[backend] * max(abs(float(logits[a])), 1.0), (
+                f"{backend}: step {step} chose {b} instead of {a}, {gap:.4f} apart: not a tie ({plain[0]} vs {other[0]})")
+        return
 
 
 @st.composite
@@ -102,7 +125,7 @@ def test_every_plan_gives_the_plain_greedy_tokens(bench: Bench, data: st.DataObj
     ids = np.random.default_rng(seed).integers(0, len(bench.table), history + new).tolist()
     plain = bench.greedy(backend, ids, history, None)
     plan = data.draw(random_plan(spec, history, new), label="plan")
-    assert bench.greedy(backend, ids, history, plan) == plain
+    assert_same_greedy(backend, plain, bench.greedy(backend, ids, history, plan))
 
 
 @pytest.mark.parametrize("preset", ["qwen3-0.6b-w8a16", "qwen2.5-0.5b-w4a16"])
@@ -114,7 +137,7 @@ def test_the_cost_planners_plans_give_the_plain_greedy_tokens(bench: Bench, pres
     ids = np.random.default_rng(history * 100 + new).integers(0, len(bench.table), history + new).tolist()
     plan = planner(spec, history, new)
     for backend in BACKENDS:
-        assert bench.greedy(backend, ids, history, plan) == bench.greedy(backend, ids, history, None), backend
+        assert_same_greedy(backend, bench.greedy(backend, ids, history, None), bench.greedy(backend, ids, history, plan))
 
 
 @pytest.mark.parametrize("kv_write", ["d2d", "bind"])
