@@ -178,8 +178,9 @@ fi
 if [[ $SOURCE == dir:* ]]; then
     run install -d -m 0775 "${SOURCE#dir:}"
 fi
-# the card lock: one directory every user sees, so a notebook is told the service owns the card
-write_file /etc/tmpfiles.d/ax-llm.conf "d /run/ax-llm 1777 root root -"
+# the card lock: private to the service user (never world-writable: a planted link or file could
+# be written through); to let a group of notebook users see the service's lock, give it that group
+write_file /etc/tmpfiles.d/ax-llm.conf "d /run/ax-llm 0750 root root -"
 run systemd-tmpfiles --create /etc/tmpfiles.d/ax-llm.conf
 # CPU governor "performance" at every boot (the host orchestrates every token)
 write_file /etc/systemd/system/ax-llm-cpufreq.service "[Unit]

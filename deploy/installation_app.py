@@ -7,7 +7,9 @@ In the order the field notes ask for:
 3. preload the model (keep_alive forever), then READY=1 to systemd (TimeoutStartSec covers the load);
    the engine's health thread sends WATCHDOG=1 while the card answers;
 4. serve prompts from a source: stdin lines, or text files dropped into a directory (`dir:PATH`: each
-   `*.txt` is answered in `PATH/replies/` and moved to `PATH/done/`), through a LangChain chain
+   `*.txt` is answered in `PATH/replies/` and moved to `PATH/done/`; an entry that is not a regular
+   UTF-8 text file of at most --max-prompt-bytes is moved to `PATH/rejected/` with a logged reason, so
+   no inbox entry can stop the app), through a LangChain chain
    (ChatAXOllama, the installation's options, the conversation resent whole every turn) when
    langchain-core is installed, else the in-process Client;
 5. any error becomes the spoken fallback line (a clear, fast error beats a hang); DeviceFatalError (the
@@ -20,9 +22,11 @@ In the order the field notes ask for:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -33,6 +37,8 @@ from ax_llm_provider.engine import lifecycle
 from ax_llm_provider.engine.engine import Engine
 from ax_llm_provider.engine.health import HealthConfig
 from ax_llm_provider.engine.recovery import DeviceFatalError
+from ax_llm_provider.model.durable import clean_stale_partials
+from ax_llm_provider.model.store import ModelStore
 from ax_llm_provider.observability import configure_logging, start_metrics_server
 
 log = logging.getLogger("installation")
@@ -42,6 +48,8 @@ OPTIONS: dict[str, Any] = {"num_predict": 100, "temperature": 0.99, "top_k": 85,
                            "repeat_penalty": 1.5, "repeat_last_n": 64, "stop": ["#", "["]}
 SYSTEM = "You are the voice of an art installation. Answer the visitor in one or two short sentences."
 FALLBACK = "Hmm, my thoughts drifted away for a moment. Ask me again?"
+# A visitor's question is a few hundred bytes; 64 KiB is far above any prompt the model's window takes.
+MAX_PROMPT_BYTES = 64 * 1024
 
 Respond = Callable[[list[tuple[str, str]], str], str]
 
@@ -99,39 +107,130 @@ def is_fatal(exc: BaseException | None, engine: Engine) -> bool:
 # ---- sources and sinks -----------------------------------------------------------------------------------
 
 
-def stdin_source() -> Iterator[tuple[str, str]]:
-    for number, line in enumerate(sys.stdin, 1):
-        if line.strip():
-            yield f"line-{number}", line.strip()
+def stdin_source(max_bytes: int = MAX_PROMPT_BYTES) -> Iterator[tuple[str, str]]:
+    """Non-empty stdin lines; a line longer than max_bytes is skipped (read in bounded pieces, logged)."""
+    stream = sys.stdin.buffer
+    for number in itertools.count(1):
+        line = stream.readline(max_bytes + 1)
+        if not line:
+            return
+        if len(line) > max_bytes and not line.endswith(b"\n"):
+            while (rest := stream.readline(1 << 16)) and not rest.endswith(b"\n"):
+                pass
+            log.warning("stdin line %d refused: longer than %d bytes", number, max_bytes)
+            continue
+        text = line.decode("utf-8", errors="replace").strip()
+        if text:
+            yield f"line-{number}", text
 
 
 def stdout_sink(name: str, reply: str) -> None:
     print(" ".join(reply.splitlines()), flush=True)  # one line per reply, whatever separators the model wrote
 
 
-def directory_source(root: Path, poll_s: float = 0.2) -> Iterator[tuple[str, str]]:
-    """Each `*.txt` in root, oldest first (the sink moves it to root/done once answered). Runs until stopped."""
+class Rejected(Exception):
+    """An inbox entry that cannot be a prompt; the message is the reason logged when it is moved aside."""
+
+
+def read_prompt(path: Path, max_bytes: int) -> str:
+    """The text of a regular UTF-8 file of at most max_bytes, read without following a symlink."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:  # a symlink (ELOOP), no permission, ...
+        raise Rejected(f"cannot be opened as a regular file ({exc.strerror})") from exc
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise Rejected("not a regular file")
+        data = b""
+        while len(data) <= max_bytes and (piece := os.read(fd, max_bytes + 1 - len(data))):
+            data += piece
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise Rejected(f"larger than {max_bytes} bytes")
+    if b"\0" in data:
+        raise Rejected("not UTF-8 text (binary content)")
+    try:
+        return data.decode("utf-8").strip()
+    except UnicodeDecodeError as exc:
+        raise Rejected(f"not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+
+
+def move_aside(root: Path, path: Path, reason: str) -> None:
+    """Move a bad entry to root/rejected/ (a new name if taken) and log why; never raises."""
+    rejected = root / "rejected"
+    target = rejected / path.name
+    try:
+        rejected.mkdir(exist_ok=True)
+        if target.exists() or target.is_symlink():
+            target = rejected / f"{path.name}.{time.time_ns()}"
+        os.replace(path, target)
+    except OSError as exc:
+        log.error("inbox entry %s is bad (%s) and could not be moved to %s: %s", path.name, reason, rejected, exc)
+        return
+    log.warning("inbox entry %s rejected: %s; moved to %s", path.name, reason, target)
+
+
+def _age(path: Path) -> float:
+    try:
+        return path.lstat().st_mtime
+    except OSError:
+        return 0.0  # vanished or unreadable: met first, and handled by the reader
+
+
+def directory_source(root: Path, poll_s: float = 0.2, max_bytes: int = MAX_PROMPT_BYTES) -> Iterator[tuple[str, str]]:
+    """Each `*.txt` in root, oldest first (the sink moves it to root/done once answered). Runs until stopped.
+
+    Entries that are not prompts (directories, links, FIFOs, files over max_bytes, binary or non-UTF-8
+    content) are moved to root/rejected/ with a logged reason; an entry gone before it is read is skipped.
+    """
+    stuck: set[str] = set()  # bad entries that could not be moved: not retried in a tight loop
     while True:
-        files = sorted(root.glob("*.txt"), key=lambda p: p.stat().st_mtime)
-        if not files:
+        entries = sorted((p for p in root.glob("*.txt") if p.name not in stuck), key=_age)
+        if not entries:
             time.sleep(poll_s)
             continue
-        for path in files:
-            if path.exists():
-                yield path.name, path.read_text(encoding="utf-8", errors="replace").strip()
+        for path in entries:
+            try:
+                text = read_prompt(path, max_bytes)
+            except FileNotFoundError:
+                continue  # taken back before it was read
+            except Rejected as exc:
+                move_aside(root, path, str(exc))
+                if path.exists() or path.is_symlink():
+                    stuck.add(path.name)
+                continue
+            yield path.name, text
 
 
 def directory_sink(root: Path) -> Callable[[str, str], None]:
-    """Write the reply to root/replies/<name> (atomically), then move the prompt to root/done/."""
+    """Write the reply to root/replies/<name> (atomically), then move the prompt to root/done/.
+
+    A prompt deleted while it was answered still gets its reply; a reply that cannot be written (disk
+    full) is logged and its prompt moved aside, so it is not answered again and again.
+    """
     replies, done = root / "replies", root / "done"
     replies.mkdir(parents=True, exist_ok=True)
     done.mkdir(parents=True, exist_ok=True)
 
     def sink(name: str, reply: str) -> None:
         tmp = replies / f".{name}.tmp"
-        tmp.write_text(reply + "\n", encoding="utf-8")
-        tmp.replace(replies / name)  # atomic for whoever speaks the replies
-        (root / name).replace(done / name)
+        try:
+            tmp.write_text(reply + "\n", encoding="utf-8")
+            tmp.replace(replies / name)  # atomic for whoever speaks the replies
+        except OSError as exc:
+            log.error("the reply to %s could not be written: %s", name, exc)
+            tmp.unlink(missing_ok=True)
+            move_aside(root, root / name, f"its reply could not be written ({exc.strerror})")
+            return
+        try:
+            (root / name).replace(done / name)
+        except FileNotFoundError:
+            log.warning("prompt %s was removed while it was answered; the reply is in %s", name, replies)
+        except OSError as exc:
+            move_aside(root, root / name, f"could not be moved to {done} ({exc.strerror})")
 
     return sink
 
@@ -175,6 +274,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--source", default=env("AX_LLM_SOURCE", "stdin"), help="stdin or dir:PATH")
     parser.add_argument("--system", default=env("AX_LLM_SYSTEM", SYSTEM))
     parser.add_argument("--fallback", default=env("AX_LLM_FALLBACK", FALLBACK))
+    parser.add_argument("--max-prompt-bytes", type=int, default=int(env("AX_LLM_MAX_PROMPT_BYTES", str(MAX_PROMPT_BYTES))),
+                        help="longer prompts (files or stdin lines) are refused")
     parser.add_argument("--history", type=int, default=int(env("AX_LLM_HISTORY", "10")), help="turns kept")
     parser.add_argument("--options", default=env("AX_LLM_OPTIONS", ""), help="JSON merged over the defaults")
     parser.add_argument("--request-timeout", type=float, default=float(env("AX_LLM_REQUEST_TIMEOUT", "20")))
@@ -190,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.metrics_port:
         start_metrics_server(args.metrics_port)
     options = {**OPTIONS, **(json.loads(args.options) if args.options else {})}
+    clean_stale_partials(ModelStore(args.store).root)  # what a crash or power cut left in the store
     engine = Engine(args.store, backend=args.backend, keep_alive=-1, request_timeout=args.request_timeout,
                     health=HealthConfig.from_env())
     lifecycle.install(engine)  # SIGTERM/SIGINT: finish a load, cancel the generation, finalize, exit 0
@@ -202,9 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     respond = make_responder(engine, args.model, args.system, options)
     if args.source.startswith("dir:"):
         root = Path(args.source[4:])
-        source, sink = directory_source(root), directory_sink(root)
+        source, sink = directory_source(root, max_bytes=args.max_prompt_bytes), directory_sink(root)
     else:
-        source, sink = stdin_source(), stdout_sink
+        source, sink = stdin_source(args.max_prompt_bytes), stdout_sink
     lifecycle.notify_ready(f"serving {args.model}")
     log.info("ready: serving %s from %s (health: %s)", args.model, args.source, engine.health().state)
     return serve(engine, respond, source, sink, args.fallback, args.history)

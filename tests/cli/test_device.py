@@ -97,12 +97,23 @@ def test_bench_human_output_and_errors(cli: Cli) -> None:
 def test_serve_wires_the_engine_of_this_process(store: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
     runner = pytest.importorskip("ax_llm_provider.server.runner", reason="the server module is not in this tree")
     calls: list[tuple[str, int, object]] = []
-    monkeypatch.setattr(runner, "serve", lambda host, port, *, engine, log_level: calls.append((host, port, engine)))
-    code, _, err = cli("serve", "--port", "18080", "--preload", TINY)
+    monkeypatch.setattr(runner, "serve", lambda host, port, *, engine, log_level, **limits: calls.append(
+        (host, port, engine, limits)))
+    monkeypatch.setenv("OLLAMA_ORIGINS", "https://a.example")
+    code, _, err = cli("serve", "--port", "18080", "--preload", TINY, "--origins", "https://b.example",
+                       "--max-body-bytes", "4096", "--head-timeout", "3")
     assert code == 0, err
-    host, port, engine = calls[0]
+    host, port, engine, limits = calls[0]
     assert (host, port) == ("127.0.0.1", 18080)
     assert [m["name"] for m in engine.ps()["models"]] == [TINY]  # type: ignore[attr-defined]
+    guard = limits["guard"]
+    assert guard.origins == ("https://a.example", "https://b.example") and guard.max_body_bytes == 4096
+    assert limits["head_timeout_s"] == 3 and limits["keep_alive_s"] == 5
+
+
+def test_serve_refuses_nonsense_limits(cli: Cli) -> None:
+    code, _, err = cli("serve", "--max-body-bytes", "0")
+    assert code == 1 and "positive" in err
 
 
 def test_serve_without_the_server_module(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:

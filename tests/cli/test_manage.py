@@ -82,7 +82,7 @@ def test_serve_preloads_an_embedding_model(store: Path, cli, monkeypatch: pytest
     runner = pytest.importorskip("ax_llm_provider.server.runner")
     make_embedding_dir(store / "tiny-embed" / "latest")
     calls: list[object] = []
-    monkeypatch.setattr(runner, "serve", lambda host, port, *, engine, log_level: calls.append(engine))
+    monkeypatch.setattr(runner, "serve", lambda host, port, *, engine, log_level, **limits: calls.append(engine))
     code, _, err = cli("serve", "--port", "18080", "--preload", "tiny-embed", "--preload", TINY)
     assert code == 0, err
     from ax_llm_provider.engine.embedder import embedder_cache

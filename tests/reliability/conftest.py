@@ -114,3 +114,16 @@ def assert_no_leaks(before: dict[str, Any], timeout: float = 15.0) -> dict[str, 
     assert now["fds"] <= before["fds"], f"file descriptors leaked: {before['fds']} -> {now['fds']}"
     assert now["tasks"] <= before["tasks"], f"OS threads leaked: {before['tasks']} -> {now['tasks']} ({task_names()})"
     return {"threads": len(now["threads"]), "fds": now["fds"], "tasks": now["tasks"]}
+
+
+@pytest.fixture(scope="module")
+def app() -> Any:
+    """deploy/installation_app.py loaded as a module (it is a script, not part of the package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("installation_app", Path(__file__).resolve().parents[2]
+                                                  / "deploy" / "installation_app.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -3,7 +3,6 @@ when the card is lost, notifies systemd, and stops cleanly on SIGTERM."""
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import os
 import signal
@@ -27,15 +26,6 @@ from .conftest import report
 
 APP = Path(__file__).resolve().parents[2] / "deploy" / "installation_app.py"
 FAST = RecoveryPolicy(step_wait_s=0.001, cmm_retry_wait_s=0.01, reboot_wait_s=0.5, reboot_poll_s=0.05)
-
-
-@pytest.fixture(scope="module")
-def app() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("installation_app", APP)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture()

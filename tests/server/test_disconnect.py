@@ -58,7 +58,7 @@ def open_stream(url: str, body: dict[str, Any], lines: int) -> socket.socket:
     parts = urlsplit(url)
     sock = socket.create_connection((parts.hostname, parts.port), timeout=120)
     payload = json.dumps(body).encode()
-    sock.sendall(b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "
+    sock.sendall(b"POST /api/chat HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: "
                  + str(len(payload)).encode() + b"\r\n\r\n" + payload)
     received = b""
     while received.count(b'"done":false') < lines:

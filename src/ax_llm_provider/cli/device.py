@@ -223,6 +223,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
+        from ..server.guard import GuardConfig
         from ..server.runner import serve
     except ImportError as exc:
         raise CliError(f"`ax-llm serve` is not available in this install ({exc}); "
@@ -230,9 +231,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .common import engine_for, store_of
     from .models import ensure_model
 
+    limits = {"body_timeout_s": args.body_timeout}
+    if args.max_body_bytes is not None:
+        limits["max_body_bytes"] = args.max_body_bytes
+    try:
+        guard = GuardConfig.from_env(tuple(args.origins), **limits)
+    except ValueError as exc:
+        raise CliError(f"{exc}; give positive sizes and timeouts") from exc
+    from ..model.durable import clean_stale_partials
+
+    clean_stale_partials(store_of(args).root)  # what a crash or power cut left in the store
     engine = engine_for(args)
     for model in args.preload or []:
         ensure_model(model, store_of(args))
         engine.load(model)  # everything on the card before the first request
-    serve(args.host, args.port, engine=engine, log_level=args.log_level.lower())
+    serve(args.host, args.port, engine=engine, log_level=args.log_level.lower(), guard=guard,
+          head_timeout_s=args.head_timeout, keep_alive_s=args.keep_alive_timeout)
     return EXIT_OK

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..model.bundle_config import CONFIG_NAME, HF_TOKENIZER_FILE, BundleConfig, read_bundle_config
+from ..model.durable import durable_rename
 from ..model.errors import ModelError
 from ..model.layout import MANIFEST_NAME, scan_model_dir
 from ..model.store import ModelStore, normalize_name
@@ -255,7 +256,7 @@ def pull_bundle(bundle: HubBundle, store: ModelStore, progress: Progress | None 
     _write_manifest(partial, bundle, tokenizer_dir)
     if dest.exists():
         shutil.rmtree(dest)
-    partial.rename(dest)
+    durable_rename(partial, dest)  # fsynced: a power cut leaves the partial download or the whole bundle
     step("done", 4, 4)
     return dest
 

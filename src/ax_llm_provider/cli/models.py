@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import calendar
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -93,11 +94,14 @@ def cmd_list(args: argparse.Namespace) -> int:
         rows += hub.bundle_rows(hub.HUB_BUNDLES.values())
         table(rows)
         return EXIT_OK
-    models = engine_for(args).list()["models"]
+    engine = engine_for(args)
+    models = engine.list()["models"]
     rows = [["NAME", "ID", "SIZE", "MODIFIED"]]
     for m in models:
         rows.append([m["name"], m["digest"][:12], human_bytes(m["size"]), human_since(_parse_iso(m["modified_at"]))])
     table(rows)
+    for bad in engine.store.scan()[1]:
+        print(f"warning: {bad.name} ({bad.path}) is left out: {bad.reason}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -130,7 +134,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
         if is_path_like(name):
             raise CliError(f"{name} is a directory, not a model in the store; delete it yourself if you mean to")
         derived = DerivedStore(store).get(name)
-        shown = derived.name if derived else store.resolve(name).name
+        shown = derived.name if derived else store.exact(name).name  # exact: `rm smollm2` is smollm2:latest, as ollama rm
         if derived is None:
             for engine in process_engines():
                 if any(m["name"] == shown for m in engine.ps()["models"]):

@@ -14,6 +14,7 @@ EPILOG = """environment:
   AX_LLM_BACKEND     auto, onnx, axcl, axengine, simulated (default auto)
   AX_LLM_DEVICE      card index, 0-based (axcl-smi shows it 1-based)
   AX_LLM_KEEP_ALIVE  default keep_alive (default: forever)
+  OLLAMA_ORIGINS     serve: extra browser origins allowed (comma-separated)
 exit codes: 0 ok, 1 error, 2 usage error, 130 interrupted (Ctrl-C)
 docs: docs/index.md (mkdocs build) or the docs/ directory of the repository"""
 
@@ -71,6 +72,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=11434, help="port (default 11434, Ollama's)")
     p.add_argument("--preload", metavar="MODEL", action="append",
                    help="load MODEL before accepting requests (repeatable)")
+    p.add_argument("--origins", metavar="ORIGIN", action="append", default=[],
+                   help="browser origin allowed besides this machine's pages and app:// file:// tauri:// "
+                        "(repeatable; '*' wildcards; added to $OLLAMA_ORIGINS); other origins get 403")
+    p.add_argument("--max-body-bytes", type=int, default=None,
+                   help="largest request body accepted, 413 above it (default $AX_LLM_MAX_BODY_BYTES or 1 MiB)")
+    p.add_argument("--body-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="a request body must arrive within this time, else 408 (default 30)")
+    p.add_argument("--head-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="request headers must arrive within this time, else the connection is closed (default 10)")
+    p.add_argument("--keep-alive-timeout", type=int, default=5, metavar="SECONDS",
+                   help="an idle keep-alive connection is closed after this time (default 5)")
     _backend(p)
     p.set_defaults(func="device:cmd_serve")
 
@@ -101,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ps", help="list the models loaded by THIS process",
                        description="The engine runs inside the process that uses it, so this lists the models "
                                    "loaded by this ax-llm process only (for a single command: none). Run `ax-llm serve` to "
-                                   "keep one process owning the card; ps querying a running server is planned.")
+                                   "keep one process owning the card (its /api/ps lists what it holds).")
     p.set_defaults(func="models:cmd_ps")
 
     from .manage import add_parsers as add_management_parsers

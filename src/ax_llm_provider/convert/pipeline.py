@@ -12,12 +12,20 @@ from pathlib import Path
 
 import numpy as np
 
+from ..model.durable import durable_rename
 from .errors import ConversionError
 from .families import EMBED, FINAL_NORM, LM_HEAD, ModelConfig, layer_tensor
 from .graph import TWIN_FORMAT, build_layer_graph, build_post_graph, shape_groups
 from .quant import WEIGHT_FORMATS, BlockQuant, WeightFormat, quantize, storage_for
 from .source import CheckpointSource, open_source
-from .writer import EMBED_FILE, MANIFEST_FILE, save_onnx, write_bf16_table, write_manifest
+from .writer import (
+    EMBED_FILE,
+    MANIFEST_FILE,
+    save_onnx,
+    write_bf16_table,
+    write_error_message,
+    write_manifest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +94,12 @@ def convert(
             groups = shape_groups(decode_capacity, prefill_chunk, histories)
             storage = resolve_weights(source, weights)
             log.info("%s: storing weights as %s", src_path.name, storage)
-            _write_twin(source, tmp, name or source.default_name(), src_path.name, groups, prefill_chunk,
-                        progress or _no_progress, storage)
-            _commit(tmp, dest_path)
+            try:
+                _write_twin(source, tmp, name or source.default_name(), src_path.name, groups, prefill_chunk,
+                            progress or _no_progress, storage)
+                _commit(tmp, dest_path)
+            except OSError as exc:  # a full disk, most often: say which file and what to do
+                raise ConversionError(write_error_message(exc, dest_path)) from exc
             done = True
         finally:
             if not done:
@@ -288,11 +299,12 @@ def _write_twin(source: CheckpointSource, out: Path, name: str, source_name: str
 
 
 def _commit(tmp: Path, dest: Path) -> None:
-    """Move the finished twin into place; an existing `dest` (overwrite=True) is replaced."""
+    """Move the finished twin into place (files and directories fsynced before the rename, the parent
+    after it: a power cut leaves the old model or the whole new one); an existing `dest` is replaced."""
     if dest.exists():
         old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
         dest.rename(old)
-        tmp.rename(dest)
+        durable_rename(tmp, dest)
         shutil.rmtree(old, ignore_errors=True)
     else:
-        tmp.rename(dest)
+        durable_rename(tmp, dest)

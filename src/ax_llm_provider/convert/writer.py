@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +26,29 @@ _BF16_ROWS_PER_CHUNK = 4096
 float32_to_bf16_bits = float32_to_bf16
 
 
+@contextlib.contextmanager
+def naming(path: Path) -> Iterator[None]:
+    """An OSError while writing `path` names it (a write on a full disk reports no file by itself)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
+
+
+def write_error_message(exc: OSError, where: Path) -> str:
+    """What went wrong writing a model, naming the file, and what to do about a full disk."""
+    target = exc.filename or where
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"no space left on the device while writing {target}; free space under {where.parent} "
+                "and run again (nothing was installed)")
+    return f"writing {target} failed: {exc.strerror or exc} (nothing was installed)"
+
+
 def write_bf16_table(path: Path, table: np.ndarray) -> None:
     """Raw little-endian bf16, row-major [rows, cols], written in chunks to bound memory."""
-    with path.open("wb") as fh:
+    with naming(path), path.open("wb") as fh:
         for start in range(0, table.shape[0], _BF16_ROWS_PER_CHUNK):
             chunk = float32_to_bf16_bits(table[start : start + _BF16_ROWS_PER_CHUNK])
             fh.write(chunk.astype("<u2", copy=False).tobytes())
@@ -38,14 +60,16 @@ def initializer_bytes(model: onnx.ModelProto) -> int:
 
 def save_onnx(model: onnx.ModelProto, path: Path) -> None:
     """Save a graph, moving the weights to `<name>.data` when the protobuf would get too large."""
-    if initializer_bytes(model) > EXTERNAL_DATA_THRESHOLD:
-        location = path.name + ".data"
-        log.info("%s: weights go to external data %s", path.name, location)
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=location, size_threshold=1024)
-    else:
-        onnx.save_model(model, str(path))
+    with naming(path):
+        if initializer_bytes(model) > EXTERNAL_DATA_THRESHOLD:
+            location = path.name + ".data"
+            log.info("%s: weights go to external data %s", path.name, location)
+            onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=location, size_threshold=1024)
+        else:
+            onnx.save_model(model, str(path))
 
 
 def write_manifest(path: Path, manifest: Mapping[str, Any]) -> None:
-    path.write_text(json.dumps(dict(manifest), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    with naming(path):
+        path.write_text(json.dumps(dict(manifest), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -4,9 +4,7 @@
   `DeviceLock` is an advisory `fcntl.flock` on `<lock dir>/card<N>.lock`, taken before the device is
   touched; the holder writes its PID, command line and start time into the file so a second process (a
   second Jupyter kernel) is told who owns the card. The lock dies with its process, so a crash never
-  leaves it stale. Lock dir: $AX_LLM_LOCK_DIR, else /run/ax-llm (created by deploy/install-pi.sh, mode
-  1777, so the service and a notebook user see the same file), else $XDG_RUNTIME_DIR/ax-llm, else
-  /tmp/ax-llm-<uid>. `device_users()` finds processes that hold /dev/axcl* open (for the 0x80300186 case,
+  leaves it stale. Lock dir and safe opening: ax_llm_provider/owner_lock.py. `device_users()` finds processes that hold /dev/axcl* open (for the 0x80300186 case,
   where the owner may not be an ax-llm process).
 * **Never die during a load.** A SIGKILL or exit during an engine load can wedge the card. `install()`
   turns SIGTERM/SIGINT into a clean `SystemExit(0)` raised in the main thread, so the program unwinds and
@@ -35,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from .. import owner_lock
 from .errors import EngineError
 
 if TYPE_CHECKING:
@@ -175,17 +174,8 @@ def in_use_message(card: str, owners: list[Owner], lock_path: Path | None = None
 
 
 def lock_dir() -> Path:
-    """Where card locks live (see the module docstring)."""
-    configured = os.environ.get("AX_LLM_LOCK_DIR")
-    if configured:
-        return Path(configured)
-    run = Path("/run/ax-llm")
-    if run.is_dir() and os.access(run, os.R_OK | os.X_OK):
-        return run
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime and Path(runtime).is_dir():
-        return Path(runtime) / "ax-llm"
-    return Path(f"/tmp/ax-llm-{os.getuid()}")
+    """Where card locks live (owner_lock.lock_dir: no predictable /tmp fallback)."""
+    return owner_lock.lock_dir()
 
 
 class DeviceLock:
@@ -255,19 +245,10 @@ class DeviceLock:
             os.close(fd)
 
     def _open(self) -> tuple[int, bool]:
-        with contextlib.suppress(OSError):
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644), True
-        except PermissionError:  # another user's lock file: flock works on a read-only descriptor too
-            try:
-                return os.open(self.path, os.O_RDONLY | os.O_CLOEXEC), False
-            except OSError as exc:
-                raise DeviceInUseError(f"cannot open the device lock {self.path}: {exc}; set AX_LLM_LOCK_DIR "
-                                       "to a directory every user of the card can write") from exc
+        try:  # no symlinks, no other user's file, a private directory (owner_lock.py)
+            return owner_lock.open_lock_file(self.path)
         except OSError as exc:
-            raise DeviceInUseError(f"cannot create the device lock {self.path}: {exc}; set AX_LLM_LOCK_DIR to a "
-                                   "writable directory") from exc
+            raise DeviceInUseError(f"cannot use the device lock {self.path}: {exc}") from exc
 
     @staticmethod
     def _write_owner(fd: int) -> None:

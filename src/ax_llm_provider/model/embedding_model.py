@@ -36,6 +36,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .durable import durable_rename
 from .errors import ModelDirectoryError, ModelError
 from .layout import MANIFEST_NAME
 
@@ -325,7 +326,7 @@ def install_embedding_model(graph: Path, bundle: Path, dest: Path, *, name: str,
     if dest.exists() and not overwrite:
         raise ModelError(f"{dest} already exists; pass overwrite (ax-llm pull --force) to replace it")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}-") as tmp:
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}.partial-{os.getpid()}-") as tmp:
         work = Path(tmp) / "model"
         work.mkdir()
         with zipfile.ZipFile(bundle) as archive:
@@ -355,6 +356,6 @@ def install_embedding_model(graph: Path, bundle: Path, dest: Path, *, name: str,
         EmbeddingModel(work, name=name).close()  # refuse to install what would not load
         if dest.exists():
             shutil.rmtree(dest)
-        os.replace(work, dest)
+        durable_rename(work, dest)
     log.info("installed embedding model %s in %s", name, dest)
     return dest

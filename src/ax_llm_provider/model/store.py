@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import builtins
+import logging
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ModelNotFoundError
-from .layout import LAYER_PATTERN
+from .errors import ModelError, ModelNotFoundError
+from .layout import LAYER_PATTERN, MANIFEST_NAME
+
+log = logging.getLogger(__name__)
+_REPORTED: set[tuple[Path, str]] = set()  # damaged entries already logged (listings are polled)
 
 DEFAULT_MODEL = "smollm2:135m"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*(:[a-z0-9][a-z0-9._-]*)?$")
@@ -47,6 +53,29 @@ def _looks_like_model_dir(path: Path) -> bool:
     if (path / "ax_model.json").is_file():
         return True
     return any(LAYER_PATTERN.match(p.name) for p in path.rglob("*_together.*"))
+
+
+def _manifest_problem(path: Path) -> str | None:
+    """Why the model directory's manifest cannot be read (None when it is fine or absent)."""
+    from .embedding_model import read_embedding_manifest
+    from .manifest import read_manifest
+
+    manifest = path / MANIFEST_NAME
+    try:
+        if manifest.is_file() and read_embedding_manifest(path) is None:
+            read_manifest(manifest)
+    except (ModelError, OSError, UnicodeDecodeError) as exc:
+        return str(exc)
+    return None
+
+
+@dataclass(frozen=True)
+class DamagedModel:
+    """A store entry that looks like a model but cannot be listed; `reason` says what to fix."""
+
+    name: str
+    path: Path
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -92,19 +121,65 @@ class ModelStore:
                                  f"store: {self.root})")
 
     def list(self) -> list[StoredModel]:
+        """The models that can be listed; damaged entries are logged once and left out (see scan)."""
+        models, damaged = self.scan()
+        for bad in damaged:
+            if (bad.path, bad.reason) not in _REPORTED:
+                _REPORTED.add((bad.path, bad.reason))
+                log.warning("model %s left out of the list: %s", bad.name, bad.reason)
+        return models
+
+    def scan(self) -> tuple[builtins.list[StoredModel], builtins.list[DamagedModel]]:
+        """(good models, damaged entries): one unreadable manifest does not hide the rest of the store."""
         if not self.root.is_dir():
-            return []
-        models = []
+            return [], []
+        models: builtins.list[StoredModel] = []
+        damaged: builtins.list[DamagedModel] = []
         for family in sorted(self.root.iterdir()):
             if not family.is_dir() or family.name.startswith((".", "_")):
                 continue
             for tag in sorted(family.iterdir()):
-                if tag.is_dir() and not tag.name.startswith((".", "_")) and _looks_like_model_dir(tag):
-                    models.append(StoredModel(name=f"{family.name}:{tag.name}", path=tag))
-        return models
+                if not tag.is_dir() or tag.name.startswith((".", "_")):
+                    continue
+                name = f"{family.name}:{tag.name}"
+                try:
+                    if not _looks_like_model_dir(tag):
+                        continue
+                except OSError as exc:
+                    damaged.append(DamagedModel(name, tag, f"cannot be read: {exc}"))
+                    continue
+                problem = _manifest_problem(tag)
+                if problem is None:
+                    models.append(StoredModel(name=name, path=tag))
+                else:
+                    damaged.append(DamagedModel(name, tag, problem))
+        return models, damaged
+
+    def exact(self, name: str) -> StoredModel:
+        """The stored model of exactly this name (`smollm2` is `smollm2:latest`, never `smollm2:135m`)."""
+        normalized = normalize_name(name)
+        path = self.path_for(normalized)
+        if path.is_dir() or path.is_symlink():
+            return StoredModel(name=normalized, path=path)
+        family = normalized.split(":")[0]
+        tags = sorted(p.name for p in (self.root / family).glob("*") if not p.name.startswith((".", "_"))) \
+            if (self.root / family).is_dir() else []
+        hint = f"; give the exact name: {', '.join(f'{family}:{t}' for t in tags)}" if tags else ""
+        raise ModelNotFoundError(f"model '{normalized}' not found in {self.root}{hint}")
 
     def delete(self, name: str) -> None:
-        import shutil
+        """Remove exactly `name` from the store, never anything outside it.
 
-        model = self.resolve(name)
-        shutil.rmtree(model.path)
+        A tag that is a symlink to a model directory elsewhere loses the link only; a family directory
+        that leads outside the store (a symlink) is refused.
+        """
+        model = self.exact(name)
+        root = self.root.resolve()
+        family = model.path.parent
+        if not family.resolve().is_relative_to(root) or family.resolve().parent != root:
+            raise ModelError(f"refusing to delete {model.path}: {family} leads outside the store {root} "
+                             "(a symlink); remove the link yourself if you mean to")
+        if model.path.is_symlink():
+            model.path.unlink()
+        else:
+            shutil.rmtree(model.path)

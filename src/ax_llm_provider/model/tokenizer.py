@@ -22,7 +22,28 @@ def _load_fast_tokenizer(directory: Path) -> Any:
     try:
         return AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
     except (OSError, ValueError) as exc:
+        broken = _first_unreadable_json(directory)
+        if broken is not None:
+            raise ModelDirectoryError(f"cannot load the tokenizer in {directory}: {broken}; fix or replace that "
+                                      "file (`ax-llm pull --force NAME` fetches a known model again)") from exc
         raise ModelDirectoryError(f"cannot load the tokenizer in {directory}: {exc}") from exc
+
+
+TOKENIZER_JSON_FILES = ("tokenizer_config.json", "special_tokens_map.json", "tokenizer.json", "config.json",
+                        "generation_config.json")
+
+
+def _first_unreadable_json(directory: Path) -> str | None:
+    """Which of the tokenizer's JSON files is broken, and how (transformers' own error names no file)."""
+    for name in TOKENIZER_JSON_FILES:
+        path = directory / name
+        if not path.is_file():
+            continue
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            return f"{path} is not readable JSON ({exc})"
+    return None
 
 
 class ChatTokenizer:
@@ -48,7 +69,10 @@ class ChatTokenizer:
                 ids.add(token_id)
         path = self.directory / "generation_config.json"
         if path.is_file():
-            value = json.loads(path.read_text(encoding="utf-8")).get("eos_token_id")
+            try:
+                value = json.loads(path.read_text(encoding="utf-8")).get("eos_token_id")
+            except (OSError, UnicodeDecodeError, ValueError, AttributeError) as exc:
+                raise ModelDirectoryError(f"{path} is not readable JSON ({exc}); fix or replace that file") from exc
             ids |= set(value if isinstance(value, list) else [value] if value is not None else [])
         return ids
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -45,6 +44,7 @@ from ..model.tokenizer_info import verbose_show
 from ..ollama.client import reject_image_generation
 from ..ollama.merge import merge_chat, merge_generate
 from .errors import BadRequest, error_parts
+from .guard import GuardConfig, RequestGuard, origin_pattern
 from .management import management_routes
 from .openai_compat import OpenAIAPI
 from .streaming import EngineStreamResponse, WatchedResponse, send_json
@@ -55,10 +55,6 @@ log = logging.getLogger(__name__)
 OLLAMA_VERSION = "0.12.11"
 
 Handler = Callable[[Request], Awaitable[Response]]
-
-# Ollama's default OLLAMA_ORIGINS: browser pages served from this machine and desktop-app schemes.
-LOCAL_ORIGINS = (r"https?://(localhost|127\.0\.0\.1|0\.0\.0\.0|\[::1\])(:\d+)?",
-                 r"(app|file|tauri|vscode-webview)://.*")
 
 
 class _JSON(JSONResponse):
@@ -89,8 +85,14 @@ async def _body(request: Request) -> dict[str, Any]:
         raise BadRequest("missing request body")
     try:
         body = json.loads(raw)
+        # Lone surrogates ("\ud800") parse but are not text: refuse them here, not deep in the tokenizer.
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequest(f"invalid JSON in the request body: {exc}") from exc
+    except RecursionError as exc:
+        raise BadRequest("invalid JSON in the request body: nested too deeply") from exc
+    except UnicodeEncodeError as exc:
+        raise BadRequest(f"invalid text in the request body: {exc.reason} (a lone UTF-16 surrogate escape)") from exc
     if not isinstance(body, dict):
         raise BadRequest(f"the request body must be a JSON object, got {type(body).__name__}")
     return body
@@ -226,19 +228,25 @@ async def _not_found(request: Request, exc: Exception) -> Response:
     return PlainTextResponse("404 page not found", status_code=404)  # Ollama's (gin's) answer
 
 
-def create_app(engine: Engine | None = None, *, origins: Sequence[str] = ()) -> Starlette:
+def create_app(engine: Engine | None = None, *, origins: Sequence[str] = (),
+               guard: GuardConfig | None = None) -> Starlette:
     """Ollama's REST API over `engine` (default: the process's shared engine from `get_engine()`).
 
     One engine owns the device per process, so pass the engine the rest of the process uses, or none.
-    Cross-origin browser requests are allowed, as Ollama allows them by default, from pages on this
-    machine (localhost, 127.0.0.1, 0.0.0.0, [::1], any port) and app://, file://, tauri://,
-    vscode-webview:// pages; `origins` adds exact origins ("https://example.com") or "*".
+    Every request first passes RequestGuard (server/guard.py): browser origins allowed as Ollama
+    allows them (pages on this machine, app://, file://, tauri://, vscode-webview://, plus
+    OLLAMA_ORIGINS and `origins`; others get 403), the Host header checked on loopback connections
+    (DNS rebinding), the body size and arrival time capped, and model names that are paths refused.
+    `guard` replaces the whole configuration (its origins are used instead of OLLAMA_ORIGINS).
     """
     api = OllamaAPI(engine)
-    patterns = [*LOCAL_ORIGINS, *(".*" if o == "*" else re.escape(o) for o in origins)]
-    cors = Middleware(CORSMiddleware, allow_origin_regex="|".join(f"(?:{p})" for p in patterns),
+    config = guard or GuardConfig.from_env(origins)
+    cors = Middleware(CORSMiddleware, allow_origin_regex="(?i)" + origin_pattern(config.all_origins).pattern,
                       allow_methods=["GET", "HEAD", "POST", "DELETE", "OPTIONS"], allow_headers=["*"])
+    # The guard is the outermost layer: it sees every route, including ones added to the app later.
     routes = [*api.routes(), *OpenAIAPI(api).routes()]
-    app = Starlette(routes=routes, middleware=[cors], exception_handlers={404: _not_found})
+    app = Starlette(routes=routes, middleware=[Middleware(RequestGuard, config=config), cors],
+                    exception_handlers={404: _not_found})
     app.state.api = api
+    app.state.guard = config
     return app
