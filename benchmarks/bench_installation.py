@@ -42,7 +42,7 @@ from _common import model_dir  # noqa: E402
 from ax_llm_provider.engine.context import ConversationCuts, fit_messages  # noqa: E402
 from ax_llm_provider.model.tokenizer import ChatTokenizer  # noqa: E402
 from ax_llm_provider.runtime.axcl_backend import AxclDecoderStack  # noqa: E402
-from ax_llm_provider.runtime.planner import costs_from_timing  # noqa: E402
+from ax_llm_provider.runtime.planner import costs_from_timing, make_plan  # noqa: E402
 from ax_llm_provider.runtime.simcard import SimCard, get_preset  # noqa: E402
 
 PRESETS = ("qwen3-0.6b-w8a16", "qwen2.5-0.5b-w4a16")
@@ -114,8 +114,6 @@ def first_sentence_tokens(tokenizer: ChatTokenizer, reply_ids: list[int]) -> int
 
 
 def plan_summary(stack: AxclDecoderStack, start: int, count: int) -> str:
-    from ax_llm_provider.runtime.planner import make_plan
-
     plan = make_plan(stack.spec, start, count, stack.planner)
     chunks = sum(not c.group.is_decode for c in plan)
     return f"{chunks} chunk(s) + {len(plan) - chunks} step(s)"

@@ -105,8 +105,9 @@ def open_stack(files: ModelFiles, backend: str = "auto", device: int = 0, thread
 def _card_planner(stack: DecoderStack, name: str, card: Any, calibration: Callable[[], Any]) -> Planner | None:
     """The cost-based prefill planner (runtime/planner.py) for the card: costs from the simulated card's timing
     model, or from the real card's calibration record; None (plain chunks) when there is none."""
-    from .planner import costs_from_record, costs_from_timing
+    from .planner import PrefillCosts, costs_from_record, costs_from_timing
 
+    costs: PrefillCosts | None
     if name == "simulated" and hasattr(card, "timing"):
         costs = costs_from_timing(stack.spec, card.timing, kv_d2d=getattr(stack, "kv_d2d", True))
     else:
