@@ -1,4 +1,4 @@
-"""Developer sessions: nox -s tests | lint | typecheck | demo | bench | reliability."""
+"""Developer sessions: nox -s tests | fast | lint | typecheck | demo | bench | reliability."""
 
 from __future__ import annotations
 
@@ -12,6 +12,18 @@ PYTHON = ["3.11", "3.12"]
 def tests(session: nox.Session) -> None:
     session.install("-e", ".[test]")
     session.run("pytest", *session.posargs)
+
+
+# The everyday tier: pure unit tests, the tiny-model contract tests and the CLI, without the statistical
+# runs (slow), the real SmolLM2 (golden), the docs build and the card (npu). `nox -s tests` runs everything.
+FAST = ("tests/unit", "tests/contract", "tests/cli", "-m", "not slow and not golden and not docs and not npu",
+        "-p", "no:cacheprovider", "-q")
+
+
+@nox.session(python="3.11")
+def fast(session: nox.Session) -> None:
+    session.install("-e", ".[test]")
+    session.run("pytest", *FAST, *session.posargs)
 
 
 @nox.session

@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from ax_llm_provider.engine.constraints import GrammarCompiler, format_grammar
-from ax_llm_provider.engine.grammar_sampler import GuidedSampler
+from ax_llm_provider.engine.decoding.constraints import GrammarCompiler, format_grammar
+from ax_llm_provider.engine.decoding.grammar_sampler import GuidedSampler
 from ax_llm_provider.engine.sampler import make_sampler
 
 TARGET_VOCAB = 151936

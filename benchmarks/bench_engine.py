@@ -60,7 +60,7 @@ class TimedStack:
 def conversation_run(engine: Engine, use_cache: bool) -> list[dict[str, float]]:
     messages: list[dict[str, str]] = [{"role": "system", "content": "You are a friendly guide in a museum."}]
     rows = []
-    runner = next(iter(engine._models.values())).runner
+    runner = engine.slots.entries()[0][1].runner
     for turn, text in enumerate(USER_TURNS, start=1):
         messages.append({"role": "user", "content": text})
         if not use_cache:
@@ -83,7 +83,7 @@ def main() -> None:
     path = model_dir()
     engine = Engine(ModelStore(path.parent.parent), backend="onnx", keep_alive=-1)
     list(engine.chat({"model": "smollm2:135m", "messages": []}))  # load
-    runner = next(iter(engine._models.values())).runner
+    runner = engine.slots.entries()[0][1].runner
     timed = TimedStack(runner.model.stack)
     runner.model.stack = timed
     runner.cache.stack = timed

@@ -76,7 +76,7 @@ def stub_runner_engine() -> tuple[Any, Callable[[], None]]:
     from _common import model_dir
 
     from ax_llm_provider.engine.engine import Engine
-    from ax_llm_provider.engine.runner import ModelRunner, RunDelta
+    from ax_llm_provider.engine.runner import ModelRunner, RunStats, RunStep
     from ax_llm_provider.engine.state import LoadedEntry
     from ax_llm_provider.model.tokenizer import ChatTokenizer
 
@@ -90,11 +90,10 @@ def stub_runner_engine() -> tuple[Any, Callable[[], None]]:
                             embeddings=None, context_length=2048)
 
     class InstantRunner(ModelRunner):
-        def run(self, prompt: Any, opts: Any, cancel: Any, result: Any, **kwargs: Any) -> Iterator[Any]:
-            result.prompt_tokens, result.eval_count, result.done_reason = len(prompt), TOKENS, "stop"
-            result.tokens = list(prompt)
+        def run(self, prompt: Any, opts: Any, cancel: Any, **kwargs: Any) -> Iterator[Any]:
             for _ in range(TOKENS):
-                yield RunDelta(" Hello")
+                yield RunStep(" Hello")
+            yield RunStep("", None, RunStats("stop", len(prompt), 0, 0, TOKENS, 0, list(prompt)))
 
     entry = LoadedEntry(runner=InstantRunner(model), path=directory)  # type: ignore[arg-type]
 
@@ -102,10 +101,8 @@ def stub_runner_engine() -> tuple[Any, Callable[[], None]]:
         def _resolve(self, model: str) -> str:
             return MODEL
 
-        def _ensure_loaded(self, name: str) -> tuple[Any, int]:
-            return entry, 0
-
     engine = StubEngine(directory.parent.parent, backend="onnx", keep_alive=-1, auto_pull=False)
+    engine.slots.ensure_loaded = lambda name: (entry, 0)  # type: ignore[method-assign]
     return engine, lambda: engine.close(timeout=5)
 
 

@@ -33,10 +33,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ax_llm_provider.engine import lifecycle
+from ax_llm_provider import process as lifecycle
 from ax_llm_provider.engine.engine import Engine
-from ax_llm_provider.engine.health import HealthConfig
-from ax_llm_provider.engine.recovery import DeviceFatalError
+from ax_llm_provider.engine.ops.health import HealthConfig
+from ax_llm_provider.engine.ops.recovery import DeviceFatalError
 from ax_llm_provider.model.durable import clean_stale_partials
 from ax_llm_provider.model.store import ModelStore
 from ax_llm_provider.observability import configure_logging, start_metrics_server

@@ -50,7 +50,7 @@ def period_s() -> float:
 
 
 def channel_path(card: int, directory: str | Path | None = None) -> Path:
-    from .engine.lifecycle import lock_dir
+    from .process import lock_dir
 
     return (Path(directory) if directory is not None else lock_dir()) / f"card{card}.status.json"
 
@@ -72,7 +72,7 @@ def write_atomically(path: Path, data: dict[str, Any]) -> None:
 
 def pid_alive(pid: int, started: float | None) -> bool:
     """The process exists and is the one that wrote the file (not a later process given the same PID)."""
-    from .engine.lifecycle import process_start_time
+    from .process import process_start_time
 
     if pid <= 0:
         return False
@@ -173,7 +173,7 @@ class StatusPublisher:
         return self
 
     def publish(self) -> bool:
-        from .engine.lifecycle import Owner
+        from .process import Owner
 
         health = self._snapshot()
         if health is None:
@@ -231,20 +231,20 @@ _guard = threading.Lock()
 def publish_status(supervisor: Any, lock: Any) -> StatusPublisher:
     """Start (once per lock file per process) publishing `supervisor.health()` while `lock` is held.
 
-    The engine calls this right after it took the card lock (engine/supervisor.py `_take_lock`). A later
+    The engine calls this right after it took the card lock (engine/ops/device.py `take_lock`). A later
     engine of the same process taking the same lock becomes the one published.
     """
     path = Path(lock.path).with_name(Path(lock.path).stem + ".status.json")
-    card = int(getattr(supervisor.engine, "device", 0))
+    card = int(supervisor.card.device)
     ref = weakref.ref(supervisor)  # without a callback the same ref object each call: an identity key
 
     def snapshot() -> dict[str, Any] | None:
         owner = ref()
-        return owner.health().to_dict() if owner is not None else None
+        return owner.health(closed=owner.closing).to_dict() if owner is not None else None
 
     def held() -> bool:
         owner = ref()
-        return owner is not None and bool(lock.held) and not owner.engine._closed
+        return owner is not None and bool(lock.held) and not owner.closing
 
     with _guard:
         previous = _publishers.get(str(path))

@@ -12,8 +12,8 @@ import pytest
 
 from ax_llm_provider import status_channel
 from ax_llm_provider.calibration.record import CalibrationRecord, Runtime, load_record, record_path
-from ax_llm_provider.engine.lifecycle import process_start_time
 from ax_llm_provider.model.layout import scan_model_dir
+from ax_llm_provider.process import process_start_time
 from ax_llm_provider.runtime.backends import open_stack
 from ax_llm_provider.runtime.simcard import SimCard
 

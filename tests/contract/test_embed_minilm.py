@@ -140,9 +140,9 @@ def test_an_llm_cannot_embed(engine: Engine, client: Client, tiny_twin: Callable
 
 def test_keep_alive_zero_unloads(client: Client, engine: Engine) -> None:
     client.embed(MODEL, "load me")
-    assert "all-minilm:l6-v2" in engine._embedders  # type: ignore[attr-defined]
+    assert "all-minilm:l6-v2" in engine.slots.embedders
     client.embed(MODEL, "and unload", keep_alive=0)
-    assert "all-minilm:l6-v2" not in engine._embedders  # type: ignore[attr-defined]
+    assert "all-minilm:l6-v2" not in engine.slots.embedders
     response = client.embed(MODEL, "loaded again")
     assert response.load_duration and response.load_duration > 0
 

@@ -46,7 +46,7 @@ def chat(engine: Engine, model: str, messages: list[dict[str, Any]], **options: 
 
 
 def runner_of(engine: Engine) -> Any:
-    (entry,) = engine._models.values()
+    ((_, entry),) = engine.slots.entries()
     return entry.runner
 
 
@@ -180,12 +180,12 @@ def test_fuzzed_requests_fail_only_with_documented_errors(engine: Engine, twin: 
 
 def test_load_and_unload_requests(engine: Engine, twin: str) -> None:
     unload = list(engine.chat({"model": twin, "messages": [], "keep_alive": 0}))[-1]
-    assert unload["done_reason"] == "unload" and not engine._models, "an unload must not load the model first"
+    assert unload["done_reason"] == "unload" and not len(engine.slots), "an unload must not load the model first"
     load = list(engine.generate({"model": twin, "keep_alive": -1}))[-1]
-    assert load["done_reason"] == "load" and load["load_duration"] > 0 and len(engine._models) == 1
+    assert load["done_reason"] == "load" and load["load_duration"] > 0 and len(engine.slots) == 1
     assert engine.ps()["models"][0]["expires_at"].startswith("2100")
     unload = list(engine.generate({"model": twin, "keep_alive": 0}))[-1]
-    assert unload["done_reason"] == "unload" and not engine._models
+    assert unload["done_reason"] == "unload" and not len(engine.slots)
     assert engine.resolve(twin) == twin
 
 

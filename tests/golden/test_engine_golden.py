@@ -49,15 +49,15 @@ def test_greedy_chat_matches_golden(smollm2_engine: Engine, messages: list[dict[
 def test_temperature_zero_is_the_argmax_path(smollm2_engine: Engine) -> None:
     messages = GOLDEN[0][0]
     text, _ = run_chat(smollm2_engine, messages, temperature=0, num_predict=12)
-    runner = next(iter(smollm2_engine._models.values())).runner
+    runner = smollm2_engine.slots.entries()[0][1].runner
     model = runner.model
     prompt = model.tokenizer.encode(model.tokenizer.render_chat(messages))
     ids = []
-    for token in generate_tokens(model.stack, model.embeddings, prompt, max_new_tokens=12,
-                                 end_ids=model.tokenizer.eos_ids, sampler=lambda logits, _: int(np.argmax(logits))):
-        if token in model.tokenizer.eos_ids:
+    for step in generate_tokens(model.stack, model.embeddings, prompt, max_new_tokens=12,
+                                end_ids=model.tokenizer.eos_ids, sampler=lambda logits, _: int(np.argmax(logits))):
+        if step.token in model.tokenizer.eos_ids:
             break
-        ids.append(token)
+        ids.append(step.token)
     runner.cache.invalidate()  # the raw loop above overwrote the KV rows behind the cache's back
     assert text == model.tokenizer.decode(ids, skip_special_tokens=True)
 

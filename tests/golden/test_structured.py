@@ -2,7 +2,7 @@
 a seed per prompt), with a bounded num_predict.
 
 What keeps every output complete within num_predict: the schema bounds what it can (maxLength, maxItems,
-enums, integer ranges), and the engine's closing policy (engine/closing.py) ends the JSON when the budget
+enums, integer ranges), and the engine's closing policy (engine/decoding/closing.py) ends the JSON when the budget
 gets short (e.g. a number whose digits go on, or a model that would keep adding array items), so no
 generation ends with done_reason "length" and unparseable text. The budgets leave room above the natural
 answer (the grammar ends the generation as soon as the JSON is complete, so a larger num_predict costs
@@ -79,6 +79,7 @@ def text_of(chunks: list[dict[str, Any]]) -> str:
     return "".join(c["message"]["content"] for c in chunks)
 
 
+@pytest.mark.slow  # statistical: 50 generations
 def test_schema_50_of_50(smollm2_engine: Engine) -> None:
     started, failures, closed, samples = time.monotonic(), [], 0, []
     prompts = [f"Describe {who} from {where} as a JSON profile." for who in WHO for where in WHERE]
@@ -99,6 +100,7 @@ def test_schema_50_of_50(smollm2_engine: Engine) -> None:
     assert closed <= N // 5, f"{closed}/{N} answers were cut short by the closing policy"
 
 
+@pytest.mark.slow  # statistical: 50 generations
 def test_format_json_50_of_50(smollm2_engine: Engine) -> None:
     started, failures, shapes, closed, samples = time.monotonic(), [], set(), 0, []
     prompts = [f"Answer in JSON: describe {thing}, with {aspect}." for thing in THINGS for aspect in ASPECTS]
@@ -119,6 +121,7 @@ def test_format_json_50_of_50(smollm2_engine: Engine) -> None:
     assert not failures, failures  # free-form objects: this model often nests on until the budget closes them
 
 
+@pytest.mark.slow  # statistical: 50 generations
 def test_forced_tool_calls_50_of_50(smollm2_engine: Engine) -> None:
     started, failures, closed, samples = time.monotonic(), [], 0, []
     schemas = {"get_weather": WEATHER["function"]["parameters"], "get_time": TIME["function"]["parameters"]}

@@ -58,7 +58,7 @@ def reliability_twin(tiny_twin: Callable[..., Path]) -> str:
 def warm(reliability_twin: str, tmp_path_factory: pytest.TempPathFactory) -> None:
     """Initialize lazy process-wide pools (tokenizer threads, onnxruntime) before counting threads and fds."""
     from ax_llm_provider.engine.engine import Engine
-    from ax_llm_provider.engine.health import HealthConfig
+    from ax_llm_provider.engine.ops.health import HealthConfig
     from ax_llm_provider.model.store import ModelStore
     from ax_llm_provider.runtime.simcard import SimCard
 

@@ -14,9 +14,9 @@ import sys
 import time
 from typing import Any
 
-from ax_llm_provider.engine import lifecycle
+from ax_llm_provider import process as lifecycle
 from ax_llm_provider.engine.engine import Engine
-from ax_llm_provider.engine.health import HealthConfig
+from ax_llm_provider.engine.ops.health import HealthConfig
 from ax_llm_provider.model.store import ModelStore
 from ax_llm_provider.observability import configure_logging
 from ax_llm_provider.runtime.simcard import SimCard

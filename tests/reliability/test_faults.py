@@ -30,8 +30,8 @@ from typing import Any
 import pytest
 
 from ax_llm_provider.engine.engine import Engine
-from ax_llm_provider.engine.health import DeviceOverheatedError, HealthConfig
-from ax_llm_provider.engine.recovery import RecoveryPolicy
+from ax_llm_provider.engine.ops.health import DeviceOverheatedError, HealthConfig
+from ax_llm_provider.engine.ops.recovery import RecoveryPolicy
 from ax_llm_provider.model.store import ModelStore
 from ax_llm_provider.runtime import axcl_codes as codes
 from ax_llm_provider.runtime.errors import (

@@ -17,8 +17,8 @@ from types import ModuleType
 import pytest
 
 from ax_llm_provider.engine.engine import Engine
-from ax_llm_provider.engine.health import HealthConfig
-from ax_llm_provider.engine.recovery import RecoveryPolicy
+from ax_llm_provider.engine.ops.health import HealthConfig
+from ax_llm_provider.engine.ops.recovery import RecoveryPolicy
 from ax_llm_provider.model.store import ModelStore
 from ax_llm_provider.runtime.simcard import SimCard
 

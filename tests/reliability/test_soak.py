@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from ax_llm_provider.engine.engine import Engine
-from ax_llm_provider.engine.health import HealthConfig
+from ax_llm_provider.engine.ops.health import HealthConfig
 from ax_llm_provider.model.store import ModelStore
 from ax_llm_provider.runtime.simcard import SimCard
 
@@ -100,9 +100,9 @@ class Client:
 
 def snapshot_bytes(engine: Engine) -> int:
     def read() -> int:
-        return sum(entry.runner.cache.snapshot_bytes for entry in engine._models.values())
+        return sum(entry.runner.cache.snapshot_bytes for _, entry in engine.slots.entries())
 
-    return int(engine._worker.call(read, timeout=30))
+    return int(engine.worker.call(read, timeout=30))
 
 
 @pytest.mark.parametrize("backend", ["simulated", "onnx"])
@@ -136,7 +136,7 @@ def test_soak(backend: str, reliability_twin: str, tmp_path: Path, warm: None) -
         gc.collect()
         rss_end = rss_bytes()
         health = engine.health()
-        stats = engine._worker.stats()
+        stats = engine.worker.stats()
     finally:
         engine.close(timeout=30)
     errors = [e for c in clients for e in c.errors]

@@ -36,10 +36,10 @@ def token_times(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     times: list[float] = []
     original = runner_module.generate_tokens
 
-    def timed(*args: Any, **kwargs: Any) -> Iterator[int]:
-        for token in original(*args, **kwargs):
+    def timed(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        for step in original(*args, **kwargs):
             times.append(time.monotonic())
-            yield token
+            yield step
 
     monkeypatch.setattr(runner_module, "generate_tokens", timed)
     return times
@@ -81,7 +81,7 @@ def assert_next_request_starts_at_once(url: str) -> None:
 
 def test_disconnect_mid_stream_frees_the_device_within_one_token(smollm2_url: str, smollm2_engine: Engine,
                                                                   token_times: list[float]) -> None:
-    worker = smollm2_engine._worker
+    worker = smollm2_engine.worker
     before = worker.stats()
     sock = open_stream(smollm2_url, LONG, lines=4)
     assert worker.stats().running is not None  # still generating: 400 tokens take many seconds
@@ -106,7 +106,7 @@ def test_disconnect_mid_stream_frees_the_device_within_one_token(smollm2_url: st
 def test_breaking_out_of_an_ollama_client_stream_cancels_the_generation(smollm2_url: str, smollm2_engine: Engine,
                                                                        token_times: list[float]) -> None:
     """What a UI's stop button does: leave the python client's stream; its connection closes."""
-    worker = smollm2_engine._worker
+    worker = smollm2_engine.worker
     before = worker.stats()
     client = ollama.Client(host=smollm2_url)
     stream = client.chat(**LONG, stream=True)

@@ -26,7 +26,7 @@ import pytest
 
 from ax_llm_provider.engine.engine import Engine
 from ax_llm_provider.engine.errors import EngineError
-from ax_llm_provider.engine.scheduler import CancelToken
+from ax_llm_provider.engine.worker.scheduler import CancelToken
 from ax_llm_provider.server import OLLAMA_VERSION, BackgroundServer, create_app
 from tests.server.conftest import TINY_LLAMA, TINY_QWEN2
 
@@ -58,7 +58,7 @@ def device_held(engine: Engine) -> Iterator[None]:
             pass
         yield None
 
-    stream = engine._worker.submit(job, stall_timeout=None)
+    stream = engine.worker.submit(job, stall_timeout=None)
     assert started.wait(10)
     try:
         yield
@@ -214,7 +214,7 @@ def test_full_queue_answers_503(tiny_url: str, tiny_engine: Engine) -> None:
     with device_held(tiny_engine):
         thread = _post_in_thread(f"{tiny_url}/api/chat", {"model": TINY_LLAMA, "messages": HI, "options": FIXED,
                                                           "stream": False}, waiting)
-        wait_until(lambda: tiny_engine._worker.queue_length == 1)
+        wait_until(lambda: tiny_engine.worker.queue_length == 1)
         started = time.monotonic()
         version = get(f"{tiny_url}/api/version")  # the event loop is free while requests wait
         assert version.status_code == 200 and time.monotonic() - started < 2
@@ -239,16 +239,16 @@ def _raw_request(url: str, path: str, body: dict[str, Any]) -> socket.socket:
 
 def test_disconnect_cancels_a_queued_request(tiny_url: str, tiny_engine: Engine) -> None:
     """A client that gives up while its request waits in the queue takes the request out of the queue."""
-    before = tiny_engine._worker.stats()
+    before = tiny_engine.worker.stats()
     with device_held(tiny_engine):
         sock = _raw_request(tiny_url, "/api/chat", {"model": TINY_LLAMA, "messages": HI, "options": FIXED})
-        wait_until(lambda: tiny_engine._worker.queue_length == 1)
+        wait_until(lambda: tiny_engine.worker.queue_length == 1)
         sock.close()
-        wait_until(lambda: tiny_engine._worker.queue_length == 0, timeout=5)
-        after = tiny_engine._worker.stats()
+        wait_until(lambda: tiny_engine.worker.queue_length == 0, timeout=5)
+        after = tiny_engine.worker.stats()
         assert after.cancelled == before.cancelled + 1 and after.completed == before.completed
     # the device job above completed; the cancelled request never ran
-    assert tiny_engine._worker.stats().completed == before.completed + 1
+    assert tiny_engine.worker.stats().completed == before.completed + 1
 
 
 # ---- errors after the stream started: Ollama's last {"error"} line -------------------------------------------
@@ -345,11 +345,11 @@ def test_closing_a_response_that_never_started_cancels_its_request(tiny_engine: 
     from ax_llm_provider.ollama.merge import merge_chat
     from ax_llm_provider.server.streaming import EngineStreamResponse
 
-    before = tiny_engine._worker.stats()
+    before = tiny_engine.worker.stats()
     with device_held(tiny_engine):
         response = EngineStreamResponse(tiny_engine.achat({"model": TINY_LLAMA, "messages": HI}), stream=True,
                                         merge=merge_chat)
-        assert tiny_engine._worker.queue_length == 1
+        assert tiny_engine.worker.queue_length == 1
         asyncio.run(response._close())
-        assert tiny_engine._worker.queue_length == 0
-    assert tiny_engine._worker.stats().cancelled == before.cancelled + 1
+        assert tiny_engine.worker.queue_length == 0
+    assert tiny_engine.worker.stats().cancelled == before.cancelled + 1

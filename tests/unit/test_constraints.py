@@ -11,17 +11,22 @@ import numpy as np
 import pytest
 from tests.fixtures.tiny_models import train_tiny_tokenizer
 
-from ax_llm_provider.engine.constraints import (
+from ax_llm_provider.engine.decoding.constraints import (
     GrammarCompiler,
     format_grammar,
     select_tools,
     tool_call_grammar,
 )
+from ax_llm_provider.engine.decoding.grammar_sampler import (
+    BannedTokens,
+    ConstraintPlan,
+    GuidedSampler,
+    JsonShape,
+)
+from ax_llm_provider.engine.decoding.toolcall_stream import make_extractor
+from ax_llm_provider.engine.decoding.toolcalls import GENERIC_JSON, HERMES, ToolCallFactory
 from ax_llm_provider.engine.errors import InvalidRequestError
-from ax_llm_provider.engine.grammar_sampler import BannedTokens, ConstraintPlan, GuidedSampler, JsonShape
 from ax_llm_provider.engine.sampler import make_sampler
-from ax_llm_provider.engine.toolcall_stream import make_extractor
-from ax_llm_provider.engine.toolcalls import GENERIC_JSON, HERMES, ToolCallFactory
 
 SCHEMA = {"type": "object", "properties": {
     "name": {"type": "string"},
@@ -185,11 +190,13 @@ def test_maybe_thinking_lets_the_model_open_a_trace(compiler: GrammarCompiler) -
 
 
 def test_maybe_thinking_without_a_trace_is_constrained_at_once(compiler: GrammarCompiler) -> None:
-    think_open = compiler.single_token("<think>")
+    think_open, prose = compiler.single_token("<think>"), compiler.single_token("x")
+    assert think_open is not None and prose is not None
     sampler = guided(compiler, format_grammar(SCHEMA), 4, max_tokens=60, thinking="maybe", think_open=think_open)
-    tokens, text = run_guided(compiler, sampler, 4, 60)
-    if tokens[0] != think_open:
-        jsonschema.validate(json.loads(text), SCHEMA)
+    # the "model" wants prose, not a trace: the first token must already be JSON
+    tokens, text = run_guided(compiler, sampler, 4, 60, scripted={0: prose})
+    assert tokens[0] not in (think_open, prose) and not text.startswith("x")
+    jsonschema.validate(json.loads(text), SCHEMA)
 
 
 def test_inside_thinking_is_unconstrained_until_the_close_tag(compiler: GrammarCompiler) -> None:

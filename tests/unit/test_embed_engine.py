@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import struct
 import time
 import zipfile
@@ -22,9 +23,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
-from ax_llm_provider.engine.embedder import MAX_CACHED, embedder_cache, run_embed, unload_embedders
+from ax_llm_provider.engine.embedder import MAX_CACHED, run_embed
 from ax_llm_provider.engine.engine import Engine
 from ax_llm_provider.engine.errors import CapabilityError, InvalidRequestError
+from ax_llm_provider.engine.options import parse_options
 from ax_llm_provider.engine.requests import EmbedRequest
 from ax_llm_provider.model.embedding_model import (
     EMBED_FORMAT,
@@ -181,18 +183,18 @@ def test_bad_options_and_keep_alive_are_request_errors(engine: Engine) -> None:
 def test_llm_directory_is_a_capability_error(engine: Engine) -> None:
     with pytest.raises(CapabilityError, match="tiny-llm:latest does not support embedding.*hidden states"):
         engine.embed({"model": "tiny-llm", "input": "a"})
-    assert embedder_cache(engine) == {}
+    assert engine.slots.embedders == {}
 
 
 def test_keep_alive_zero_unloads_finite_expires_forever_keeps(engine: Engine) -> None:
     engine.embed({"model": "tiny-embed", "input": "a", "keep_alive": 0})
-    assert embedder_cache(engine) == {}
+    assert engine.slots.embedders == {}
     engine.embed({"model": "tiny-embed", "input": "a", "keep_alive": "1h"})
-    entry = embedder_cache(engine)["tiny-embed:latest"]
+    entry = engine.slots.embedders["tiny-embed:latest"]
     assert entry.expires_at is not None and entry.expires_at > time.time() + 3000
     entry.expires_at = time.time() - 1  # the deadline passed: the next call loads it again
     assert "load_duration" in engine.embed({"model": "tiny-embed", "input": "a", "keep_alive": -1})
-    assert embedder_cache(engine)["tiny-embed:latest"].expires_at is None
+    assert engine.slots.embedders["tiny-embed:latest"].expires_at is None
     assert "load_duration" not in engine.embed({"model": "tiny-embed", "input": "a"})
 
 
@@ -200,7 +202,7 @@ def test_keep_alive_zero_unloads_even_when_the_request_fails(engine: Engine) -> 
     engine.embed({"model": "tiny-embed", "input": "a"})
     with pytest.raises(InvalidRequestError):
         engine.embed({"model": "tiny-embed", "input": "a b c d e f", "truncate": False, "keep_alive": 0})
-    assert embedder_cache(engine) == {}
+    assert engine.slots.embedders == {}
 
 
 def test_cache_is_bounded_and_evicts_least_recently_used(engine: Engine, store: ModelStore) -> None:
@@ -208,9 +210,9 @@ def test_cache_is_bounded_and_evicts_least_recently_used(engine: Engine, store: 
     for name in names:
         make_embedding_dir(store.path_for(name))
         engine.embed({"model": name, "input": "a"})
-    assert list(embedder_cache(engine)) == names[1:]
-    assert engine._worker.call(lambda: unload_embedders(engine)) == MAX_CACHED
-    assert embedder_cache(engine) == {}
+    assert list(engine.slots.embedders) == names[1:]
+    assert engine.worker.call(lambda: engine.slots.unload_embedders()) == MAX_CACHED
+    assert engine.slots.embedders == {}
 
 
 def test_legacy_request_is_not_normalized(engine: Engine) -> None:
@@ -222,7 +224,10 @@ def test_legacy_request_is_not_normalized(engine: Engine) -> None:
 
 
 def test_run_embed_directly_with_a_request_object(engine: Engine) -> None:
-    result = engine._worker.call(lambda: run_embed(engine, EmbedRequest(model="tiny-embed", input="a")))
+    req = EmbedRequest(model="tiny-embed", input="a")
+    opts, warnings = parse_options(None)
+    result = engine.worker.call(lambda: run_embed(engine.slots, req, name=engine.resolve(req.model), opts=opts,
+                                                  warnings=warnings, keep_alive=math.inf))
     assert len(result["embeddings"]) == 1
 
 

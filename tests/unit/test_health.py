@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import signal
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,15 +16,15 @@ from typing import Any
 import pytest
 
 from ax_llm_provider.engine.engine import Engine
-from ax_llm_provider.engine.health import (
+from ax_llm_provider.engine.ops.health import (
     DeviceOverheatedError,
     DeviceReading,
     HealthConfig,
     HealthMonitor,
     host_figures,
 )
-from ax_llm_provider.engine.recovery import DeviceActivity, RecoveryPolicy
-from ax_llm_provider.engine.scheduler import CancelToken, RequestTimeoutError
+from ax_llm_provider.engine.ops.recovery import DeviceActivity, RecoveryPolicy
+from ax_llm_provider.engine.worker.scheduler import CancelToken, RequestTimeoutError
 from ax_llm_provider.model.store import ModelStore
 from ax_llm_provider.observability import (
     JsonFormatter,
@@ -160,18 +162,44 @@ def test_offline_needs_two_reads_and_is_reported_once(hooks: FakeHooks) -> None:
     assert monitor.live()
 
 
+class FakeClock:
+    """A monotonic clock the test moves; `run` ticks the monitor every 10 ms of fake time, with no sleeping."""
+
+    def __init__(self) -> None:
+        self.now = time.monotonic()  # near the real clock: DeviceActivity stamps answers with the real one
+
+    def __call__(self) -> float:
+        return self.now
+
+    def run(self, monitor: HealthMonitor, seconds: float) -> None:
+        end = self.now + seconds
+        while self.now < end:
+            self.now += 0.01
+            monitor.tick()
+
+
 def test_hang_watch_cancels_then_reboots_then_gives_up(hooks: FakeHooks) -> None:
+    clock = FakeClock()
+    monitor = HealthMonitor(hooks, FAST, clock=clock)
+    hooks.activity.busy_since = clock.now
+    clock.run(monitor, 0.25)  # past execute_timeout_s (0.2)
+    assert hooks.calls == ["hang"]
+    assert monitor.hung and not monitor.live()
+    clock.run(monitor, 0.6)  # past hang_reboot_s (0.5) and hang_fatal_s (0.8)
+    assert hooks.calls == ["hang", "reboot", "fatal"]
+    hooks.activity.busy_since = None
+    clock.run(monitor, 0.05)
+    assert not monitor.hung
+    assert hooks.calls == ["hang", "reboot", "fatal"]  # each step once per hang
+
+
+def test_the_monitor_thread_runs_the_same_ticks(hooks: FakeHooks) -> None:
     monitor = monitor_of(hooks).start()
     try:
         hooks.activity.busy_since = time.monotonic()
-        assert until(lambda: hooks.calls == ["hang"], 2)
-        assert monitor.hung and not monitor.live()
-        assert until(lambda: hooks.calls == ["hang", "reboot", "fatal"], 3)
-        hooks.activity.busy_since = None
-        assert until(lambda: not monitor.hung)
+        assert until(lambda: hooks.calls[:1] == ["hang"], 5)
     finally:
         monitor.stop()
-    assert hooks.calls == ["hang", "reboot", "fatal"]  # each step once per hang
 
 
 @pytest.fixture()
@@ -196,27 +224,27 @@ def drain(sock: socket.socket) -> list[bytes]:
 
 
 def test_watchdog_pings_only_while_the_device_answers(hooks: FakeHooks, notify: socket.socket) -> None:
-    monitor = monitor_of(hooks, HealthConfig(period_s=0.02, execute_timeout_s=0.1, hang_reboot_s=None,
-                                             hang_fatal_s=None)).start()
-    try:
-        time.sleep(0.6)
-        assert b"WATCHDOG=1" in drain(notify)
-        hooks.activity.busy_since = time.monotonic()  # a hung execute
-        assert until(lambda: monitor.hung)
-        drain(notify)
-        time.sleep(0.5)
-        assert drain(notify) == []
-        hooks.activity.busy_since = None
-        assert until(lambda: not monitor.hung)
-        time.sleep(0.5)
-        assert b"WATCHDOG=1" in drain(notify)
-        hooks.is_alive = False  # the engine is lost (fatal) or its worker died
-        time.sleep(0.2)
-        drain(notify)
-        time.sleep(0.5)
-        assert drain(notify) == []
-    finally:
-        monitor.stop()
+    clock = FakeClock()
+    monitor = HealthMonitor(hooks, HealthConfig(period_s=0.02, execute_timeout_s=0.1, hang_reboot_s=None,
+                                                hang_fatal_s=None), clock=clock)
+    clock.run(monitor, 0.6)
+    assert b"WATCHDOG=1" in drain(notify)
+    hooks.activity.busy_since = clock.now  # a hung execute
+    clock.run(monitor, 0.2)
+    assert monitor.hung
+    drain(notify)
+    clock.run(monitor, 0.5)
+    assert drain(notify) == []
+    hooks.activity.busy_since = None
+    clock.run(monitor, 0.05)
+    assert not monitor.hung
+    clock.run(monitor, 0.5)
+    assert b"WATCHDOG=1" in drain(notify)
+    hooks.is_alive = False  # the engine is lost (fatal) or its worker died
+    clock.run(monitor, 0.2)
+    drain(notify)
+    clock.run(monitor, 0.5)
+    assert drain(notify) == []
 
 
 def test_host_figures_are_cheap_and_present() -> None:
@@ -240,6 +268,23 @@ def test_onnx_backend_reports_host_only_health(tmp_path: Path, tiny_twin: Callab
     assert snap["device"] == "cpu" and snap["online"] is True and snap["backend"] == "onnx"
     assert snap["temperature_c"] is None and snap["cmm_total_mb"] is None and snap["state"] == "ok"
     assert snap["host"]["rss_mb"] > 0 and json.dumps(snap)
+
+
+def _health_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "ax-llm-health" and t.is_alive()]
+
+
+def test_the_cpu_twin_starts_no_monitor_and_no_signal_handler_unless_asked(
+        tmp_path: Path, tiny_twin: Callable[..., Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WATCHDOG_USEC", raising=False)
+    before, sigterm = len(_health_threads()), signal.getsignal(signal.SIGTERM)
+    with Engine(ModelStore(tmp_path), backend="onnx", auto_pull=False) as engine:
+        chat(engine, str(tiny_twin("llama")))
+        assert len(_health_threads()) == before and engine.health().state == "ok"
+        assert signal.getsignal(signal.SIGTERM) is sigterm
+    with Engine(ModelStore(tmp_path), backend="onnx", auto_pull=False, health=FAST):  # asked for
+        assert len(_health_threads()) == before + 1
+    assert len(_health_threads()) == before
 
 
 def test_simulated_card_health_reads_temperature_cmm_and_load(tmp_path: Path, tiny_twin: Callable[..., Path]) -> None:
@@ -301,7 +346,7 @@ def test_json_formatter_carries_the_request_id_and_extras() -> None:
 
 def test_every_request_logs_one_done_line_with_counts(tmp_path: Path, tiny_twin: Callable[..., Path],
                                                       caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="ax_llm_provider.engine.supervisor")
+    caplog.set_level(logging.INFO, logger="ax_llm_provider.engine.ops")
     with Engine(ModelStore(tmp_path), backend="onnx", auto_pull=False, health=FAST) as engine:
         model = str(tiny_twin("llama"))
         chat(engine, model)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from ax_llm_provider.engine import lifecycle
-from ax_llm_provider.engine.lifecycle import DeviceInUseError, DeviceLock, ShutdownRequested
+from ax_llm_provider import process as lifecycle
+from ax_llm_provider.process import DeviceInUseError, DeviceLock, ShutdownRequested
 
 
 @pytest.fixture()
@@ -93,7 +93,7 @@ def test_lock_is_reentrant_in_one_process_and_records_the_owner(tmp_path: Path) 
 
 HOLDER = """
 import sys, time
-from ax_llm_provider.engine.lifecycle import DeviceLock
+from ax_llm_provider.process import DeviceLock
 lock = DeviceLock("card0", sys.argv[1])
 lock.acquire()
 print("held", flush=True)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from ax_llm_provider import owner_lock
-from ax_llm_provider.engine import lifecycle
-from ax_llm_provider.engine.lifecycle import DeviceInUseError, DeviceLock
+from ax_llm_provider import process as lifecycle
+from ax_llm_provider.process import DeviceInUseError, DeviceLock
 
 VICTIM = b"precious contents\n"
 

@@ -13,8 +13,8 @@ import pytest
 
 from ax_llm_provider.engine.engine import Engine
 from ax_llm_provider.engine.errors import EngineError
-from ax_llm_provider.engine.health import HealthConfig
-from ax_llm_provider.engine.recovery import (
+from ax_llm_provider.engine.ops.health import HealthConfig
+from ax_llm_provider.engine.ops.recovery import (
     DeviceFatalError,
     RecoveryLadder,
     RecoveryPolicy,

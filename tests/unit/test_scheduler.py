@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ax_llm_provider.engine.scheduler import (
+from ax_llm_provider.engine.worker.scheduler import (
     AsyncRequestStream,
     CancelToken,
     ConsumerStalledError,

@@ -15,7 +15,7 @@ import pytest
 
 from ax_llm_provider import status_channel as sc
 from ax_llm_provider.doctor import run_doctor
-from ax_llm_provider.engine.lifecycle import DeviceLock
+from ax_llm_provider.process import DeviceLock
 
 HEALTH = {"state": "ok", "device": "card 0", "models": ["qwen3:0.6b-axcl"], "temperature_c": 52.5,
           "cmm_free_mb": 5000.0, "cmm_total_mb": 7040.0, "npu_load_percent": 40.0, "device_cpu_load_percent": 3.0,
@@ -46,7 +46,7 @@ def test_no_channel_reads_as_none(lock_dir: Path) -> None:
 
 
 def test_a_live_fresh_owner(lock_dir: Path) -> None:
-    from ax_llm_provider.engine.lifecycle import process_start_time
+    from ax_llm_provider.process import process_start_time
 
     write(lock_dir, os.getpid(), process_start_time(os.getpid()), time.time() - 1)
     status = sc.read_status(0)
@@ -104,7 +104,7 @@ def test_publisher_follows_the_lock_and_removes_its_file(lock_dir: Path) -> None
 
 def test_doctor_reads_a_live_owner_and_does_not_open_the_card(lock_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from ax_llm_provider import doctor
-    from ax_llm_provider.engine.lifecycle import process_start_time
+    from ax_llm_provider.process import process_start_time
 
     monkeypatch.setattr(doctor, "check_driver", lambda report: True)  # a machine with a card
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ax_llm_provider.engine.thinking import (
+from ax_llm_provider.engine.decoding.thinking import (
     ThinkSplitter,
     strip_earlier_thinking,
     strip_think,

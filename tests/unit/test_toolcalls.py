@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tests.fixtures.tiny_models import CHATML_TEMPLATE, QWEN_TEMPLATE
 
-from ax_llm_provider.engine.toolcall_stream import JsonExtractor, TaggedExtractor, make_extractor
-from ax_llm_provider.engine.toolcalls import (
+from ax_llm_provider.engine.decoding.toolcall_stream import JsonExtractor, TaggedExtractor, make_extractor
+from ax_llm_provider.engine.decoding.toolcalls import (
     GENERIC_JSON,
     HERMES,
     LLAMA3,
@@ -69,7 +69,7 @@ def test_registry_accepts_new_families() -> None:
     try:
         assert family_for_template("x <<call>> tools") is custom
     finally:
-        from ax_llm_provider.engine import toolcalls
+        from ax_llm_provider.engine.decoding import toolcalls
 
         toolcalls._REGISTRY.remove(custom)
 

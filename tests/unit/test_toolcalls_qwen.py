@@ -12,16 +12,16 @@ import jsonschema
 import pytest
 from tests.fixtures.tiny_models import QWEN_TEMPLATE, make_tiny_hf_model
 
+from ax_llm_provider.engine.decoding.response_parser import ResponseParser, prompt_opens_think
+from ax_llm_provider.engine.decoding.thinking import ThinkSplitter
+from ax_llm_provider.engine.decoding.toolcall_stream import TaggedExtractor
+from ax_llm_provider.engine.decoding.toolcalls import HERMES, ToolCallFactory
+from ax_llm_provider.engine.decoding.tools_prompt import FORCED_PROMPT_TOOLS, PROMPT_TOOLS
 from ax_llm_provider.engine.engine import Engine
 from ax_llm_provider.engine.errors import CapabilityError, InvalidRequestError
 from ax_llm_provider.engine.prompt import PromptBuilder
 from ax_llm_provider.engine.requests import ChatRequest
-from ax_llm_provider.engine.response_parser import ResponseParser, prompt_opens_think
 from ax_llm_provider.engine.textstream import TextStream
-from ax_llm_provider.engine.thinking import ThinkSplitter
-from ax_llm_provider.engine.toolcall_stream import TaggedExtractor
-from ax_llm_provider.engine.toolcalls import HERMES, ToolCallFactory
-from ax_llm_provider.engine.tools_prompt import FORCED_PROMPT_TOOLS, PROMPT_TOOLS
 from ax_llm_provider.model.store import ModelStore
 from ax_llm_provider.model.tokenizer import ChatTokenizer
 

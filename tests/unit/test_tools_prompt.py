@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ax_llm_provider.engine.toolcall_stream import make_extractor
-from ax_llm_provider.engine.toolcalls import ToolCallFactory
-from ax_llm_provider.engine.tools_prompt import (
+from ax_llm_provider.engine.decoding.toolcall_stream import make_extractor
+from ax_llm_provider.engine.decoding.toolcalls import ToolCallFactory
+from ax_llm_provider.engine.decoding.tools_prompt import (
     PROMPT_TOOLS,
     has_tool_history,
     inject_tools,

@@ -13,7 +13,7 @@ log = logging.getLogger(__name__)
 
 def _take_card(device: int) -> Any:
     """The card lock, or CalibrationError naming the process that holds the card (never opened here)."""
-    from ..engine.lifecycle import DeviceInUseError, DeviceLock
+    from ..process import DeviceInUseError, DeviceLock
     from ..status_channel import read_status
 
     status = read_status(device)

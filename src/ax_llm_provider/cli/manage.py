@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from ..model.manage import copy_model, create_progress, plan_create
 from ..model.modelfile import parse_modelfile
@@ -43,7 +44,7 @@ def cmd_cp(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:
+def add_parsers(sub: Any) -> None:  # argparse's subparsers action (its class is private)
     p = sub.add_parser(
         "create", help="create a model from a Modelfile (a name over a base model with its own defaults)",
         description="Like `ollama create`: FROM names the base model (a stored name, a known name pulled on "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from .. import __version__
 from ..model.store import DEFAULT_MODEL
@@ -26,7 +27,7 @@ def _backend(p: argparse.ArgumentParser, default: str | None = None) -> None:
     p.add_argument("--device", type=int, default=None, help="card index, 0-based (default $AX_LLM_DEVICE or 0)")
 
 
-def _run_parser(sub: argparse._SubParsersAction) -> None:
+def _run_parser(sub: Any) -> None:  # argparse's subparsers action (its class is private)
     p = sub.add_parser(
         "run", help="chat with a model: one answer when a prompt is given, else an interactive chat",
         description="Answer PROMPT and exit, or (without a prompt, on a terminal) start an interactive chat "
@@ -49,7 +50,7 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--nowordwrap", action="store_true", help="do not wrap words at the terminal's width")
     p.add_argument("-i", "--interactive", action="store_true",
                    help="interactive chat even when stdin is not a terminal (reads messages line by line)")
-    p.set_defaults(func="run:cmd_run")
+    p.set_defaults(func="repl:cmd_run")
 
 
 def build_parser() -> argparse.ArgumentParser:

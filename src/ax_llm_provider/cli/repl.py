@@ -1,16 +1,17 @@
-"""The interactive chat of `ax-llm run MODEL`, with ollama run's slash commands and multi-line input."""
+"""`ax-llm run MODEL`: one answer, or the interactive chat with ollama run's slash commands and multi-line input."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 from typing import Any, TextIO
 
 from ..engine.errors import EngineError
 from ..model.errors import ModelError
-from .common import EXIT_OK, CliError
+from .common import EXIT_OK, CliError, store_of
 from .models import describe, ensure_model, modelfile, print_info
-from .run import ChatSession, check_options, parse_value
+from .run import ChatSession, check_options, parse_value, session_from_args
 
 HELP = '''Available Commands:
   /set            Set session variables
@@ -255,3 +256,19 @@ class Repl:
             return
         self.session.model = name
         self.session.clear()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    stdin, out, err = sys.stdin, sys.stdout, sys.stderr
+    session = session_from_args(args, out, err)  # usage errors before any download or load
+    ensure_model(args.model, store_of(args))
+    interactive = args.interactive or (args.prompt is None and stdin.isatty())
+    if interactive:
+        repl = Repl(session, args, stdin=stdin, out=out, err=err)
+        return repl.run(first_prompt=args.prompt)
+    text = args.prompt if args.prompt is not None else stdin.read()
+    if not text.strip():  # nothing to ask: load the model (as a preload would) and stop
+        session.engine.load(args.model, keep_alive=args.keepalive)
+        return EXIT_OK
+    session.send(text)
+    return EXIT_OK

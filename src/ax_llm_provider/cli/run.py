@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ..engine.keepalive import parse_keep_alive
 from ..engine.options import OPTION_NAMES, InvalidOptionError, parse_options
-from .common import EXIT_OK, UsageError, engine_for, store_of
-from .models import ensure_model
+from .common import UsageError, engine_for
 from .output import ReplyPrinter, verbose_stats
 
 if TYPE_CHECKING:
@@ -164,21 +162,3 @@ def session_from_args(args: argparse.Namespace, out: TextIO, err: TextIO) -> Cha
         keep_alive=args.keepalive, verbose=args.verbose,
         wordwrap=not args.nowordwrap and out.isatty(),
     )
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    stdin, out, err = sys.stdin, sys.stdout, sys.stderr
-    session = session_from_args(args, out, err)  # usage errors before any download or load
-    ensure_model(args.model, store_of(args))
-    interactive = args.interactive or (args.prompt is None and stdin.isatty())
-    if interactive:
-        from .repl import Repl
-
-        repl = Repl(session, args, stdin=stdin, out=out, err=err)
-        return repl.run(first_prompt=args.prompt)
-    text = args.prompt if args.prompt is not None else stdin.read()
-    if not text.strip():  # nothing to ask: load the model (as a preload would) and stop
-        session.engine.load(args.model, keep_alive=args.keepalive)
-        return EXIT_OK
-    session.send(text)
-    return EXIT_OK

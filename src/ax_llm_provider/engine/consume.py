@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
 
 from .errors import EngineBusyError, EngineError, RequestCanceledError, RequestTimedOutError
-from .recovery import HangCancelled
-from .scheduler import (
+from .ops.recovery import HangCancelled
+from .responses import Chunk
+from .worker.scheduler import (
     AsyncRequestStream,
     QueueFullError,
     RequestCancelled,
@@ -15,8 +15,6 @@ from .scheduler import (
     RequestTimeoutError,
     SchedulerError,
 )
-
-Chunk = dict[str, Any]
 
 
 def engine_error(exc: SchedulerError) -> Exception:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -40,9 +39,11 @@ from ..model.embedding_model import (
 )
 from .errors import CapabilityError, EngineError, InvalidRequestError
 from .requests import EmbedRequest
+from .slots import CachedEmbedder
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from .options import GenerationOptions
+    from .slots import ModelSlots
 
 log = logging.getLogger(__name__)
 MAX_CACHED = 2  # embedding models kept loaded at once (LRU); each is tens of MB of host memory
@@ -55,35 +56,6 @@ class LegacyEmbeddingsRequest(EmbedRequest):
     normalize: bool = False
 
 
-@dataclass
-class CachedEmbedder:
-    model: EmbeddingModel
-    expires_at: float | None = None  # unix time; None = kept until evicted or unloaded
-
-
-def embedder_cache(engine: Engine) -> dict[str, CachedEmbedder]:
-    """The engine's loaded embedding models (stored name -> entry); touched only on the device thread."""
-    cache: dict[str, CachedEmbedder] | None = getattr(engine, "_embedders", None)
-    if cache is None:
-        cache = {}
-        engine._embedders = cache  # type: ignore[attr-defined]
-    return cache
-
-
-def unload_embedders(engine: Engine, name: str | None = None) -> int:
-    """Drop one (or every) loaded embedding model; returns how many. Call on the device thread."""
-    cache = embedder_cache(engine)
-    names = [name] if name is not None else list(cache)
-    dropped = 0
-    for n in names:
-        entry = cache.pop(n, None)
-        if entry is not None:
-            entry.model.close()
-            log.info("unloaded embedding model %s", n)
-            dropped += 1
-    return dropped
-
-
 def _expire(cache: dict[str, CachedEmbedder], now: float) -> None:
     for name, entry in list(cache.items()):
         if entry.expires_at is not None and entry.expires_at <= now:
@@ -91,15 +63,15 @@ def _expire(cache: dict[str, CachedEmbedder], now: float) -> None:
             log.info("embedding model %s expired (keep_alive)", name)
 
 
-def _load(engine: Engine, name: str) -> tuple[CachedEmbedder, int]:
+def _load(slots: ModelSlots, name: str) -> tuple[CachedEmbedder, int]:
     """The cached model for a stored name, loading it now if needed; (entry, nanoseconds spent loading)."""
-    cache = embedder_cache(engine)
+    cache = slots.embedders
     _expire(cache, time.time())
     entry = cache.pop(name, None)
     if entry is not None:
         cache[name] = entry  # most recently used last
         return entry, 0
-    stored = engine.store.resolve(name)
+    stored = slots.store.resolve(name)
     if not is_embedding_model_dir(stored.path):
         raise CapabilityError(
             f"{name} does not support embedding: it is an LLM, and the compiled LLM bundles (and their CPU "
@@ -107,7 +79,7 @@ def _load(engine: Engine, name: str) -> tuple[CachedEmbedder, int]:
             "this engine cannot); use an embedding model such as all-minilm"
         )
     while len(cache) >= MAX_CACHED:
-        unload_embedders(engine, next(iter(cache)))
+        slots.unload_embedders(next(iter(cache)))
     started = time.perf_counter_ns()
     entry = CachedEmbedder(EmbeddingModel(stored.path, name=name))
     cache[name] = entry
@@ -127,18 +99,19 @@ def _truncation_report(tokens: list[Tokenized], limit: int) -> dict[str, Any] | 
     return {"limit": limit, "inputs": cut, "truncated_tokens": sum(c["tokens"] - c["kept"] for c in cut)}
 
 
-def run_embed(engine: Engine, req: EmbedRequest) -> dict[str, Any]:
-    """One /api/embed request, on the device worker thread; returns Ollama's response body as a dict."""
+def run_embed(slots: ModelSlots, req: EmbedRequest, *, name: str, opts: GenerationOptions, warnings: list[str],
+              keep_alive: float) -> dict[str, Any]:
+    """One /api/embed request, on the device worker thread; returns Ollama's response body as a dict.
+
+    name: the stored name (Engine.resolve); opts, warnings, keep_alive: the request's, validated by the Engine.
+    """
     started = time.perf_counter_ns()
-    opts, warnings = engine._options(req.options)
-    keep_alive = engine._keep_alive(req.keep_alive)
-    name = engine._resolve(req.model)  # pulls a known model (all-minilm) on first use
-    entry, load_ns = _load(engine, name)
+    entry, load_ns = _load(slots, name)
     model = entry.model
     try:
         tokens, vectors, limit = _embed(model, req, opts.context_size(model.max_length))
     finally:
-        _after_request(engine, name, entry, keep_alive)
+        _after_request(slots, name, entry, keep_alive)
     ax: dict[str, Any] = {"backend": BACKEND}
     report = _truncation_report(tokens, limit)
     if report:
@@ -177,8 +150,8 @@ def _embed(model: EmbeddingModel, req: EmbedRequest, window: int) -> tuple[list[
     return tokens, vectors, limit
 
 
-def _after_request(engine: Engine, name: str, entry: CachedEmbedder, keep_alive: float) -> None:
+def _after_request(slots: ModelSlots, name: str, entry: CachedEmbedder, keep_alive: float) -> None:
     if keep_alive <= 0:
-        unload_embedders(engine, name)
+        slots.unload_embedders(name)
     else:
         entry.expires_at = time.time() + keep_alive if math.isfinite(keep_alive) else None

@@ -13,46 +13,91 @@ import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..model import derived as derived_models  # hook: models made by `create` / `copy` (model/derived.py)
-from ..model.embedding_model import assert_not_embedding_model, is_embedding_model_dir
+from ..model.embedding_model import is_embedding_model_dir
 from ..model.errors import ModelNotFoundError
+from ..model.loader import LoadedModel
 from ..model.pull import pull
 from ..model.registry import lookup
 from ..model.store import ModelStore, is_path_like, normalize_name
-from .constraints import format_grammar
 from .consume import amapped, engine_error, mapped
 from .context import fit_messages, truncate_tokens
+from .decoding.constraints import GrammarSpec, format_grammar
+from .decoding.response_parser import (
+    Decoding,
+    Part,
+    chat_chunks,
+    chat_decoding,
+    generate_chunks,
+    generate_decoding,
+)
+from .decoding.thinking import think_requested
+from .decoding.toolcalls import request_key
 from .errors import (
-    EngineBusyError,
     EngineError,
     InvalidRequestError,
 )
-from .health import HealthConfig, HealthSnapshot
 from .keepalive import parse_keep_alive
-from .options import InvalidOptionError, parse_options
-from .recovery import RecoveryPolicy
+from .ops.health import HealthConfig, HealthSnapshot
+from .ops.recovery import RecoveryPolicy
+from .ops.supervisor import Supervisor
+from .options import GenerationOptions, InvalidOptionError, parse_options
 from .requests import ChatRequest, EmbedRequest, GenerateRequest, parse_request
-from .response_parser import chat_chunks, chat_decoding, generate_chunks, generate_decoding
-from .responses import ExtraMetadata, Timings, chat_chunk, final_fields, generate_chunk
-from .runner import ModelRunner, RunResult
-from .scheduler import (
+from .responses import (
+    Chunk,
+    ExtraMetadata,
+    Timings,
+    chat_chunk,
+    final_fields,
+    generate_chunk,
+)
+from .runner import ModelRunner, RunStats
+from .slots import ModelSlots
+from .state import ModelInfo
+from .worker.scheduler import (
     CancelToken,
     DeviceWorker,
-    QueueFullError,
-    RequestCancelled,
-    RequestTimeoutError,
     SchedulerError,
 )
-from .state import LoadedEntry, ModelInfo
-from .supervisor import Supervisor
-from .thinking import think_requested
-from .toolcalls import request_key
 
 log = logging.getLogger(__name__)
-Chunk = dict[str, Any]
 Job = Callable[[CancelToken], Iterator[Chunk]]
+
+
+@dataclass(frozen=True)
+class RequestEdge:
+    """A chat or generate request's fields, validated once at the engine's edge (before queueing)."""
+
+    opts: GenerationOptions
+    warnings: list[str]
+    keep_alive: float
+    format_spec: GrammarSpec | None
+    name: str  # the stored model name
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What the device half of a job runs: the fitted prompt, its window, decoding, and any truncation."""
+
+    tokens: list[int]
+    window: int
+    decoding: Decoding
+    truncation: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """How chat and generate differ in the shared job: the empty chunk and the content chunks."""
+
+    empty: Callable[[str], Chunk]
+    chunks: Callable[[str, list[Part], list[dict[str, Any]] | None], Iterator[Chunk]]
+
+
+ENDPOINTS = {"chat": Endpoint(chat_chunk, chat_chunks), "generate": Endpoint(generate_chunk, generate_chunks)}
 
 
 def _default_keep_alive() -> float:
@@ -71,75 +116,24 @@ class Engine:
                  recovery: RecoveryPolicy | None = None, device_lock: bool | None = None) -> None:
         """card: the `axcl` module or SimCard to drive (default: `import axcl`, or a new SimCard for the
         simulated backend); health / recovery: monitor thresholds and the recovery ladder's bounds
-        (engine/health.py, engine/recovery.py); device_lock: take the single-owner card lock (default: for
+        (engine/ops/health.py, engine/ops/recovery.py); device_lock: take the single-owner card lock (default: for
         the axcl and axengine backends)."""
         self.store = store if isinstance(store, ModelStore) else ModelStore(store)
         self.backend, self.device = backend, device
         self.default_keep_alive = parse_keep_alive(keep_alive, default=_default_keep_alive())
         self.request_timeout, self.stall_timeout = request_timeout, stall_timeout
         self.snapshot_bytes, self.max_loaded_models = snapshot_bytes, max_loaded_models
-        self._worker = DeviceWorker(max_queue=max_queue)
-        self._models: dict[str, LoadedEntry] = {}  # touched only on the device thread
-        self._lock = threading.Lock()  # guards _models for readers (ps) on other threads
-        self._timers: dict[str, threading.Timer] = {}
+        self.worker = DeviceWorker(max_queue=max_queue)  # the device thread: one request at a time, FIFO
+        self.slots = ModelSlots(self.store, self.worker, self._load_model, snapshot_bytes=snapshot_bytes,
+                                max_loaded=max_loaded_models)  # loaded models and keep_alive, lent to ops
         self.auto_pull = auto_pull  # fetch registry models (the embedded default) on first use
         self._pull_lock = threading.Lock()
         self._closed = False
-        self._supervisor = Supervisor(self, card=card, health=health, recovery=recovery, device_lock=device_lock)
+        self._supervisor = Supervisor(self.slots, self.worker, self, backend=backend, device=device, card=card,
+                                      health=health, recovery=recovery, device_lock=device_lock)
 
-    # ---- model lifecycle (device thread) -------------------------------------------------------
-
-    def _ensure_loaded(self, name: str) -> tuple[LoadedEntry, int]:
-        """The loaded entry for `name` and the nanoseconds spent loading it now (0 if it was loaded)."""
-        with self._lock:
-            entry = self._models.get(name)  # `name` is already the stored name (see _resolve)
-        if entry is not None:
-            return entry, 0  # no file-system work per request once loaded
-        stored = self.store.resolve(name)
-        assert_not_embedding_model(stored.path, stored.name)
-        while len(self._models) >= self.max_loaded_models:
-            self._unload(next(iter(self._models)))
-        started = time.perf_counter_ns()
-        model = self._supervisor.load(stored.path, stored.name)  # lock, retries, progress, recovery hooks
-        entry = LoadedEntry(runner=ModelRunner(model, snapshot_bytes=self.snapshot_bytes), path=stored.path)
-        with self._lock:
-            self._models[stored.name] = entry
-        return entry, time.perf_counter_ns() - started
-
-    def _unload(self, name: str) -> bool:
-        with self._lock:
-            entry = self._models.pop(name, None)
-        if entry is None:
-            return False
-        entry.runner.model.close()
-        log.info("unloaded %s", name)
-        return True
-
-    def _after_request(self, entry: LoadedEntry, keep_alive: float) -> None:
-        """Ollama's keep_alive: 0 unloads now, inf never, otherwise a timer from now."""
-        name = entry.runner.model.name
-        timer = self._timers.pop(name, None)
-        if timer is not None:
-            timer.cancel()
-        entry.expires_at = time.time() + keep_alive if math.isfinite(keep_alive) else None
-        if keep_alive <= 0:
-            self._unload(name)
-        elif math.isfinite(keep_alive):
-            timer = threading.Timer(keep_alive, self._expire, args=(name, entry))
-            timer.daemon = True
-            self._timers[name] = timer
-            timer.start()
-
-    def _expire(self, name: str, entry: LoadedEntry) -> None:
-        def unload_if_still_expired() -> None:
-            if self._models.get(name) is entry and entry.expires_at is not None and entry.expires_at <= time.time():
-                self._unload(name)
-
-        if not self._closed:
-            try:
-                self._worker.call(unload_if_still_expired)
-            except (QueueFullError, RequestCancelled, RequestTimeoutError) as exc:
-                log.warning("keep_alive unload of %s postponed: %s", name, exc)
+    def _load_model(self, path: Path, name: str) -> LoadedModel:
+        return self._supervisor.load(path, name)  # lock, retries, progress, recovery hooks
 
     # ---- request plumbing ----------------------------------------------------------------------
 
@@ -169,12 +163,12 @@ class Engine:
     def _submit(self, job: Job, asynchronous: bool) -> Any:
         if self._closed:
             raise EngineError("the engine is closed; create a new Engine")
-        job, request_id = self._supervisor.guard(job)  # fatal check, thermal gate, recovery, request log
-        submit = self._worker.asubmit if asynchronous else self._worker.submit
+        job, request_id = self._supervisor.wrap(job)  # fatal check, thermal gate, recovery, request log
+        submit = self.worker.asubmit if asynchronous else self.worker.submit
         try:
             return submit(job, timeout=self.request_timeout, stall_timeout=self.stall_timeout, request_id=request_id)
-        except QueueFullError as exc:
-            raise EngineBusyError(str(exc)) from exc
+        except SchedulerError as exc:  # a full queue, a stopped worker: mapped where every scheduler error is
+            raise engine_error(exc) from exc
 
     def _stream(self, job: Job) -> Iterator[Chunk]:
         """Run a job on the device worker; map scheduler errors to Ollama-like ones; close frees the device."""
@@ -195,7 +189,7 @@ class Engine:
         except ValueError as exc:
             raise InvalidRequestError(str(exc)) from exc
 
-    # ---- /api/chat -----------------------------------------------------------------------------
+    # ---- /api/chat and /api/generate ----------------------------------------------------------
 
     def chat(self, request: ChatRequest | dict[str, Any]) -> Iterator[Chunk]:
         """Ollama's /api/chat, streamed as response dicts (the last one has done=True)."""
@@ -204,52 +198,6 @@ class Engine:
     def achat(self, request: ChatRequest | dict[str, Any]) -> AsyncIterator[Chunk]:
         return self._astream(self._chat_job(request))
 
-    def _chat_job(self, request: ChatRequest | dict[str, Any]) -> Job:
-        req = parse_request(ChatRequest, request)
-        req, shown_as = derived_models.apply_derived(self.store, req)  # derived-model hook: base + defaults
-        opts, warnings = self._options(req.options)
-        keep_alive = self._keep_alive(req.keep_alive)
-        format_spec = format_grammar(req.format)  # an invalid schema is a 400 before queueing
-        name = self._resolve(req.model)  # model not found is raised here, before queueing
-
-        def job(cancel: CancelToken) -> Iterator[Chunk]:
-            timings = Timings(started_ns=time.perf_counter_ns())
-            if not req.messages and keep_alive <= 0 and name not in self._models:  # unload: nothing to load
-                yield {**chat_chunk(name), **final_fields(timings, "unload", time.perf_counter_ns())}
-                return
-            entry, timings.load_ns = self._ensure_loaded(name)
-            runner = entry.runner
-            model_name = runner.model.name
-            if not req.messages:  # Ollama: empty messages = load (or unload with keep_alive 0)
-                self._after_request(entry, keep_alive)
-                reason = "unload" if keep_alive <= 0 else "load"
-                yield {**chat_chunk(model_name), **final_fields(timings, reason, time.perf_counter_ns())}
-                return
-            plan = runner.prompts.chat_plan(req)
-            window = opts.context_size(runner.capacity)
-            fit = fit_messages(plan.messages, plan.render, window, num_keep=opts.num_keep, truncate=req.truncate,
-                               cuts=runner.cuts)
-            key = request_key(model_name, [m.model_dump(exclude_none=True) for m in req.messages], plan.tools)
-            decoding = chat_decoding(plan, fit.tokens, decode=runner.model.tokenizer.decode,
-                                     grammars=runner.grammars if plan.forced else None, format_spec=format_spec,
-                                     call_key=key, builder_family=runner.prompts.family)
-            result = RunResult()
-            meta = ExtraMetadata(warnings=warnings + decoding.warnings, backend=runner.model.backend,
-                                 truncation=fit.report.as_metadata() if fit.report.truncated else None)
-            parser = decoding.parser
-            try:
-                for delta in runner.run(fit.tokens, opts, cancel, result, window=window, logprobs=req.logprobs,
-                                        top_logprobs=req.top_logprobs, constraint=decoding.constraint):
-                    yield from chat_chunks(model_name, parser.feed(delta.text), delta.logprobs)
-                yield from chat_chunks(model_name, parser.finish(), None)
-            finally:
-                self._after_request(entry, keep_alive)
-            yield self._final(chat_chunk(model_name), timings, result, meta)
-
-        return derived_models.renamed(job, shown_as)
-
-    # ---- /api/generate -------------------------------------------------------------------------
-
     def generate(self, request: GenerateRequest | dict[str, Any]) -> Iterator[Chunk]:
         """Ollama's /api/generate, streamed as response dicts."""
         return self._stream(self._generate_job(request))
@@ -257,94 +205,138 @@ class Engine:
     def agenerate(self, request: GenerateRequest | dict[str, Any]) -> AsyncIterator[Chunk]:
         return self._astream(self._generate_job(request))
 
+    def _chat_job(self, request: ChatRequest | dict[str, Any]) -> Job:
+        req = parse_request(ChatRequest, request)
+        req, shown_as = derived_models.apply_derived(self.store, req)  # derived-model hook: base + defaults
+        edge = self._edge(req)
+
+        def prepare(runner: ModelRunner) -> Prepared:
+            plan = runner.prompts.chat_plan(req)
+            window = edge.opts.context_size(runner.capacity)
+            fit = fit_messages(plan.messages, plan.render, window, num_keep=edge.opts.num_keep,
+                               truncate=req.truncate, cuts=runner.cuts)
+            key = request_key(runner.model.name, [m.model_dump(exclude_none=True) for m in req.messages], plan.tools)
+            decoding = chat_decoding(plan, fit.tokens, decode=runner.model.tokenizer.decode,
+                                     grammars=runner.grammars if plan.forced else None, format_spec=edge.format_spec,
+                                     call_key=key, builder_family=runner.prompts.family)
+            return Prepared(fit.tokens, window, decoding, fit.report.as_metadata() if fit.report.truncated else None)
+
+        job = self._job(req, edge, ENDPOINTS["chat"], load_only=not req.messages, prepare=prepare)
+        return derived_models.renamed(job, shown_as)
+
     def _generate_job(self, request: GenerateRequest | dict[str, Any]) -> Job:
         req = parse_request(GenerateRequest, request)
         req, shown_as = derived_models.apply_derived(self.store, req)  # derived-model hook: base + defaults
-        opts, warnings = self._options(req.options)
-        keep_alive = self._keep_alive(req.keep_alive)
-        format_spec = format_grammar(req.format)
-        name = self._resolve(req.model)
+        edge = self._edge(req)
 
-        def job(cancel: CancelToken) -> Iterator[Chunk]:
-            timings = Timings(started_ns=time.perf_counter_ns())
-            if not (req.prompt or req.suffix or req.context) and keep_alive <= 0 and name not in self._models:
-                yield {**generate_chunk(name), **final_fields(timings, "unload", time.perf_counter_ns())}
-                return
-            entry, timings.load_ns = self._ensure_loaded(name)
-            runner = entry.runner
-            model_name = runner.model.name
-            if not req.prompt and not req.suffix and not req.context:  # load / unload request
-                self._after_request(entry, keep_alive)
-                reason = "unload" if keep_alive <= 0 else "load"
-                yield {**generate_chunk(model_name), **final_fields(timings, reason, time.perf_counter_ns())}
-                return
-            window = opts.context_size(runner.capacity)
+        def prepare(runner: ModelRunner) -> Prepared:
+            window = edge.opts.context_size(runner.capacity)
             tokens = runner.prompts.generate_tokens(req)
-            fit_report = None
+            truncation = None
             if len(tokens) > window:
                 if not req.truncate:
                     raise InvalidRequestError(f"the prompt is {len(tokens)} tokens, longer than the context length {window}")
-                tokens, dropped = truncate_tokens(tokens, window, opts.num_keep)
-                fit_report = {"window": window, "prompt_tokens": len(tokens), "dropped_messages": 0,
+                tokens, dropped = truncate_tokens(tokens, window, edge.opts.num_keep)
+                truncation = {"window": window, "prompt_tokens": len(tokens), "dropped_messages": 0,
                               "truncated_tokens": dropped}
             prompts = runner.prompts
             decoding = generate_decoding(think=think_requested(req.think, prompts.thinking_model),
                                          thinking_model=prompts.thinking_model, raw=req.raw, prompt=tokens,
-                                         decode=runner.model.tokenizer.decode, format_spec=format_spec)
-            result = RunResult()
-            meta = ExtraMetadata(warnings=warnings + decoding.warnings, backend=runner.model.backend,
-                                 truncation=fit_report)
-            parser = decoding.parser
-            try:
-                for delta in runner.run(tokens, opts, cancel, result, window=window, logprobs=req.logprobs,
-                                        top_logprobs=req.top_logprobs, constraint=decoding.constraint):
-                    yield from generate_chunks(model_name, parser.feed(delta.text), delta.logprobs)
-                yield from generate_chunks(model_name, parser.finish(), None)
-            finally:
-                self._after_request(entry, keep_alive)
-            final = self._final(generate_chunk(model_name), timings, result, meta)
-            if not req.raw:
-                final["context"] = result.tokens
-            yield final
+                                         decode=runner.model.tokenizer.decode, format_spec=edge.format_spec)
+            return Prepared(tokens, window, decoding, truncation)
 
+        load_only = not (req.prompt or req.suffix or req.context)
+        job = self._job(req, edge, ENDPOINTS["generate"], load_only=load_only, prepare=prepare,
+                        with_context=not req.raw)
         return derived_models.renamed(job, shown_as)
 
+    def _edge(self, req: ChatRequest | GenerateRequest) -> RequestEdge:
+        """Everything checked before queueing: options, keep_alive, the format's grammar, the model's name."""
+        opts, warnings = self._options(req.options)
+        return RequestEdge(opts, warnings, self._keep_alive(req.keep_alive), format_grammar(req.format),
+                           self._resolve(req.model))  # model not found is raised here, before queueing
+
+    def _job(self, req: ChatRequest | GenerateRequest, edge: RequestEdge, endpoint: Endpoint, *, load_only: bool,
+             prepare: Callable[[ModelRunner], Prepared], with_context: bool = False) -> Job:
+        """The device half shared by chat and generate: load (or only load / unload), run, stream, finish."""
+        name, keep_alive = edge.name, edge.keep_alive
+
+        def job(cancel: CancelToken) -> Iterator[Chunk]:
+            started = time.perf_counter_ns()
+            if load_only and keep_alive <= 0 and name not in self.slots:  # unload: nothing to load
+                yield {**endpoint.empty(name), **final_fields(Timings(started), "unload", time.perf_counter_ns())}
+                return
+            entry, load_ns = self.slots.ensure_loaded(name)
+            timings = Timings(started_ns=started, load_ns=load_ns)
+            runner = entry.runner
+            model_name = runner.model.name
+            if load_only:  # Ollama: an empty request loads (or unloads with keep_alive 0)
+                self.slots.after_request(entry, keep_alive)
+                reason = "unload" if keep_alive <= 0 else "load"
+                yield {**endpoint.empty(model_name), **final_fields(timings, reason, time.perf_counter_ns())}
+                return
+            run = prepare(runner)
+            meta = ExtraMetadata(warnings=edge.warnings + run.decoding.warnings, backend=runner.model.backend,
+                                 truncation=run.truncation)
+            parser = run.decoding.parser
+            stats: RunStats | None = None
+            try:
+                for step in runner.run(run.tokens, edge.opts, cancel, window=run.window, logprobs=req.logprobs,
+                                       top_logprobs=req.top_logprobs, constraint=run.decoding.constraint):
+                    if step.text or step.logprobs:
+                        yield from endpoint.chunks(model_name, parser.feed(step.text), step.logprobs)
+                    stats = step.final or stats
+                yield from endpoint.chunks(model_name, parser.finish(), None)
+            finally:
+                self.slots.after_request(entry, keep_alive)
+            assert stats is not None  # a run that ends without raising ends with its stats
+            final = self._final(endpoint.empty(model_name), timings, stats, meta)
+            if with_context:
+                final["context"] = stats.tokens
+            yield final
+
+        return job
+
     @staticmethod
-    def _final(chunk: Chunk, timings: Timings, result: RunResult, meta: ExtraMetadata) -> Chunk:
-        if result.closing_tokens:
-            meta.warnings.append(f"the JSON was closed early to fit the token budget ({result.closing_tokens} "
+    def _final(chunk: Chunk, timings: Timings, stats: RunStats, meta: ExtraMetadata) -> Chunk:
+        if stats.closing_tokens:
+            meta.warnings.append(f"the JSON was closed early to fit the token budget ({stats.closing_tokens} "
                                  "tokens chosen by the closing policy); raise num_predict for a full answer")
-        timings.prompt_eval_count, timings.prompt_eval_ns = result.prompt_tokens, result.prompt_ns
-        timings.eval_count, timings.eval_ns = result.eval_count, result.eval_ns
-        meta.reused_tokens = result.reused_tokens
-        return {**chunk, **final_fields(timings, result.done_reason, time.perf_counter_ns()), "ax": meta.as_dict()}
+        timings.prompt_eval_count, timings.prompt_eval_ns = stats.prompt_tokens, stats.prompt_ns
+        timings.eval_count, timings.eval_ns = stats.eval_count, stats.eval_ns
+        meta.reused_tokens = stats.reused_tokens
+        return {**chunk, **final_fields(timings, stats.done_reason, time.perf_counter_ns()), "ax": meta.as_dict()}
 
     # ---- /api/embed -----------------------------------------------------------------------------
 
     def embed(self, request: EmbedRequest | dict[str, Any]) -> dict[str, Any]:
         """Ollama's /api/embed: L2-normalized vectors, one per input (see engine/embedder.py)."""
-        req = parse_request(EmbedRequest, request)
-        req, shown_as = derived_models.apply_derived(self.store, req)  # derived-model hook
-        from .embedder import run_embed
-
-        self._resolve(req.model)  # a first-use pull happens here, not while holding the device queue
+        work = self._embed_work(request)  # a first-use pull happens here, not while holding the device queue
         try:
-            result = self._worker.call(lambda: run_embed(self, req), timeout=self.request_timeout)
+            return self.worker.call(work, timeout=self.request_timeout)
         except SchedulerError as exc:
             raise engine_error(exc) from exc
-        return {**result, "model": shown_as} if shown_as else result
 
     async def aembed(self, request: EmbedRequest | dict[str, Any]) -> dict[str, Any]:
-        req = parse_request(EmbedRequest, request)
-        req, shown_as = derived_models.apply_derived(self.store, req)  # derived-model hook
-        from .embedder import run_embed
-
-        self._resolve(req.model)
+        work = self._embed_work(request)
         try:
-            result = await self._worker.acall(lambda: run_embed(self, req), timeout=self.request_timeout)
+            return await self.worker.acall(work, timeout=self.request_timeout)
         except SchedulerError as exc:
             raise engine_error(exc) from exc
-        return {**result, "model": shown_as} if shown_as else result
+
+    def _embed_work(self, request: EmbedRequest | dict[str, Any]) -> Callable[[], dict[str, Any]]:
+        from .embedder import run_embed
+
+        req = parse_request(EmbedRequest, request)
+        req, shown_as = derived_models.apply_derived(self.store, req)  # derived-model hook
+        opts, warnings = self._options(req.options)
+        keep_alive = self._keep_alive(req.keep_alive)
+        name = self._resolve(req.model)  # pulls a known model (all-minilm) on first use
+        def work() -> dict[str, Any]:
+            result = run_embed(self.slots, req, name=name, opts=opts, warnings=warnings, keep_alive=keep_alive)
+            return {**result, "model": shown_as} if shown_as else result
+
+        return work
 
     # ---- models: list / show / ps / load / unload ----------------------------------------------
 
@@ -355,14 +347,12 @@ class Engine:
     def show(self, model: str) -> dict[str, Any]:
         derived = derived_models.find_derived(self.store, model)  # derived-model hook
         stored = self.store.resolve(derived.base if derived else model)
-        with self._lock:
-            entry = self._models.get(stored.name)
+        entry = self.slots.get(stored.name)
         shown = ModelInfo.from_path(stored.name, stored.path, entry.runner if entry else None).show()
         return derived_models.show_fields(derived, shown) if derived else shown
 
     def ps(self) -> dict[str, Any]:
-        with self._lock:
-            entries = list(self._models.items())
+        entries = self.slots.entries()
         return {"models": [ModelInfo.from_path(name, e.path, e.runner).ps_entry(e.expires_at) for name, e in entries]}
 
     def load(self, model: str, keep_alive: float | str | None = None) -> None:
@@ -377,11 +367,11 @@ class Engine:
 
     def unload(self, model: str) -> bool:
         name = self.store.resolve(derived_models.base_name(self.store, model)).name  # derived-model hook
-        return bool(self._worker.call(lambda: self._unload(name)))
+        return bool(self.worker.call(lambda: self.slots.unload(name)))
 
     def health(self) -> HealthSnapshot:
-        """The card's and the engine's health now (engine/health.py); `.to_dict()` for JSON."""
-        return self._supervisor.health()
+        """The card's and the engine's health now (engine/ops/health.py); `.to_dict()` for JSON."""
+        return self._supervisor.health(closed=self._closed)
 
     def close(self, timeout: float | None = 30.0, *, cancel_running: bool = False) -> None:
         """Fail queued work, let the running request finish (cancel it with cancel_running; a model load
@@ -389,8 +379,7 @@ class Engine:
         if self._closed:
             return
         self._closed = True
-        for timer in self._timers.values():
-            timer.cancel()
+        self.slots.close()
         self._supervisor.close(timeout, cancel_running=cancel_running)
 
     def __enter__(self) -> Engine:

@@ -1,4 +1,4 @@
-"""Request-level errors with the HTTP status Ollama would answer (the Client maps them to ResponseError)."""
+"""Request-level errors with the HTTP status Ollama would answer (ollama/errors.py maps them to ResponseError)."""
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ Invariant: `live_tokens` never claims a row that is not valid. `prepare` shrinks
 before the caller writes anything, so a request that fails mid-prefill leaves a correct (shorter) state;
 `commit` then records what the caller wrote.
 
-Not thread-safe by itself: every call happens on the device worker's thread (engine/scheduler.py), which
+Not thread-safe by itself: every call happens on the device worker's thread (engine/worker/scheduler.py), which
 also serializes all use of the stack.
 """
 

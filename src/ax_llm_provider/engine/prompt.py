@@ -21,16 +21,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..model.tokenizer import ChatTokenizer
-from .errors import CapabilityError, InvalidRequestError
-from .requests import ChatMessage, ChatRequest, GenerateRequest, ToolSpec
-from .thinking import strip_earlier_thinking, think_requested
-from .toolcalls import ToolFamily, family_for_template
-from .tools_prompt import (  # i16: tools on every chat model
+from .decoding.thinking import strip_earlier_thinking, think_requested
+from .decoding.toolcalls import ToolFamily, family_for_template
+from .decoding.tools_prompt import (  # i16: tools on every chat model
     FORCED_PROMPT_TOOLS,
     PROMPT_TOOLS,
     has_tool_history,
     inject_tools,
 )
+from .errors import CapabilityError, InvalidRequestError
+from .requests import ChatMessage, ChatRequest, GenerateRequest, ToolSpec
 
 FORCING_CHOICES = ("required", "any")
 
@@ -130,16 +130,17 @@ class PromptBuilder:
             raise InvalidRequestError("format cannot be combined with a tool_choice that forces a tool call")
         return choice
 
-    def check_chat(self, request: ChatRequest) -> None:
-        self.tool_choice(request)
+    def check_chat(self, request: ChatRequest) -> str:
+        """What this model cannot do for the request raises; returns the normalized tool_choice."""
+        choice = self.tool_choice(request)
         self._check_think(request.think)
         if any(m.images for m in request.messages):
             raise CapabilityError(f"{self.model_name} does not support vision")
+        return choice
 
     def chat_plan(self, request: ChatRequest) -> ChatPlan:
         """Validate the request and decide rendering, parsing and thinking (see the module doc)."""
-        self.check_chat(request)
-        choice = self.tool_choice(request)
+        choice = self.check_chat(request)
         tools = tool_schemas(request.tools)
         messages = [template_message(m) for m in request.messages]
         if self.thinking_model:
@@ -165,10 +166,6 @@ class PromptBuilder:
             return self.tokenizer.encode(text)
 
         return render
-
-    def chat_renderer(self, request: ChatRequest) -> Callable[[Sequence[Mapping[str, Any]]], list[int]]:
-        """A function from template messages to prompt tokens (used by the context fitter)."""
-        return self._renderer(tool_schemas(request.tools), request.think)
 
     def generate_tokens(self, request: GenerateRequest) -> list[int]:
         """Prompt tokens for /api/generate: raw text, or the template around system + prompt, after `context`."""

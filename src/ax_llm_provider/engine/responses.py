@@ -1,10 +1,58 @@
-"""Response chunks in Ollama's JSON shape (dicts), built once and shared by the Client and the server."""
+"""Response chunks in Ollama's JSON shape (typed dicts), built once and shared by the Client and the server."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypedDict
+
+
+class Message(TypedDict, total=False):
+    role: str
+    content: str
+    thinking: str
+    tool_calls: list[dict[str, Any]]
+
+
+class _Final(TypedDict, total=False):
+    """The done:true fields (Ollama omits zero counters) and our `ax` metadata (ExtraMetadata.as_dict)."""
+
+    done_reason: str
+    total_duration: int
+    load_duration: int
+    prompt_eval_count: int
+    prompt_eval_duration: int
+    eval_count: int
+    eval_duration: int
+    ax: dict[str, Any]
+
+
+class ChatChunk(_Final, total=False):
+    """One /api/chat response object."""
+
+    model: str
+    created_at: str
+    message: Message
+    done: bool
+    logprobs: list[dict[str, Any]]
+
+
+class GenerateChunk(_Final, total=False):
+    """One /api/generate response object; the last carries `context` unless raw."""
+
+    model: str
+    created_at: str
+    response: str
+    thinking: str
+    done: bool
+    logprobs: list[dict[str, Any]]
+    context: list[int]
+
+
+# What the engine streams, whatever the endpoint: a JSON object whose keys ChatChunk / GenerateChunk name
+# (tests/unit/test_chunk_shapes.py holds the engine's output to them). Adapters and the server merge and
+# extend chunks as plain dicts, so the streams are typed with this alias.
+Chunk = dict[str, Any]
 
 
 def now_rfc3339() -> str:
@@ -58,21 +106,21 @@ def final_fields(timings: Timings, done_reason: str, now_ns: int) -> dict[str, A
 
 
 def chat_chunk(model: str, content: str = "", *, thinking: str | None = None,
-               tool_calls: list[dict[str, Any]] | None = None, logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+               tool_calls: list[dict[str, Any]] | None = None, logprobs: list[dict[str, Any]] | None = None) -> Chunk:
     message: dict[str, Any] = {"role": "assistant", "content": content}
     if thinking:
         message["thinking"] = thinking
     if tool_calls:
         message["tool_calls"] = tool_calls
-    chunk: dict[str, Any] = {"model": model, "created_at": now_rfc3339(), "message": message, "done": False}
+    chunk: Chunk = {"model": model, "created_at": now_rfc3339(), "message": message, "done": False}
     if logprobs:
         chunk["logprobs"] = logprobs
     return chunk
 
 
 def generate_chunk(model: str, response: str = "", *, thinking: str | None = None,
-                   logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    chunk: dict[str, Any] = {"model": model, "created_at": now_rfc3339(), "response": response, "done": False}
+                   logprobs: list[dict[str, Any]] | None = None) -> Chunk:
+    chunk: Chunk = {"model": model, "created_at": now_rfc3339(), "response": response, "done": False}
     if thinking:
         chunk["thinking"] = thinking
     if logprobs:

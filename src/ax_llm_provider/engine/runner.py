@@ -1,6 +1,6 @@
 """One loaded model on the device thread: prompt tokens in, text deltas and Ollama's counters out.
 
-Everything here runs on the device worker's thread (engine/scheduler.py), so the decoder stack,
+Everything here runs on the device worker's thread (engine/worker/scheduler.py), so the decoder stack,
 the prefix cache and the sampler state are never touched concurrently.
 """
 
@@ -9,43 +9,45 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..model.loader import LoadedModel
-from .constraints import GrammarCompiler
 from .context import ConversationCuts
-from .generator import GenerationStats, generate_tokens
-from .grammar_sampler import ConstraintPlan
+from .decoding.constraints import GrammarCompiler
+from .decoding.grammar_sampler import ConstraintPlan
+from .generator import generate_tokens
 from .options import GenerationOptions
 from .prefix_cache import PrefixCache
 from .prompt import PromptBuilder
-from .sampler import TokenSampler, make_logits_processors
-from .scheduler import CancelToken
-from .textstream import TextStream
+from .sampler import TokenSampler
+from .textstream import DoneReason, TextStream
+from .worker.scheduler import CancelToken
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class RunResult:
-    """Filled in while a run streams; complete when the iterator ends."""
+@dataclass(frozen=True)
+class RunStats:
+    """How a run ended, with Ollama's counters; carried by the run's last step."""
 
-    done_reason: str = "stop"
-    prompt_tokens: int = 0
-    reused_tokens: int = 0
-    prompt_ns: int = 0
-    eval_count: int = 0
-    eval_ns: int = 0
-    tokens: list[int] = field(default_factory=list)  # prompt + generated, for /generate's `context`
-    stop_string: str | None = None
+    done_reason: str  # "stop" or "length"
+    prompt_tokens: int
+    reused_tokens: int  # prompt tokens whose KV came from the prefix cache
+    prompt_ns: int
+    eval_count: int
+    eval_ns: int
+    tokens: list[int]  # prompt + generated, for /generate's `context`
     closing_tokens: int = 0  # tokens a grammar's closing policy chose to end the JSON within the budget
 
 
-@dataclass
-class RunDelta:
+@dataclass(frozen=True)
+class RunStep:
+    """A text delta (and its logprobs); the last step of a run also carries `final`."""
+
     text: str
     logprobs: list[dict[str, Any]] | None = None
+    final: RunStats | None = None
 
 
 class ModelRunner:
@@ -56,7 +58,6 @@ class ModelRunner:
         self.prompts = PromptBuilder(model.tokenizer, model.name)
         self.cache = PrefixCache(model.stack, max_snapshot_bytes=snapshot_bytes)
         self.cuts = ConversationCuts()
-        self.busy = False
         self._grammars: GrammarCompiler | None = None
 
     @property
@@ -85,10 +86,10 @@ class ModelRunner:
             out["top_logprobs"] = [{"token": piece([i]), "logprob": lp} for i, lp in entry.top]
         return [out]
 
-    def run(self, prompt: Sequence[int], opts: GenerationOptions, cancel: CancelToken, result: RunResult, *,
-            window: int, logprobs: bool = False, top_logprobs: int = 0,
-            constraint: ConstraintPlan | None = None) -> Iterator[RunDelta]:
-        """Generate after `prompt` (already fitted to `window`); yield text deltas; fill `result`.
+    def run(self, prompt: Sequence[int], opts: GenerationOptions, cancel: CancelToken, *, window: int,
+            logprobs: bool = False, top_logprobs: int = 0,
+            constraint: ConstraintPlan | None = None) -> Iterator[RunStep]:
+        """Generate after `prompt` (already fitted to `window`): text steps, the last one with the RunStats.
 
         `constraint` (format, forced tool calls, banned markers) wraps the sampler; a grammar that is
         complete ends the generation with done_reason "stop" (grammar_sampler.py).
@@ -99,79 +100,69 @@ class ModelRunner:
         if len(prompt) > window:
             raise ValueError(f"prompt of {len(prompt)} tokens exceeds the window {window}")
         if opts.num_predict == 0:  # evaluate only (issue 17): see evaluate_only
-            self.evaluate_only(prompt, result)
+            yield self.evaluate_only(prompt)
             return
         tokenizer = self.model.tokenizer
+        room = window - len(prompt)
+        limit = opts.max_new_tokens()
+        budget = min(room, limit) if limit is not None else room  # what "length" means for this run
         sampler = TokenSampler.from_options(opts, context_size=window, logprobs=logprobs, top_logprobs=top_logprobs)
-        text = TextStream(self._decode, stop=opts.stop, eos_token_ids=tokenizer.eos_ids,
-                          max_tokens=opts.max_new_tokens(), context_left=window - len(prompt), prompt_ids=prompt)
+        text = TextStream(self._decode, stop=opts.stop, eos_token_ids=tokenizer.eos_ids, prompt_ids=prompt)
+        want_logprobs = logprobs or top_logprobs > 0
         guided = None
         if constraint is not None:
-            budget = window - len(prompt)
-            limit = opts.max_new_tokens()
-            penalties = make_logits_processors(
-                repeat_penalty=opts.repeat_penalty, repeat_last_n=opts.penalty_window(window),
-                presence_penalty=opts.presence_penalty, frequency_penalty=opts.frequency_penalty)
-            guided = constraint.bind(self.grammars, sampler, max_tokens=min(budget, limit or budget),
-                                     compact=not penalties, want_logprobs=logprobs or top_logprobs > 0)
-        stats = GenerationStats()
+            guided = constraint.bind(self.grammars, sampler, max_tokens=budget, compact=not sampler.penalized,
+                                     want_logprobs=want_logprobs)
         generated: list[int] = []
         reused = self.cache.prepare(prompt)
-        result.prompt_tokens, result.reused_tokens = len(prompt), reused
+        prompt_ns = eval_ns = 0
+        finish: DoneReason = "stop"
         clean = False
         try:
             if guided is not None:
                 guided.start()  # the first mask is filled while the prompt runs
-            tokens = generate_tokens(self.model.stack, self.model.embeddings, prompt, sampler=guided or sampler,
-                                     end_ids=tokenizer.eos_ids, start=reused, stats=stats,
-                                     max_new_tokens=window - len(prompt))
-            for token in tokens:
+            steps = generate_tokens(self.model.stack, self.model.embeddings, prompt, sampler=guided or sampler,
+                                    end_ids=tokenizer.eos_ids, start=reused, max_new_tokens=budget)
+            for step in steps:
                 cancel.check()
-                generated.append(token)
-                delta = text.push(token)
-                entries = self._logprob_entries(sampler) if logprobs or top_logprobs else None
+                generated.append(step.token)
+                prompt_ns += step.prefill_ns
+                eval_ns += step.ns
+                delta = text.push(step.token)
+                entries = self._logprob_entries(sampler) if want_logprobs else None
                 if delta or entries:
-                    yield RunDelta(delta, entries)
+                    yield RunStep(delta, entries)
                 if text.done or (guided is not None and guided.finished):
                     break
-            rest = text.finish("length" if stats.finish == "length" else "stop")
-            if rest:
-                yield RunDelta(rest)
+                finish = step.finish or finish
+            rest = text.finish(finish)
+            done_reason = "stop" if guided is not None and guided.finished else text.done_reason or "stop"
+            guided_stats = getattr(guided, "stats", None)  # a GuidedSampler's; BannedTokens has none
+            closing = guided_stats.closing_tokens if guided_stats is not None else 0
+            log.debug("run: prompt %d (reused %d) eval %d reason %s", len(prompt), reused, len(generated),
+                      done_reason)
             clean = True
+            yield RunStep(rest, None, RunStats(done_reason, len(prompt), reused, prompt_ns, len(generated), eval_ns,
+                                               prompt + generated, closing))
         finally:
             if guided is not None:
                 guided.close()
-                stats_of = getattr(guided, "stats", None)
-                result.closing_tokens = stats_of.closing_tokens if stats_of is not None else 0
             # KV holds the prompt and every generated token that was fed back (all but the last sampled).
             if clean or generated:
                 self.cache.commit(prompt + generated[:-1])
             # else: failed inside the prefill; prepare() already limited the live KV to the reused rows
-            result.prompt_ns, result.eval_ns = stats.prompt_ns, stats.decode_ns
-            result.eval_count = len(generated)
-            result.done_reason = "stop" if guided is not None and guided.finished else text.done_reason or "stop"
-            result.stop_string = text.stop_string
-            result.tokens = prompt + generated
-            log.debug("run: prompt %d (reused %d) eval %d reason %s", len(prompt), reused, len(generated),
-                      result.done_reason)
-
 
     # -- evaluate only (num_predict 0; issue 17) ------------------------------------------------------
-    def evaluate_only(self, prompt: list[int], result: RunResult) -> None:
+    def evaluate_only(self, prompt: list[int]) -> RunStep:
         """Evaluate `prompt` into the KV and the prefix cache, generate nothing (eval_count 0, "length").
 
         An application feeds what it already knows of the next prompt (the visitor's words so far), so the
-        request that follows finds it cached and prefills only the rest. Nothing sampled, no output changes.
+        request that follows finds it cached and prefills only the rest. Nothing is sampled.
         """
         reused = self.cache.prepare(prompt)
-        result.prompt_tokens, result.reused_tokens = len(prompt), reused
         began = time.perf_counter_ns()
         self.model.stack.prefill(self.model.embeddings.lookup(prompt[reused:]), reused, want_logits=False)
         self.cache.commit(prompt)
-        result.prompt_ns = time.perf_counter_ns() - began
-        result.eval_count, result.done_reason, result.tokens = 0, "length", list(prompt)
+        prompt_ns = time.perf_counter_ns() - began
         log.debug("evaluate only: prompt %d (reused %d)", len(prompt), reused)
-
-
-def elapsed_ns(since: int) -> int:
-    return time.perf_counter_ns() - since
+        return RunStep("", None, RunStats("length", len(prompt), reused, prompt_ns, 0, 0, list(prompt)))

@@ -294,6 +294,11 @@ class TokenSampler:
             presence_penalty=opts.presence_penalty, frequency_penalty=opts.frequency_penalty)
         return cls(sampler, processors, logprobs=logprobs, top_logprobs=top_logprobs)
 
+    @property
+    def penalized(self) -> bool:
+        """Whether penalties rewrite the logits (repeat, presence, frequency): grammar masks cannot be compact."""
+        return bool(self._processors)
+
     def __call__(self, logits: np.ndarray, history: Sequence[int] | np.ndarray) -> int:
         for process in self._processors:
             logits = process(history, logits)

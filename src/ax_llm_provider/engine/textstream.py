@@ -74,7 +74,7 @@ class StopMatcher:
     """
 
     def __init__(self, stops: Sequence[str]) -> None:
-        self.stops: tuple[str, ...] = tuple(dict.fromkeys(s for s in stops if s))
+        self.stops: tuple[str, ...] = tuple(stops)  # deduplicated, "" dropped: options.py checks them once
         self.matched: str | None = None
         self._held = ""
 
@@ -121,24 +121,21 @@ class StopMatcher:
 class TextStream:
     """One generation's text: push each generated id, emit what `push` returns.
 
-    Ends with done_reason "stop" on an EOS id or a stop string (then `stop_string` says which) and
-    "length" when `max_tokens` (num_predict) or `context_left` (room left in the context) is
-    reached; `limit` says which of the two, since Ollama's "length" alone is ambiguous.
+    Ends itself with done_reason "stop" on an EOS id or a stop string (then `stop_string` says which).
+    Token budgets are not its business: the generator decides "length" and the runner calls
+    `finish("length")`.
     """
 
     def __init__(
         self, decode: Decode, *, stop: Sequence[str] = (), eos_token_ids: Collection[int] = (),
-        max_tokens: int | None = None, context_left: int | None = None,
         prompt_ids: Sequence[int] = (),
     ) -> None:
         self._detok = IncrementalDetokenizer(decode, prompt_ids)
         self._stops = StopMatcher(stop)
         self._eos = frozenset(eos_token_ids)
-        self._max_tokens, self._context_left = max_tokens, context_left
         self.n_tokens = 0  # ids pushed, the ending EOS included
         self.done_reason: DoneReason | None = None
         self.stop_string: str | None = None
-        self.limit: Literal["num_predict", "context"] | None = None
         self._finished = False
 
     @property
@@ -155,13 +152,6 @@ class TextStream:
         text, stop = self._stops.feed(self._detok.push(token_id))
         if stop is not None:
             self._end("stop", stop)
-            return text
-        if self._max_tokens is not None and self.n_tokens >= self._max_tokens:
-            self.limit = "num_predict"
-            return text + self.finish("length")
-        if self._context_left is not None and self.n_tokens >= self._context_left:
-            self.limit = "context"
-            return text + self.finish("length")
         return text
 
     def finish(self, reason: DoneReason | None = None) -> str:
@@ -170,7 +160,6 @@ class TextStream:
             return ""
         text, stop = self._stops.feed(self._detok.flush())
         if stop is not None:  # the last bytes completed a stop string: that is why it ended
-            self.limit = None
             self._end("stop", stop)
             return text
         self._end(reason, None)

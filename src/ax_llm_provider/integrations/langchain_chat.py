@@ -41,11 +41,10 @@ from pydantic.v1 import BaseModel as BaseModelV1
 from typing_extensions import is_typeddict
 
 from ..engine.engine import Engine
+from ..ollama.errors import aiterate, iterate
 from .langchain_common import (
     EngineHolder,
     OllamaOptionFields,
-    aiterate_engine,
-    iterate_engine,
     merge_call_options,
     pop_think,
     reject_unknown,
@@ -152,7 +151,7 @@ class ChatAXOllama(EngineHolder, OllamaOptionFields, BaseChatModel):
         reasoning = request.get("think")
         engine = self.engine
         produced = False
-        for response in iterate_engine(lambda: engine.chat(request)):
+        for response in iterate(lambda: engine.chat(request)):
             chunk = chat_chunk_from_response(response, reasoning)
             if chunk is None:
                 continue
@@ -170,7 +169,7 @@ class ChatAXOllama(EngineHolder, OllamaOptionFields, BaseChatModel):
         reasoning = request.get("think")
         engine = self.engine
         produced = False
-        async for response in aiterate_engine(lambda: engine.achat(request)):
+        async for response in aiterate(lambda: engine.achat(request)):
             chunk = chat_chunk_from_response(response, reasoning)
             if chunk is None:
                 continue

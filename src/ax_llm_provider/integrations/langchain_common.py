@@ -8,21 +8,17 @@ unchanged, and ignored.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-import ollama
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from ..engine.default import get_engine
 from ..engine.engine import Engine
-from ..engine.errors import EngineError
 from ..model.derived import base_name
-from ..model.errors import ModelError, ModelNotFoundError
+from ..model.errors import ModelNotFoundError
 from ..model.registry import lookup
 from ..model.store import ModelStore, normalize_name
-
-Chunk = dict[str, Any]
 
 # Option fields ChatOllama / OllamaLLM declare, in their order, then the ones only reachable through
 # `options=` there. `max_tokens` (LangChain's standard name) is an alias of num_predict.
@@ -33,32 +29,6 @@ CHAT_OPTION_FIELDS = (
 )
 # Every key the engine's `options` accepts, so per-call `invoke(..., temperature=0.2)` works too.
 CALL_OPTION_KEYS = frozenset(CHAT_OPTION_FIELDS) | {"num_batch", "main_gpu", "use_mmap", "draft_num_predict"}
-
-
-ENGINE_ERRORS: tuple[type[BaseException], ...] = (EngineError, ModelError, ValueError)
-
-
-def as_response_error(exc: BaseException) -> ollama.ResponseError:
-    """The `ollama.ResponseError` (with Ollama's status code) that ChatOllama users already catch."""
-    from ..ollama.client import response_error
-
-    return response_error(exc)  # type: ignore[arg-type]
-
-
-def iterate_engine(start: Callable[[], Iterator[Chunk]]) -> Iterator[Chunk]:
-    """Run an engine stream; engine and model errors surface as ollama.ResponseError."""
-    try:
-        yield from start()
-    except ENGINE_ERRORS as exc:
-        raise as_response_error(exc) from exc
-
-
-async def aiterate_engine(start: Callable[[], AsyncIterator[Chunk]]) -> AsyncIterator[Chunk]:
-    try:
-        async for chunk in start():
-            yield chunk
-    except ENGINE_ERRORS as exc:
-        raise as_response_error(exc) from exc
 
 
 def validate_model_name(model: str, engine: Engine | None) -> None:

@@ -15,7 +15,8 @@ from langchain_core.embeddings import Embeddings
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from ..engine.engine import Engine
-from .langchain_common import ENGINE_ERRORS, EngineHolder, as_response_error
+from ..ollama.errors import ollama_errors
+from .langchain_common import EngineHolder
 
 _OPTION_FIELDS = ("mirostat", "mirostat_eta", "mirostat_tau", "num_ctx", "num_gpu", "num_thread", "repeat_last_n",
                   "repeat_penalty", "temperature", "stop", "tfs_z", "top_k", "top_p")
@@ -83,10 +84,8 @@ class AXOllamaEmbeddings(EngineHolder, BaseModel, Embeddings):
         """One vector per text, in order."""
         if not texts:
             return []
-        try:
+        with ollama_errors():
             result = self.engine.embed(self._embed_request(texts))
-        except ENGINE_ERRORS as exc:
-            raise as_response_error(exc) from exc
         return [list(map(float, vector)) for vector in result["embeddings"]]
 
     def embed_query(self, text: str) -> list[float]:
@@ -95,10 +94,8 @@ class AXOllamaEmbeddings(EngineHolder, BaseModel, Embeddings):
     async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
         if not texts:
             return []
-        try:
+        with ollama_errors():
             result = await self.engine.aembed(self._embed_request(texts))
-        except ENGINE_ERRORS as exc:
-            raise as_response_error(exc) from exc
         return [list(map(float, vector)) for vector in result["embeddings"]]
 
     async def aembed_query(self, text: str) -> list[float]:

@@ -22,11 +22,10 @@ from pydantic import PrivateAttr
 from pydantic.json_schema import JsonSchemaValue
 
 from ..engine.engine import Engine
+from ..ollama.errors import aiterate, iterate
 from .langchain_common import (
     EngineHolder,
     OllamaOptionFields,
-    aiterate_engine,
-    iterate_engine,
     merge_call_options,
     pop_think,
     reject_unknown,
@@ -100,7 +99,7 @@ class AXOllamaLLM(EngineHolder, OllamaOptionFields, BaseLLM):
         request = self._generate_request(prompt, stop, **kwargs)
         reasoning = request.get("think")
         engine = self.engine
-        for response in iterate_engine(lambda: engine.generate(request)):
+        for response in iterate(lambda: engine.generate(request)):
             chunk = _generation_chunk(response, reasoning)
             if chunk is None:
                 continue
@@ -114,7 +113,7 @@ class AXOllamaLLM(EngineHolder, OllamaOptionFields, BaseLLM):
         request = self._generate_request(prompt, stop, **kwargs)
         reasoning = request.get("think")
         engine = self.engine
-        async for response in aiterate_engine(lambda: engine.agenerate(request)):
+        async for response in aiterate(lambda: engine.agenerate(request)):
             chunk = _generation_chunk(response, reasoning)
             if chunk is None:
                 continue

@@ -16,18 +16,10 @@ import ollama
 
 from ..engine.default import get_engine
 from ..engine.engine import Engine
-from ..engine.errors import EngineError
-from ..model.errors import ModelError, ModelNotFoundError
+from ..engine.responses import Chunk
+from ..model.errors import ModelNotFoundError
+from ..ollama.errors import aiterate, iterate, ollama_errors
 from ..ollama.merge import merge_chat
-
-Chunk = dict[str, Any]
-ENGINE_ERRORS: tuple[type[BaseException], ...] = (EngineError, ModelError, ValueError)
-
-
-def as_response_error(exc: BaseException) -> ollama.ResponseError:
-    from ..ollama.client import response_error
-
-    return response_error(exc)  # type: ignore[arg-type]
 
 
 def resolve_engine(engine: Engine | None, client: Any, what: str) -> Engine | None:
@@ -43,34 +35,11 @@ def resolve_engine(engine: Engine | None, client: Any, what: str) -> Engine | No
 
 def chat_stream(engine: Engine, body: dict[str, Any]) -> Iterator[Chunk]:
     """The engine's /api/chat stream; closing it early cancels the request and frees the device."""
-    try:
-        stream = engine.chat(body)
-    except ENGINE_ERRORS as exc:
-        raise as_response_error(exc) from exc
-    try:
-        yield from stream
-    except ENGINE_ERRORS as exc:
-        raise as_response_error(exc) from exc
-    finally:
-        close = getattr(stream, "close", None)
-        if close is not None:
-            close()
+    return iterate(lambda: engine.chat(body))
 
 
-async def achat_stream(engine: Engine, body: dict[str, Any]) -> AsyncIterator[Chunk]:
-    try:
-        stream = engine.achat(body)
-    except ENGINE_ERRORS as exc:
-        raise as_response_error(exc) from exc
-    try:
-        async for chunk in stream:
-            yield chunk
-    except ENGINE_ERRORS as exc:
-        raise as_response_error(exc) from exc
-    finally:
-        aclose = getattr(stream, "aclose", None)
-        if aclose is not None:
-            await aclose()
+def achat_stream(engine: Engine, body: dict[str, Any]) -> AsyncIterator[Chunk]:
+    return aiterate(lambda: engine.achat(body))
 
 
 def chat_once(engine: Engine, body: dict[str, Any]) -> Chunk:
@@ -83,10 +52,8 @@ async def achat_once(engine: Engine, body: dict[str, Any]) -> Chunk:
 
 
 def call_engine(start: Callable[[], Any]) -> Any:
-    try:
+    with ollama_errors():
         return start()
-    except ENGINE_ERRORS as exc:
-        raise as_response_error(exc) from exc
 
 
 @dataclass(frozen=True)

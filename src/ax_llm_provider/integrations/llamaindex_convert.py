@@ -27,7 +27,7 @@ from llama_index.core.base.llms.types import (
     ToolCallBlock,
 )
 
-Chunk = dict[str, Any]
+from ..engine.responses import Chunk
 
 
 def parse_arguments(kwargs: Any) -> Any:

@@ -20,7 +20,8 @@ from llama_index.core.callbacks.base import CallbackManager
 from llama_index.core.constants import DEFAULT_EMBED_BATCH_SIZE
 
 from ..engine.engine import Engine
-from .llamaindex_common import ENGINE_ERRORS, as_response_error, call_engine, resolve_engine, shared_engine
+from ..ollama.errors import ollama_errors
+from .llamaindex_common import call_engine, resolve_engine, shared_engine
 
 
 class AXOllamaEmbedding(BaseEmbedding):
@@ -79,10 +80,8 @@ class AXOllamaEmbedding(BaseEmbedding):
     async def aget_general_text_embeddings(self, texts: list[str]) -> list[list[float]]:
         if not texts:
             return []
-        try:
+        with ollama_errors():
             result = await self.engine.aembed(self._request(list(texts)))
-        except ENGINE_ERRORS as exc:
-            raise as_response_error(exc) from exc
         return result["embeddings"]
 
     def get_general_text_embedding(self, text: str) -> list[float]:

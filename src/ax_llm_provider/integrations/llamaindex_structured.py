@@ -1,7 +1,7 @@
 """Structured outputs for AXOllama, as llama-index-llms-ollama 0.11: `format=<the class's JSON schema>`.
 
 With `pydantic_program_mode == DEFAULT` the request carries `format=output_cls.model_json_schema()`
-and the engine constrains decoding to that schema (llguidance grammar, engine/constraints.py), so the
+and the engine constrains decoding to that schema (llguidance grammar, engine/decoding/constraints.py), so the
 content always parses; `output_cls.model_validate_json(content)` then checks the values. Other modes
 fall back to LlamaIndex's base implementation (FUNCTION mode goes through a forced tool call).
 Streaming yields partial objects (`FlexibleModel`s while the JSON is incomplete), parse errors of

@@ -6,6 +6,8 @@ from __future__ import annotations
 class ModelError(ValueError):
     """Base class for model problems the user can fix."""
 
+    status_code = 400  # the HTTP status Ollama answers
+
 
 class ModelDirectoryError(ModelError):
     """A model directory is incomplete or damaged."""
@@ -13,3 +15,5 @@ class ModelDirectoryError(ModelError):
 
 class ModelNotFoundError(ModelError):
     """No model of that name in the store."""
+
+    status_code = 404

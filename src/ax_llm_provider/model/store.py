@@ -83,14 +83,6 @@ class StoredModel:
     name: str
     path: Path
 
-    @property
-    def size_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
-
-    @property
-    def modified(self) -> float:
-        return max((p.stat().st_mtime for p in self.path.rglob("*") if p.is_file()), default=0.0)
-
 
 class ModelStore:
     """A directory of model directories, one per name."""

@@ -20,26 +20,12 @@ from ollama._types import GenerateRequest as OllamaGenerateRequest
 from ..engine.default import get_engine
 from ..engine.embedder import LegacyEmbeddingsRequest
 from ..engine.engine import Engine
-from ..engine.errors import EngineError
 from ..engine.requests import parse_request
-from ..model.errors import ModelError, ModelNotFoundError
 from ..model.tokenizer_info import verbose_show
+from .errors import ollama_errors
 from .management import AsyncManagementMethods, ManagementMethods
 from .merge import merge_chat, merge_generate
 from .types import ChatResponse, GenerateResponse
-
-
-def response_error(exc: Exception) -> ollama.ResponseError:
-    """Ollama's error for an engine or model failure, with the HTTP status Ollama would send."""
-    if isinstance(exc, ollama.ResponseError):
-        return exc
-    if isinstance(exc, ModelNotFoundError):
-        return ollama.ResponseError(str(exc), 404)
-    if isinstance(exc, EngineError):
-        return ollama.ResponseError(str(exc), exc.status_code)
-    if isinstance(exc, ModelError | ValueError):
-        return ollama.ResponseError(str(exc), getattr(exc, "status_code", 400))  # 501: not supported in process
-    return ollama.ResponseError(str(exc), 500)
 
 
 def _require_model(model: str) -> None:
@@ -77,10 +63,8 @@ def reject_image_generation(engine: Engine, model: str, width: Any, height: Any,
     """Ollama's answer to image-generation parameters on a model that cannot make images (none here can)."""
     if width is None and height is None and steps is None:
         return
-    try:
+    with ollama_errors():
         engine.resolve(model)  # a missing model is still 404 first
-    except (EngineError, ModelError, ValueError) as exc:
-        raise response_error(exc) from exc
     raise ollama.ResponseError(f'"{model}" does not support image generation', 400)
 
 
@@ -140,17 +124,13 @@ class Client(_Base, ManagementMethods):
         self.close()
 
     def _iterate(self, start: Callable[[], Iterator[dict[str, Any]]], cls: type[Any]) -> Iterator[Any]:
-        try:
+        with ollama_errors():
             for chunk in start():
                 yield cls(**chunk)
-        except (EngineError, ModelError, ValueError) as exc:
-            raise response_error(exc) from exc
 
     def _collect(self, start: Callable[[], Iterator[dict[str, Any]]], merge: Callable[[list[dict[str, Any]]], dict[str, Any]], cls: type[Any]) -> Any:
-        try:
+        with ollama_errors():
             return cls(**merge(list(start())))
-        except (EngineError, ModelError, ValueError) as exc:
-            raise response_error(exc) from exc
 
     def chat(self, model: str = "", messages: Sequence[Mapping[str, Any] | ollama.Message] | None = None, *,
              tools: Sequence[Mapping[str, Any] | ollama.Tool | Callable[..., Any]] | None = None, stream: bool = False,
@@ -180,30 +160,24 @@ class Client(_Base, ManagementMethods):
               dimensions: int | None = None) -> ollama.EmbedResponse:
         """Ollama's /api/embed: one L2-normalized vector per input (see engine/embedder.py)."""
         body = _embed_body(model, input, truncate, options, keep_alive, dimensions)
-        try:
+        with ollama_errors():
             return _embed_response(self.engine.embed(body))
-        except (EngineError, ModelError, ValueError) as exc:
-            raise response_error(exc) from exc
 
     def embeddings(self, model: str = "", prompt: str | None = None,
                    options: Mapping[str, Any] | ollama.Options | None = None,
                    keep_alive: float | str | None = None) -> ollama.EmbeddingsResponse:
         """Deprecated in favor of `embed`, as in ollama. The vector is not normalized (Ollama's /api/embeddings)."""
-        try:
+        with ollama_errors():
             return _embeddings_response(self.engine.embed(_embeddings_request(model, prompt, options, keep_alive)))
-        except (EngineError, ModelError, ValueError) as exc:
-            raise response_error(exc) from exc
 
     def list(self) -> ollama.ListResponse:
         return ollama.ListResponse(**self.engine.list())
 
     def show(self, model: str, verbose: bool | None = None) -> ollama.ShowResponse:
         """verbose=True adds the tokenizer arrays to `modelinfo` (as Ollama's /api/show)."""
-        try:
+        with ollama_errors():
             shown = self.engine.show(model)
             return ollama.ShowResponse(**(verbose_show(self.engine.store, model, shown) if verbose else shown))
-        except (EngineError, ModelError, ValueError) as exc:
-            raise response_error(exc) from exc
 
     def ps(self) -> ollama.ProcessResponse:
         return ollama.ProcessResponse(**self.engine.ps())
@@ -223,17 +197,13 @@ class AsyncClient(_Base, AsyncManagementMethods):
         await self.close()
 
     async def _aiterate(self, chunks: AsyncIterator[dict[str, Any]], cls: type[Any]) -> AsyncIterator[Any]:
-        try:
+        with ollama_errors():
             async for chunk in chunks:
                 yield cls(**chunk)
-        except (EngineError, ModelError, ValueError) as exc:
-            raise response_error(exc) from exc
 
     async def _acollect(self, chunks: AsyncIterator[dict[str, Any]], merge: Callable[[list[dict[str, Any]]], dict[str, Any]], cls: type[Any]) -> Any:
-        try:
+        with ollama_errors():
             return cls(**merge([c async for c in chunks]))
-        except (EngineError, ModelError, ValueError) as exc:
-            raise response_error(exc) from exc
 
     async def chat(self, model: str = "", messages: Sequence[Mapping[str, Any] | ollama.Message] | None = None, *,
                    tools: Sequence[Mapping[str, Any] | ollama.Tool | Callable[..., Any]] | None = None,
@@ -243,10 +213,8 @@ class AsyncClient(_Base, AsyncManagementMethods):
                    tool_choice: str | None = None) -> Any:
         body = _chat_body(model, messages, tools, stream, think, logprobs, top_logprobs, format, options, keep_alive,
                           tool_choice)
-        try:
+        with ollama_errors():
             chunks = self.engine.achat(body)
-        except (EngineError, ModelError, ValueError) as exc:
-            raise response_error(exc) from exc
         return self._aiterate(chunks, ChatResponse) if stream else await self._acollect(chunks, merge_chat, ChatResponse)
 
     async def generate(self, model: str = "", prompt: str | None = None, suffix: str | None = None, *,
@@ -263,10 +231,8 @@ class AsyncClient(_Base, AsyncManagementMethods):
             import anyio
 
             await anyio.to_thread.run_sync(reject_image_generation, self.engine, model, width, height, steps)
-        try:
+        with ollama_errors():
             chunks = self.engine.agenerate(body)
-        except (EngineError, ModelError, ValueError) as exc:
-            raise response_error(exc) from exc
         if stream:
             return self._aiterate(chunks, GenerateResponse)
         return await self._acollect(chunks, merge_generate, GenerateResponse)
@@ -275,28 +241,22 @@ class AsyncClient(_Base, AsyncManagementMethods):
                     options: Mapping[str, Any] | ollama.Options | None = None,
                     keep_alive: float | str | None = None, dimensions: int | None = None) -> ollama.EmbedResponse:
         body = _embed_body(model, input, truncate, options, keep_alive, dimensions)
-        try:
+        with ollama_errors():
             return _embed_response(await self.engine.aembed(body))
-        except (EngineError, ModelError, ValueError) as exc:
-            raise response_error(exc) from exc
 
     async def embeddings(self, model: str = "", prompt: str | None = None,
                          options: Mapping[str, Any] | ollama.Options | None = None,
                          keep_alive: float | str | None = None) -> ollama.EmbeddingsResponse:
-        try:
+        with ollama_errors():
             return _embeddings_response(await self.engine.aembed(_embeddings_request(model, prompt, options, keep_alive)))
-        except (EngineError, ModelError, ValueError) as exc:
-            raise response_error(exc) from exc
 
     async def list(self) -> ollama.ListResponse:
         return ollama.ListResponse(**self.engine.list())
 
     async def show(self, model: str, verbose: bool | None = None) -> ollama.ShowResponse:
-        try:
+        with ollama_errors():
             shown = self.engine.show(model)
             return ollama.ShowResponse(**(verbose_show(self.engine.store, model, shown) if verbose else shown))
-        except (EngineError, ModelError, ValueError) as exc:
-            raise response_error(exc) from exc
 
     async def ps(self) -> ollama.ProcessResponse:
         return ollama.ProcessResponse(**self.engine.ps())

@@ -17,6 +17,7 @@ import anyio
 import ollama
 
 from ..model import manage
+from .errors import response_error
 
 if TYPE_CHECKING:
     from ..engine.engine import Engine
@@ -28,8 +29,6 @@ BLOB_UNSUPPORTED = ("blobs are not supported: models are not built from uploaded
 
 
 def _error(exc: Exception) -> ollama.ResponseError:
-    from .client import response_error
-
     return response_error(exc)
 
 

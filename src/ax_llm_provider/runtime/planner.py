@@ -135,7 +135,7 @@ def costs_from_timing(spec: StackSpec, timing: Any, *, kv_d2d: bool = True) -> P
     layers, hidden, row = spec.layers, spec.hidden, 2 * spec.kv_dim
     chunk_ms, step_ms = {}, {}
     for g in spec.prefill_groups:
-        upload = g.tokens * (2 * hidden + 4) + 2 * g.tokens * g.mask_columns
+        upload = g.tokens * (2 * hidden + 4) + 2 * g.tokens * (g.history + g.tokens)  # mask [P, Hc + P]
         copies = 2 * timing.d2d_ms(g.tokens * row) if kv_d2d else 0.0
         chunk_ms[g.index] = layers * (timing.prefill_layer_ms + copies) + timing.transfer_ms(upload, True)
     for g in spec.decode_groups:

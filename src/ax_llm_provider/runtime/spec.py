@@ -9,7 +9,7 @@ metadata (`ax.shape_groups`). Which group runs when is decided in runtime/contra
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 IoDtype = Literal["bfloat16", "float32"]
@@ -34,10 +34,6 @@ class ShapeGroup:
     def is_decode(self) -> bool:
         return self.tokens == 1
 
-    @property
-    def mask_columns(self) -> int:
-        return self.history + self.tokens
-
 
 @dataclass(frozen=True)
 class StackSpec:
@@ -49,8 +45,6 @@ class StackSpec:
     vocab: int
     groups: tuple[ShapeGroup, ...]
     io_dtype: IoDtype = "bfloat16"
-    # Bookkeeping only; the engine never reads these for correctness.
-    notes: dict[str, str] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         if not any(g.is_decode for g in self.groups):

@@ -175,7 +175,7 @@ class OllamaAPI:
     async def _embed_response(self, req: EmbedRequest, shape: Callable[[dict[str, Any]], Any]) -> Response:
         engine = self.engine
         # A first-use pull (all-minilm) happens while resolving: do it off the loop, before queueing.
-        await anyio.to_thread.run_sync(engine._resolve, req.model)
+        await anyio.to_thread.run_sync(engine.resolve, req.model)
 
         async def work(send: Send) -> None:
             try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from ..ollama.client import response_error
+from ..ollama.errors import response_error
 
 log = logging.getLogger(__name__)
 

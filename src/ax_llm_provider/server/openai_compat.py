@@ -175,7 +175,7 @@ class OpenAIAPI:
         openai_request: EmbeddingRequest = await _parse(request, EmbeddingRequest)
         engine = self.source.engine
         req = parse_request(EmbedRequest, embed_body(openai_request))
-        await anyio.to_thread.run_sync(engine._resolve, req.model)  # a first-use pull happens off the loop
+        await anyio.to_thread.run_sync(engine.resolve, req.model)  # a first-use pull happens off the loop
 
         async def work(send: Send) -> None:
             try:

@@ -22,11 +22,12 @@ import anyio
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from ..engine.responses import Chunk
 from .errors import error_parts
 
 log = logging.getLogger(__name__)
 
-Chunk = dict[str, Any]
+
 NDJSON = "application/x-ndjson"
 JSON = "application/json; charset=utf-8"
 

@@ -20,7 +20,7 @@ from .. import axcl_codes as codes
 from ..bf16 import bf16_to_float32, float32_to_bf16
 from .api import GUARD, api
 from .api_io import IoApi, Slot
-from .memory import Fail, _Block
+from .memory import Block, Fail
 from .models import ModelDesc, TensorDesc, load_twin
 
 if TYPE_CHECKING:
@@ -222,7 +222,7 @@ class EngineApi(IoApi):
         return 0
 
 
-def _corrupt_overlap(view: np.ndarray, slot: Slot, read_ranges: list[tuple[_Block | None, int, int]]) -> None:
+def _corrupt_overlap(view: np.ndarray, slot: Slot, read_ranges: list[tuple[Block | None, int, int]]) -> None:
     """Write NaN (0xFF bytes) where this output overlaps an input of the same execute: the hazard an NPU
     that streams outputs while still reading inputs would create (undocumented, so only on request)."""
     start, end = slot.offset, slot.offset + view.size
@@ -231,7 +231,7 @@ def _corrupt_overlap(view: np.ndarray, slot: Slot, read_ranges: list[tuple[_Bloc
             view[max(lo, start) - start: min(hi, end) - start] = 0xFF
 
 
-def _slot_view(slot: Slot, t: TensorDesc, group: int, live: dict[int, _Block]) -> np.ndarray:
+def _slot_view(slot: Slot, t: TensorDesc, group: int, live: dict[int, Block]) -> np.ndarray:
     need = t.sizes[group]
     block = slot.block
     if slot.ptr is None:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from .. import axcl_codes as codes
 from .api import GUARD, api
-from .memory import Fail, _Block
+from .memory import Block, Fail
 from .models import ModelDesc, TensorDesc
 
 if TYPE_CHECKING:
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 class Slot:
     ptr: int | None = None
     size: int = 0
-    block: _Block | None = None  # resolved when bound, so execute needs no lookup
+    block: Block | None = None  # resolved when bound, so execute needs no lookup
     offset: int = 0
 
 

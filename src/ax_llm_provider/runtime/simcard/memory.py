@@ -37,7 +37,7 @@ class Fail(Exception):
 
 
 @dataclass
-class _Block:
+class Block:
     base: int
     data: np.ndarray  # uint8, the bytes
     address: int  # host address of data, for ctypes.memmove
@@ -46,7 +46,7 @@ class _Block:
 class DeviceMemory:
     def __init__(self, dirty: bool = False) -> None:
         self.dirty = dirty  # fill fresh allocations with 0xFF (bf16 NaN) like uninitialised CMM could be
-        self.blocks: dict[int, _Block] = {}
+        self.blocks: dict[int, Block] = {}
         self._bases: list[int] = []
         self._next = DEVICE_BASE
         self.used = 0
@@ -60,7 +60,7 @@ class DeviceMemory:
         data = np.full(size, 0xFF, dtype=np.uint8) if self.dirty else np.zeros(size, dtype=np.uint8)
         base = self._next
         self._next += (size + 2 * _ALIGN - 1) // _ALIGN * _ALIGN  # a guard gap between blocks
-        self.blocks[base] = _Block(base, data, data.ctypes.data)
+        self.blocks[base] = Block(base, data, data.ctypes.data)
         bisect.insort(self._bases, base)
         self.used += size
         return base
@@ -79,7 +79,7 @@ class DeviceMemory:
         self._pinned_bases.clear()
         self.used = 0
 
-    def resolve(self, ptr: int, count: int) -> tuple[_Block, int]:
+    def resolve(self, ptr: int, count: int) -> tuple[Block, int]:
         """The block holding [ptr, ptr+count) and the offset of ptr in it."""
         i = bisect.bisect_right(self._bases, ptr) - 1
         if i >= 0:

@@ -13,10 +13,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..prompt import ChatPlan
+from ..responses import chat_chunk, generate_chunk
 from .constraints import GrammarCompiler, GrammarSpec, tool_call_grammar
 from .grammar_sampler import ConstraintPlan
-from .prompt import ChatPlan
-from .responses import chat_chunk, generate_chunk
 from .thinking import OPEN_TAG, ThinkSplitter
 from .toolcall_stream import make_extractor
 from .toolcalls import ToolCallFactory, ToolFamily

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from .errors import InvalidRequestError
+from ..errors import InvalidRequestError
 from .toolcalls import ToolFamily
 
 log = logging.getLogger(__name__)
@@ -74,15 +74,12 @@ def _schema_spec(schema_json: str) -> GrammarSpec:
 
 
 def format_grammar(fmt: str | Mapping[str, Any] | None) -> GrammarSpec | None:
-    """The grammar for Ollama's `format`: None (no constraint), "json" (any object) or a JSON schema."""
-    if fmt is None or fmt == "":
+    """The grammar for Ollama's `format` as the request models normalized it (requests.py checks the form
+    once): None or "" (no constraint), "json" (any object) or a JSON schema, compiled here."""
+    if not fmt:
         return None
-    if fmt == "json":
-        schema: Any = {"type": "object"}
-    elif isinstance(fmt, Mapping):
-        schema = dict(fmt)
-    else:
-        raise InvalidRequestError(f'invalid format: {fmt!r}; expected "json" or a JSON Schema object')
+    # "json" is the only string form the request models let through
+    schema: Any = {"type": "object"} if isinstance(fmt, str) else dict(fmt)
     # no sort_keys: property order is the order the grammar generates them in
     return _schema_spec(json.dumps(schema, ensure_ascii=False))
 

@@ -33,7 +33,7 @@ from .cancel import (
     SchedulerError,
     WorkerStoppedError,
 )
-from .streams import _FINISHED, _QUEUED, _RUNNING, AsyncRequestStream, RequestStream, _Request
+from .streams import FINISHED, QUEUED, RUNNING, AsyncRequestStream, Request, RequestStream
 
 __all__ = [
     "AsyncRequestStream", "CancelToken", "ConsumerStalledError", "DeviceWorker", "QueueFullError", "RequestCancelled",
@@ -71,8 +71,8 @@ class DeviceWorker:
         self.max_queue, self.buffer_size = max_queue, buffer_size  # buffer: how far a job may run ahead
         self._lock = threading.RLock()
         self._work_ready = threading.Condition(self._lock)
-        self._queue: deque[_Request[Any]] = deque()
-        self._running: _Request[Any] | None = None
+        self._queue: deque[Request[Any]] = deque()
+        self._running: Request[Any] | None = None
         self._stopping = False
         self._ids = itertools.count(1)
         self._counts = dict.fromkeys(("completed", "cancelled", "timed_out", "stalled", "failed"), 0)
@@ -90,11 +90,11 @@ class DeviceWorker:
                                          "create a new engine (or restart the service) to run more requests")
             if len(self._queue) >= self.max_queue:  # expired requests nobody has read yet free their slots
                 for stale in [r for r in self._queue if r.token.expired()]:
-                    self._cancel(stale, RequestTimeoutError, stale.token._timeout_message())
+                    self.cancel_request(stale, RequestTimeoutError, stale.token.timeout_message())
             if len(self._queue) >= self.max_queue:
                 raise QueueFullError(f"server busy, please try again. maximum pending requests exceeded "
                                      f"({len(self._queue)} waiting, max_queue={self.max_queue})")
-            req: _Request[T] = _Request(request_id or f"r{next(self._ids)}", work, self._lock,
+            req: Request[T] = Request(request_id or f"r{next(self._ids)}", work, self._lock,
                                         timeout, stall_timeout)
             self._queue.append(req)
             self._work_ready.notify()
@@ -130,7 +130,7 @@ class DeviceWorker:
                 self._finish(self._queue.popleft(), WorkerStoppedError(
                     "device worker is shutting down; the request was not run. Retry after the engine restarts"))
             if cancel_running and self._running is not None:
-                self._cancel(self._running, WorkerStoppedError, "device worker is shutting down")
+                self.cancel_request(self._running, WorkerStoppedError, "device worker is shutting down")
             self._work_ready.notify_all()
         if not wait or threading.current_thread() is self._thread:
             return not self._thread.is_alive()
@@ -139,7 +139,7 @@ class DeviceWorker:
             with self._lock:
                 running = self._running
                 if running is not None:
-                    self._cancel(running, WorkerStoppedError, "device worker is shutting down")
+                    self.cancel_request(running, WorkerStoppedError, "device worker is shutting down")
             self._thread.join(timeout)
         if self._thread.is_alive():
             logger.warning("device worker %s did not stop within %s s", self._thread.name, timeout)
@@ -161,6 +161,10 @@ class DeviceWorker:
     def running_request_id(self) -> str | None:
         return getattr(self._running, "id", None)
 
+    def on_worker_thread(self) -> bool:
+        """True when called from the device thread itself (a job must not wait on its own worker)."""
+        return threading.current_thread() is self._thread
+
     @property
     def alive(self) -> bool:
         return self._thread.is_alive() and not self._stopping
@@ -171,20 +175,20 @@ class DeviceWorker:
 
     # -- internals (the lock is re-entrant; every helper below may be called with it held) -----------
 
-    def _cancel(self, req: _Request[Any], kind: type[SchedulerError], message: str) -> None:
+    def cancel_request(self, req: Request[Any], kind: type[SchedulerError], message: str) -> None:
         with self._lock:
-            if req.state == _FINISHED or not req.token._cancel(kind, message):
+            if req.state == FINISHED or not req.token.cancel_with(kind, message):
                 return
             logger.debug("request %s cancelled (%s): %s", req.id, req.state, message)
-            if req.state == _QUEUED:  # never ran: drop it now so it does not occupy a queue slot
+            if req.state == QUEUED:  # never ran: drop it now so it does not occupy a queue slot
                 self._queue.remove(req)
                 self._finish(req, req.token.error())
 
-    def _finish(self, req: _Request[Any], error: BaseException | None) -> None:
+    def _finish(self, req: Request[Any], error: BaseException | None) -> None:
         with self._lock:
-            if req.token._error is not None and not isinstance(error, SchedulerError):
+            if req.token.stopped and not isinstance(error, SchedulerError):
                 error = req.token.error()  # a cancelled job may fail in any way; report why it stopped
-            req.state, req.error = _FINISHED, error
+            req.state, req.error = FINISHED, error
             req.token.deadline = None  # a finished request cannot time out any more
             if self._running is req:
                 self._running = None
@@ -208,18 +212,18 @@ class DeviceWorker:
                     self._finish(req, WorkerStoppedError(f"device worker {self._thread.name} stopped"))
                 self._queue.clear()
 
-    def _take(self) -> _Request[Any] | None:
+    def _take(self) -> Request[Any] | None:
         with self._lock:
             while not self._queue and not self._stopping:
                 self._work_ready.wait()
             if not self._queue:
                 return None
             req = self._queue.popleft()
-            req.state, req.last_take = _RUNNING, time.monotonic()
+            req.state, req.last_take = RUNNING, time.monotonic()
             self._running = req
             return req
 
-    def _run(self, req: _Request[Any]) -> None:
+    def _run(self, req: Request[Any]) -> None:
         token, error = req.token, None
         if token.cancelled:  # expired between queueing and now
             self._finish(req, token.error())
@@ -251,7 +255,7 @@ class DeviceWorker:
                     error = error or exc
         self._finish(req, error)
 
-    def _deliver(self, req: _Request[Any], item: Any) -> bool:
+    def _deliver(self, req: Request[Any], item: Any) -> bool:
         """Buffer one item, waiting while the buffer is full; False when the request must stop."""
         with self._lock:
             while len(req.buffer) >= self.buffer_size and not req.token.cancelled:
@@ -259,7 +263,7 @@ class DeviceWorker:
                 if req.stall_timeout is not None:
                     idle = time.monotonic() - req.last_take
                     if idle >= req.stall_timeout:
-                        req.token._cancel(ConsumerStalledError, (
+                        req.token.cancel_with(ConsumerStalledError, (
                             f"request {req.id} was cancelled because its consumer stopped reading for more "
                             f"than {req.stall_timeout:g} s; read the stream promptly or close it"))
                         break

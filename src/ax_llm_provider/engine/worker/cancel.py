@@ -39,18 +39,18 @@ class CancelToken:
     """
 
     def __init__(self, timeout: float | None = None, *, _cond: threading.Condition | None = None,
-                 _label: str = "request") -> None:
+                 _label: str = "request", on_cancel: Callable[[], None] | None = None) -> None:
         self.timeout = timeout
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self._cond = _cond if _cond is not None else threading.Condition(threading.RLock())
         self._label = _label
         self._error: tuple[type[SchedulerError], str] | None = None
-        self._on_cancel: Callable[[], None] | None = None
+        self._on_cancel = on_cancel  # the worker's wake-up, called with the condition held
 
     @property
     def cancelled(self) -> bool:
         if self._error is None and self.expired():
-            self._cancel(RequestTimeoutError, self._timeout_message())
+            self.cancel_with(RequestTimeoutError, self.timeout_message())
         return self._error is not None
 
     @property
@@ -76,7 +76,13 @@ class CancelToken:
         kind, message = self._error
         return kind(message)
 
-    def _cancel(self, kind: type[SchedulerError], message: str) -> bool:
+    @property
+    def stopped(self) -> bool:
+        """Cancelled already (without reading the clock, unlike `cancelled`)."""
+        return self._error is not None
+
+    def cancel_with(self, kind: type[SchedulerError], message: str) -> bool:
+        """Cancel with this error (the first reason wins); False when it was cancelled already."""
         with self._cond:
             if self._error is not None:
                 return False  # the first reason wins
@@ -85,6 +91,6 @@ class CancelToken:
                 self._on_cancel()
             return True
 
-    def _timeout_message(self) -> str:
+    def timeout_message(self) -> str:
         return (f"{self._label} timed out after {self.timeout:g} s (queue wait included); "
                 "raise the timeout, lower num_predict, or retry when the device is less busy")

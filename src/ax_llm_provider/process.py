@@ -31,15 +31,19 @@ import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
-from .. import owner_lock
-from .errors import EngineError
-
-if TYPE_CHECKING:
-    from .engine import Engine
+from . import owner_lock
+from .engine.errors import EngineError
 
 log = logging.getLogger(__name__)
+
+
+class Closable(Protocol):
+    """What is finalized at exit (an Engine): cancel its generation, unload, free the device."""
+
+    def close(self, timeout: float | None = ..., *, cancel_running: bool = ...) -> None: ...
+
 
 # ---- systemd notify -----------------------------------------------------------------------------------
 
@@ -342,7 +346,7 @@ def _handler(signum: int, frame: object) -> None:
     raise ShutdownRequested(signum, _State.exit_code)
 
 
-def register(engine: Engine) -> None:
+def register(engine: Closable) -> None:
     """Close `engine` at interpreter exit (weakly referenced: a collected engine is skipped).
 
     Called again after every model load: atexit runs its handlers last-registered-first, and the axcl
@@ -369,7 +373,7 @@ def finalize_all() -> None:
             log.warning("closing an engine at exit failed: %s", exc)
 
 
-def install(engine: Engine | None = None, *, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT),
+def install(engine: Closable | None = None, *, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT),
             exit_code: int = 0) -> None:
     """Service setup: SIGTERM/SIGINT raise ShutdownRequested(exit_code) in the main thread (deferred during
     a critical section), and every registered engine is closed at exit. Call from the main thread."""
@@ -399,7 +403,7 @@ def reset_for_tests() -> None:
 
 
 __all__ = [
-    "DeviceInUseError", "DeviceLock", "Owner", "ShutdownRequested", "critical_section", "device_users",
+    "Closable", "DeviceInUseError", "DeviceLock", "Owner", "ShutdownRequested", "critical_section", "device_users",
     "finalize_all", "in_critical_section", "in_use_message", "install", "install_default_sigterm", "lock_dir",
     "notify_ready", "register", "sd_notify", "watchdog_interval",
 ]

@@ -15,7 +15,7 @@ Rungs, tried in order within one recovery, each only when the one before failed:
 Where a recovery starts: an offline card goes straight to REBOOT (field notes: a dead heartbeat needs
 a firmware reboot); anything else starts at RESET. It starts one rung higher when the previous recovery
 was not followed by any successful request, and more than `max_recoveries` within `window_s` is FATAL.
-What happens to the request (engine/supervisor.py): one that has streamed nothing is retried
+What happens to the request (engine/ops/supervisor.py): one that has streamed nothing is retried
 transparently after the recovery; one that has streamed tokens ends with its typed DeviceError.
 """
 
@@ -33,11 +33,11 @@ from typing import Any
 import numpy as np
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from ..runtime import axcl_codes as codes
-from ..runtime.errors import DeviceBusyError, DeviceError, DeviceOfflineError, DeviceTimeoutError
-from ..runtime.protocol import DecoderStack, KVSnapshot
-from .errors import EngineError
-from .scheduler import RequestTimeoutError
+from ...runtime import axcl_codes as codes
+from ...runtime.errors import DeviceBusyError, DeviceError, DeviceOfflineError, DeviceTimeoutError
+from ...runtime.protocol import DecoderStack, KVSnapshot
+from ..errors import EngineError
+from ..worker.scheduler import RequestTimeoutError
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +106,6 @@ class DeviceActivity:
 
     def answered(self) -> None:
         self.last_answer = time.monotonic()
-
-    def stuck_for(self, now: float | None = None) -> float:
-        since = self.busy_since
-        return 0.0 if since is None else (now if now is not None else time.monotonic()) - since
 
 
 class _WatchedRt:

@@ -19,24 +19,23 @@ from .cancel import CancelToken, RequestCancelled, RequestTimeoutError, Schedule
 if TYPE_CHECKING:
     from .scheduler import DeviceWorker
 
-logger = logging.getLogger("ax_llm_provider.engine.scheduler")
+logger = logging.getLogger("ax_llm_provider.engine.worker.scheduler")
 
 T = TypeVar("T")
 
 
-_QUEUED, _RUNNING, _FINISHED = "queued", "running", "finished"
+QUEUED, RUNNING, FINISHED = "queued", "running", "finished"
 
 
-class _Request(Generic[T]):
+class Request(Generic[T]):
     """Shared state of one request between the worker and its consumer; guarded by the worker's lock."""
 
     def __init__(self, rid: str, work: Callable[[CancelToken], Iterator[T]], lock: threading.RLock,
                  timeout: float | None, stall_timeout: float | None) -> None:
         self.id, self.work, self.stall_timeout = rid, work, stall_timeout
         self.cond = threading.Condition(lock)
-        self.token = CancelToken(timeout, _cond=self.cond, _label=f"request {rid}")
-        self.token._on_cancel = self.notify
-        self.state = _QUEUED
+        self.token = CancelToken(timeout, _cond=self.cond, _label=f"request {rid}", on_cancel=self.notify)
+        self.state = QUEUED
         self.buffer: deque[T] = deque()
         self.error: BaseException | None = None
         self.last_take = time.monotonic()  # consumer's last read, for the stall timeout
@@ -53,7 +52,7 @@ class _Request(Generic[T]):
 class RequestStream(Generic[T]):
     """Consumer side of a request: iterate it for the job's items; close it to give the device back."""
 
-    def __init__(self, worker: DeviceWorker, request: _Request[T]) -> None:
+    def __init__(self, worker: DeviceWorker, request: Request[T]) -> None:
         self._worker, self._req, self._closed = worker, request, False
         self.request_id, self.token = request.id, request.token
 
@@ -65,11 +64,11 @@ class RequestStream(Generic[T]):
             ready, item = self._poll(None)
             if ready:
                 return item
-            if threading.current_thread() is self._worker._thread:
+            if self._worker.on_worker_thread():
                 raise SchedulerError(f"request {self._req.id} was read from the device thread itself, which "
                                      "would deadlock; call the device function directly inside the job")
             with self._req.cond:
-                if not self._req.buffer and self._req.state != _FINISHED and self._req.token._error is None:
+                if not self._req.buffer and self._req.state != FINISHED and self._req.token.stopped is False:
                     self._req.cond.wait(self._req.token.remaining())
 
     def _poll(self, waker: Callable[[], None] | None) -> tuple[bool, Any]:
@@ -83,16 +82,16 @@ class RequestStream(Generic[T]):
         with req.cond:
             if self._closed:
                 raise StopIteration
-            if req.state != _FINISHED and req.token.expired():
-                self._worker._cancel(req, RequestTimeoutError, req.token._timeout_message())
-            if req.token._error is not None:
+            if req.state != FINISHED and req.token.expired():
+                self._worker.cancel_request(req, RequestTimeoutError, req.token.timeout_message())
+            if req.token.stopped:
                 error = req.error if req.error is not None else req.token.error()
             elif req.buffer:
                 req.last_take = time.monotonic()
                 item = req.buffer.popleft()
                 req.notify()  # room in the buffer for the worker
                 return True, item
-            elif req.state == _FINISHED:
+            elif req.state == FINISHED:
                 error = req.error
             else:
                 if waker is not None:
@@ -105,12 +104,12 @@ class RequestStream(Generic[T]):
 
     def cancel(self, reason: str = "cancelled by the caller") -> None:
         """Cancel the request; a reader blocked in `next()` gets `RequestCancelled(reason)`."""
-        self._worker._cancel(self._req, RequestCancelled, f"request {self._req.id} {reason}")
+        self._worker.cancel_request(self._req, RequestCancelled, f"request {self._req.id} {reason}")
 
     def close(self) -> None:
         """Stop reading: cancel the request if it has not finished; later `next()` ends the iteration."""
         with self._req.cond:
-            if self._closed and self._req.state == _FINISHED:
+            if self._closed and self._req.state == FINISHED:
                 return
             self._closed = True
             self.cancel("closed by the consumer")

@@ -37,9 +37,9 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import EngineError
 from .closing import Closer, JsonShape
 from .constraints import GrammarCompiler, GrammarSpec
-from .errors import EngineError
 
 Sampler = Callable[[np.ndarray, Sequence[int]], int]
 

@@ -1,7 +1,7 @@
 """Device health: a monitor thread that reads the card, watches for a hung execute, applies the thermal
 policy and feeds systemd's watchdog; `HealthSnapshot` is what `engine.health()` returns.
 
-Why a thread of its own, not the device worker (sdk-api.md 3.1): `axclrtGetDeviceProperties` (the only
+Why a thread of its own, not the device worker (docs/health.md): `axclrtGetDeviceProperties` (the only
 source of temperature, CMM and load in the V3.x runtime; pyaxcl has no wrapper, so ctypes) activates the
 device on the *calling* thread, runs several shell commands on the card with 1 s timeouts each and resets
 the device again. That is far too slow to sit between two engine calls on the worker, and it binds and
@@ -36,11 +36,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..runtime.errors import DeviceError, DeviceOfflineError
-from .errors import EngineBusyError
-from .lifecycle import sd_notify, watchdog_interval
+from ...process import sd_notify, watchdog_interval
+from ...runtime.errors import DeviceError, DeviceOfflineError
+from ..errors import EngineBusyError
+from ..worker.scheduler import CancelToken
 from .recovery import DeviceActivity
-from .scheduler import CancelToken
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class DeviceReading:
 
 
 class HealthHooks(Protocol):
-    """What the monitor asks of the engine (engine/supervisor.py implements it)."""
+    """What the monitor asks of the engine (engine/ops/supervisor.py implements it)."""
 
     activity: DeviceActivity
 
@@ -191,8 +191,10 @@ class HealthSnapshot:
 class HealthMonitor:
     """The monitor thread (see the module docstring). `stop()` joins it."""
 
-    def __init__(self, hooks: HealthHooks, config: HealthConfig, name: str = "ax-llm-health") -> None:
-        self.hooks, self.config = hooks, config
+    def __init__(self, hooks: HealthHooks, config: HealthConfig, name: str = "ax-llm-health", *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """clock: the monotonic clock the policies read (tests pass a fake one and call `tick`)."""
+        self.hooks, self.config, self.clock = hooks, config, clock
         self.reading: DeviceReading | None = None
         self.paused = False
         self._cool = threading.Event()
@@ -208,9 +210,11 @@ class HealthMonitor:
         self._tick = max(0.01, min(0.25, config.execute_timeout_s / 4,
                                    config.period_s if config.period_s > 0 else 0.25,
                                    self.watchdog_s / 4 if self.watchdog_s else 0.25))
+        self._next_read: float | None = None  # None: read at the next tick
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
     def start(self) -> HealthMonitor:
+        self._next_read = self.clock() + min(self._tick, self.config.period_s or self._tick)
         self._thread.start()
         return self
 
@@ -235,17 +239,20 @@ class HealthMonitor:
     # -- the loop ---------------------------------------------------------------------------------------
 
     def _loop(self) -> None:
-        next_read = time.monotonic() + min(self._tick, self.config.period_s or self._tick)
         while not self._stop.wait(self._tick):
-            now = time.monotonic()
             try:
-                self._watch_execute(now)
-                if self.config.period_s > 0 and now >= next_read:
-                    next_read = now + self.config.period_s
-                    self.read_now()
-                self._feed_watchdog(time.monotonic())
+                self.tick()
             except Exception:  # noqa: BLE001 -- the monitor must outlive any bug in one tick
                 log.exception("health monitor tick failed")
+
+    def tick(self) -> None:
+        """One pass: the hang watch, a device read when one is due, the watchdog (the thread calls this)."""
+        now = self.clock()
+        self._watch_execute(now)
+        if self.config.period_s > 0 and (self._next_read is None or now >= self._next_read):
+            self._next_read = now + self.config.period_s
+            self.read_now()
+        self._feed_watchdog(self.clock())
 
     def read_now(self) -> DeviceReading | None:
         """Read the card once and apply the policies (the loop calls this every period)."""
@@ -316,7 +323,7 @@ class HealthMonitor:
 
     def live(self, now: float | None = None) -> bool:
         """What the watchdog reports: the device answers, nothing hangs, the engine is not lost."""
-        now = time.monotonic() if now is None else now
+        now = self.clock() if now is None else now
         if self.hung or not self.hooks.alive():
             return False
         if self.reading is not None and not self.reading.online:
@@ -347,7 +354,7 @@ class HealthMonitor:
             on_wait()
         while self.paused and not self._stop.is_set():
             cancel.check()
-            left = deadline - time.monotonic()
+            left = deadline - self.clock()
             if left <= 0:
                 temp = self.reading.temperature_c if self.reading else None
                 shown = f"{temp:.0f} °C" if temp is not None else "too hot"
