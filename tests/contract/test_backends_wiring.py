@@ -52,3 +52,43 @@ def test_vendor_bundle_without_sdk_says_what_to_install(tmp_path: Path) -> None:
         load_model(files.root, backend="simulated")
     with pytest.raises(ValueError, match="unknown backend"):
         resolve_backend(files, "cuda")
+
+
+def test_open_stack_attaches_the_prefill_planner_on_the_card_only(tiny_twin: Callable[..., Path],
+                                                                  tmp_path: Path) -> None:
+    from ax_llm_provider.calibration.record import CalibrationRecord, GroupCost, runtime_of, save_record
+    from ax_llm_provider.model.layout import scan_model_dir
+    from ax_llm_provider.runtime.backends import open_stack
+    from ax_llm_provider.runtime.simcard import SimCard
+
+    files = scan_model_dir(tiny_twin("qwen2", decode_capacity=127, prefill_chunk=16, prefill_histories=HISTORIES))
+    stacks = [open_stack(files, "simulated"), open_stack(files, "simulated", prefill_planner=False),
+              open_stack(files, "onnx")]
+    try:
+        assert [s.planner is not None for s in stacks] == [True, False, False]  # type: ignore[attr-defined]
+        assert len(stacks[0].planner(stacks[0].spec, 20, 3)) == 3  # type: ignore[attr-defined]  # 3 decode steps
+    finally:
+        for s in stacks:
+            s.close()
+    # A real card (here the simulated card driven as `axcl`): costs only from a stored calibration.
+    card = SimCard()
+    uncalibrated = open_stack(files, "axcl", axcl=card)
+    assert uncalibrated.planner is None  # type: ignore[attr-defined]
+    runtime = runtime_of(card, "axcl")
+    assert runtime is not None
+    spec = uncalibrated.spec
+    uncalibrated.close()
+    costs = [GroupCost(group=g.index, kind="prefill", tokens=g.tokens, history=g.history, call_ms=100.0,
+                       ms_per_token=100.0 / g.tokens, samples=3) for g in spec.prefill_groups]
+    costs.append(GroupCost(group=spec.decode_group.index, kind="decode", tokens=1, history=spec.decode_capacity,
+                           call_ms=30.0, ms_per_token=30.0, samples=3))
+    save_record(CalibrationRecord(model="tiny", model_dir=str(files.root), runtime=runtime, kv_write="copy",
+                                  kv_write_reason="test", head_ms=10.0, group_costs=costs))
+    calibrated = open_stack(files, "axcl", axcl=card)
+    try:
+        planner = calibrated.planner  # type: ignore[attr-defined]
+        assert planner is not None
+        assert len(planner(spec, 20, 4)) == 4  # 4 steps of 30 - 10 (lm-head) ms are cheaper than a 100 ms chunk
+        assert len(planner(spec, 20, 5)) == 1  # a tie keeps the chunk
+    finally:
+        calibrated.close()

@@ -187,3 +187,24 @@ def test_load_and_unload_requests(engine: Engine, twin: str) -> None:
     unload = list(engine.generate({"model": twin, "keep_alive": 0}))[-1]
     assert unload["done_reason"] == "unload" and not len(engine.slots)
     assert engine.resolve(twin) == twin
+
+
+def test_num_predict_zero_evaluates_into_the_prefix_cache(engine: Engine, twin: str, tmp_path: Path) -> None:
+    """num_predict 0: done, nothing generated, the prompt cached; the request that extends it reuses it."""
+    system = {"role": "system", "content": "you are a poet"}
+    partial = [system, {"role": "user", "content": "the cat sat on"}]
+    full = [system, {"role": "user", "content": "the cat sat on a mat and ran far away"}]
+    chunks = list(engine.chat({"model": twin, "messages": partial, "options": {"num_predict": 0}}))
+    (final,) = chunks
+    assert final["done"] and final["done_reason"] == "length" and final.get("eval_count", 0) == 0  # zeros omitted
+    assert final["message"]["content"] == "" and final["prompt_eval_count"] > 0
+    text_after, after = chat(engine, twin, full)
+    assert after["ax"]["prompt_cache_reused_tokens"] >= final["prompt_eval_count"] - 8  # the template's tail differs
+    fresh = Engine(ModelStore(tmp_path / "fresh"), backend="onnx", auto_pull=False)
+    try:
+        text_fresh, fresh_final = chat(fresh, twin, full)
+    finally:
+        fresh.close()
+    assert text_after == text_fresh and after["eval_count"] == fresh_final["eval_count"]
+    (generated,) = list(engine.generate({"model": twin, "prompt": "birds sang", "options": {"num_predict": 0}}))
+    assert generated["done"] and generated["response"] == "" and generated.get("eval_count", 0) == 0

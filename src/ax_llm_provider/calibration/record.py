@@ -195,11 +195,16 @@ def runtime_of(module: Any, kind: CardKind) -> Runtime | None:
     return Runtime(kind=kind, version=f"{major}.{minor}.{patch}", pyaxcl=wheel)
 
 
-def calibrated_kv_write(model_dir: Path, backend: str, module: Any) -> KvWrite | None:
-    """The kv_write stored for this model and runtime, or None (then the backend's default applies)."""
+def load_calibration(model_dir: Path, backend: str, module: Any) -> CalibrationRecord | None:
+    """The record stored for this model and the runtime behind `module`, or None."""
     kind: CardKind = "simulated" if backend == "simulated" else "axcl"
     runtime = runtime_of(module, kind)
-    record = load_record(model_dir, runtime) if runtime is not None else None
+    return load_record(model_dir, runtime) if runtime is not None else None
+
+
+def calibrated_kv_write(model_dir: Path, backend: str, module: Any) -> KvWrite | None:
+    """The kv_write stored for this model and runtime, or None (then the backend's default applies)."""
+    record = load_calibration(model_dir, backend, module)
     if record is None:
         return None
     log.info("calibration %s: kv_write=%s (%s)", record_path(model_dir, record.runtime), record.kv_write,

@@ -131,7 +131,8 @@ class GenerationOptions(BaseModel):
     num_predict: Int = Field(default=-1, description=(
         "Maximum tokens to generate; -1 (until a stop or EOS) and -2 (fill the context) both end at "
         "the context capacity, because the compiled KV cache cannot shift. Hitting it gives "
-        "done_reason 'length'."))
+        "done_reason 'length'. 0 evaluates the prompt into the prefix cache and generates nothing "
+        "(done_reason 'length', eval_count 0), so a later prompt that extends it prefills only the rest."))
     top_k: Int = Field(default=40, description="Keep the k most likely tokens; <= 0 disables.")
     top_p: Float = Field(default=0.9, description="Nucleus: keep the smallest set with this much mass; >= 1 disables.")
     min_p: Float = Field(default=0.0, description="Drop tokens below min_p x the top probability; <= 0 disables.")

@@ -7,6 +7,7 @@ the prefix cache and the sampler state are never touched concurrently.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -98,6 +99,9 @@ class ModelRunner:
             raise ValueError("empty prompt: nothing to evaluate")
         if len(prompt) > window:
             raise ValueError(f"prompt of {len(prompt)} tokens exceeds the window {window}")
+        if opts.num_predict == 0:  # evaluate only (issue 17): see evaluate_only
+            yield self.evaluate_only(prompt)
+            return
         tokenizer = self.model.tokenizer
         room = window - len(prompt)
         limit = opts.max_new_tokens()
@@ -147,3 +151,18 @@ class ModelRunner:
             if clean or generated:
                 self.cache.commit(prompt + generated[:-1])
             # else: failed inside the prefill; prepare() already limited the live KV to the reused rows
+
+    # -- evaluate only (num_predict 0; issue 17) ------------------------------------------------------
+    def evaluate_only(self, prompt: list[int]) -> RunStep:
+        """Evaluate `prompt` into the KV and the prefix cache, generate nothing (eval_count 0, "length").
+
+        An application feeds what it already knows of the next prompt (the visitor's words so far), so the
+        request that follows finds it cached and prefills only the rest. Nothing is sampled.
+        """
+        reused = self.cache.prepare(prompt)
+        began = time.perf_counter_ns()
+        self.model.stack.prefill(self.model.embeddings.lookup(prompt[reused:]), reused, want_logits=False)
+        self.cache.commit(prompt)
+        prompt_ns = time.perf_counter_ns() - began
+        log.debug("evaluate only: prompt %d (reused %d)", len(prompt), reused)
+        return RunStep("", None, RunStats("length", len(prompt), reused, prompt_ns, 0, 0, list(prompt)))

@@ -52,12 +52,12 @@ from .contract import (
     MASK_BLOCKED,
     Chunk,
     ContextOverflowError,
-    plan_prefill,
     prefill_indices,
     prefill_mask,
     select_decode_group,
 )
 from .errors import DeviceError, DeviceMemoryError, check, device_error, execute_error, memory_error
+from .planner import Planner, make_plan
 from .protocol import KVSnapshot
 from .spec import ShapeGroup, StackSpec
 
@@ -116,6 +116,9 @@ class _Resources:
 class AxclDecoderStack:
     """DecoderStack on an AX650 card through pyaxcl (`axcl`), or anything with its API (the simulated card)."""
 
+    # How prefill() splits a prompt (runtime/planner.py); None: plain chunks. open_stack sets it from costs.
+    planner: Planner | None = None
+
     def __init__(self, layer_paths: Sequence[str | Path], post_path: str | Path, axcl: Any | None = None, *,
                  device_index: int = 0, kv_write: str = "d2d", config: str | None = None,
                  cmm_floor_mb: int = 128, progress: Callable[[int, int], None] | None = None) -> None:
@@ -129,6 +132,7 @@ class AxclDecoderStack:
         if kv_write not in ("bind", "d2d", "copy"):  # "copy" is the calibration's name for "d2d"
             raise ValueError(f"kv_write must be 'bind' or 'copy' ('d2d'), not {kv_write!r}")
         self._d2d = kv_write in ("d2d", "copy")
+        self.kv_d2d = self._d2d  # read by the prefill planner's cost model
         self._axcl = axcl if axcl is not None else import_axcl()
         self._res = _Resources(AxclRuntime.acquire(self._axcl, device_index, config))
         self._finalizer = weakref.finalize(self, self._res.close)  # runs at exit too
@@ -348,7 +352,7 @@ class AxclDecoderStack:
 
     def prefill(self, embeds: np.ndarray, start: int, want_logits: bool = True) -> np.ndarray | None:
         embeds = np.asarray(embeds, dtype=np.float32).reshape(-1, self.spec.hidden)
-        plan = plan_prefill(self.spec, start, len(embeds))
+        plan = make_plan(self.spec, start, len(embeds), self.planner)
         self._begin()
         return self._step(self._prefill, embeds, start, plan, want_logits)
 

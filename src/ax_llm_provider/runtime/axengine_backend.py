@@ -31,11 +31,11 @@ from .bf16 import bf16_to_float32, float32_to_bf16
 from .contract import (
     decode_indices,
     decode_mask,
-    plan_prefill,
     prefill_indices,
     prefill_mask,
     select_decode_group,
 )
+from .planner import Planner, make_plan
 from .protocol import KVSnapshot
 from .spec import ShapeGroup, StackSpec
 
@@ -103,6 +103,9 @@ def _groups(session: Any) -> list[tuple[list[Any], list[Any]]]:
 
 class AxengineDecoderStack:
     """DecoderStack over pyaxengine (or its fake): host-resident bf16 KV, copied to the card every call."""
+
+    # How prefill() splits a prompt (runtime/planner.py); None: plain chunks. open_stack sets it from costs.
+    planner: Planner | None = None
 
     def __init__(self, layer_paths: Sequence[str | Path], post_path: str | Path, axengine: Any | None = None, *,
                  device_index: int = 0) -> None:
@@ -181,7 +184,7 @@ class AxengineDecoderStack:
     def prefill(self, embeds: np.ndarray, start: int, want_logits: bool = True) -> np.ndarray | None:
         embeds = np.asarray(embeds, dtype=np.float32).reshape(-1, self.spec.hidden)
         last = None
-        for chunk in plan_prefill(self.spec, start, len(embeds)):
+        for chunk in make_plan(self.spec, start, len(embeds), self.planner):
             rows = embeds[chunk.start - start: chunk.start - start + chunk.count]
             if chunk.group.is_decode:
                 last = self._decode_hidden(rows[0], chunk.start)
@@ -191,7 +194,7 @@ class AxengineDecoderStack:
             out = self._run_layers(chunk.group, x, prefill_indices(chunk.start, chunk.count, chunk.group.tokens),
                                    prefill_mask(chunk.start, chunk.group), chunk.start, chunk.count)
             last = out[chunk.count - 1]
-        assert last is not None  # plan_prefill never plans nothing
+        assert last is not None  # a plan never plans nothing
         return self._logits(last) if want_logits else None
 
     def _decode_hidden(self, embed: np.ndarray, pos: int) -> np.ndarray:

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 from .protocol import DecoderStack
 
+log = logging.getLogger(__name__)
+
 if TYPE_CHECKING:
     from ..model.layout import ModelFiles
+    from .planner import Planner
 
 BackendName = Literal["auto", "onnx", "axcl", "axengine", "simulated"]
 BACKENDS: tuple[str, ...] = ("auto", "onnx", "axcl", "axengine", "simulated")
@@ -50,14 +54,17 @@ def check_backend(files: ModelFiles, name: str) -> None:
 
 def open_stack(files: ModelFiles, backend: str = "auto", device: int = 0, threads: int | None = None, *,
                axcl: Any | None = None, progress: Callable[[int, int], None] | None = None,
-               cmm_floor_mb: int | None = None, kv_write: str | None = None) -> DecoderStack:
+               cmm_floor_mb: int | None = None, kv_write: str | None = None,
+               prefill_planner: bool = True) -> DecoderStack:
     """Open the decoder stack of `files` on the chosen backend.
 
     For the card backends only: `axcl` is the module to drive (default `import axcl`; for "simulated", the
     SimCard, default a new one with preset $AX_LLM_SIM_PRESET), `progress(done, total)` is called after each
     model file, `cmm_floor_mb` is the CMM that must stay free after the load (AxclDecoderStack's default),
     `kv_write` is "d2d" (the vendor's copy) or "bind" (axcl and simulated only; default: the model's stored
-    calibration, else "d2d").
+    calibration, else "d2d"), `prefill_planner` whether prefill may mix decode steps and chunks by cost
+    (runtime/planner.py; on the card only: the CPU twin's cost scales with the tokens, so plain chunks are
+    already its cheapest plan).
     """
     name = resolve_backend(files, backend)
     check_backend(files, name)
@@ -84,9 +91,30 @@ def open_stack(files: ModelFiles, backend: str = "auto", device: int = 0, thread
         from .simcard import DEFAULT_PRESET, SimCard
 
         card = axcl if axcl is not None else SimCard(os.environ.get("AX_LLM_SIM_PRESET", DEFAULT_PRESET))
-    from ..calibration.record import calibrated_kv_write  # `ax-llm doctor --calibrate` stored it
+    from ..calibration.record import calibrated_kv_write, load_calibration  # `ax-llm doctor --calibrate`
 
     chosen = kv_write or calibrated_kv_write(files.root, name, card)
     if chosen is not None:
         card_options["kv_write"] = chosen
-    return AxclDecoderStack(files.layers, files.post, card, **card_options)
+    stack = AxclDecoderStack(files.layers, files.post, card, **card_options)
+    if prefill_planner:
+        stack.planner = _card_planner(stack, name, card, lambda: load_calibration(files.root, name, card))
+    return stack
+
+
+def _card_planner(stack: DecoderStack, name: str, card: Any, calibration: Callable[[], Any]) -> Planner | None:
+    """The cost-based prefill planner (runtime/planner.py) for the card: costs from the simulated card's timing
+    model, or from the real card's calibration record; None (plain chunks) when there is none."""
+    from .planner import PrefillCosts, costs_from_record, costs_from_timing
+
+    costs: PrefillCosts | None
+    if name == "simulated" and hasattr(card, "timing"):
+        costs = costs_from_timing(stack.spec, card.timing, kv_d2d=getattr(stack, "kv_d2d", True))
+    else:
+        record = calibration()
+        costs = costs_from_record(stack.spec, record) if record is not None else None
+    if costs is None:
+        log.info("no prefill costs for this model (run `ax-llm doctor --calibrate`): plain prefill chunks")
+        return None
+    log.info("prefill planner on, costs from the %s", costs.source)
+    return costs.planner()

@@ -30,6 +30,7 @@ from .contract import (
     prefill_mask,
     select_decode_group,
 )
+from .planner import Planner, make_plan
 from .protocol import KVSnapshot
 from .spec import ShapeGroup, StackSpec
 
@@ -68,6 +69,9 @@ def read_shape_groups(metadata: dict[str, str], path: Path) -> tuple[ShapeGroup,
 
 class OnnxDecoderStack:
     """DecoderStack over onnxruntime sessions, one per layer file plus the post graph."""
+
+    # How prefill() splits a prompt (runtime/planner.py); None: plain chunks. open_stack sets it from costs.
+    planner: Planner | None = None
 
     def __init__(self, layer_paths: Sequence[Path], post_path: Path, *, threads: int | None = None,
                  exact_shapes: bool = False) -> None:
@@ -152,8 +156,8 @@ class OnnxDecoderStack:
         return logits.reshape(-1)
 
     def _plan(self, start: int, count: int) -> list[Chunk]:
-        if self.exact_shapes:
-            return plan_prefill(self.spec, start, count)
+        if self.planner is not None or self.exact_shapes:
+            return make_plan(self.spec, start, count, self.planner)
         # Trimmed shapes need no compiled window, so even a history longer than the largest prefill
         # group is prefilled in P-token chunks (the card would fall back to one decode call per token).
         if start + count > self.spec.decode_capacity:

@@ -18,11 +18,11 @@ from ..bf16 import bf16_to_float32, float32_to_bf16
 from ..contract import (
     decode_indices,
     decode_mask,
-    plan_prefill,
     prefill_indices,
     prefill_mask,
     select_decode_group,
 )
+from ..planner import Planner, make_plan
 from ..protocol import KVSnapshot
 from ..spec import ShapeGroup, StackSpec
 from .models import LAYER_OUTPUTS, load_twin
@@ -34,6 +34,9 @@ def bf16_round(x: np.ndarray) -> np.ndarray:
 
 class CardReference:
     """A DecoderStack with host KV (bf16 values held as float32) and card-exact rounding."""
+
+    # How prefill() splits a prompt (runtime/planner.py); None: plain chunks. open_stack sets it from costs.
+    planner: Planner | None = None
 
     def __init__(self, layer_paths: Sequence[str | Path], post_path: str | Path, threads: int = 1) -> None:
         self._layers = [load_twin(str(p), threads) for p in layer_paths]
@@ -71,7 +74,7 @@ class CardReference:
     def prefill(self, embeds: np.ndarray, start: int, want_logits: bool = True) -> np.ndarray | None:
         embeds = np.asarray(embeds, np.float32).reshape(-1, self.spec.hidden)
         hidden = None
-        for chunk in plan_prefill(self.spec, start, len(embeds)):
+        for chunk in make_plan(self.spec, start, len(embeds), self.planner):
             rows = embeds[chunk.start - start: chunk.start - start + chunk.count]
             if chunk.group.is_decode:
                 hidden = self._decode_hidden(rows[0], chunk.start)
