@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..model.bundle_config import CONFIG_NAME, HF_TOKENIZER_FILE, BundleConfig, read_bundle_config
+from ..model.checksums import Verification, damaged_for_pull, record_checksums, verify_files
 from ..model.errors import ModelError
 from ..model.layout import MANIFEST_NAME, scan_model_dir
 from ..model.store import ModelStore, normalize_name
@@ -232,8 +233,11 @@ def pull_bundle(bundle: HubBundle, store: ModelStore, progress: Progress | None 
     """Download, check and install `bundle` into the store; return its directory."""
     dest = store.path_for(bundle.name)
     if dest.is_dir() and not force:
-        log.info("%s is already in %s", bundle.name, dest)
-        return dest
+        found = damaged_for_pull(dest, progress)
+        if found.ok:
+            log.info("%s is already in %s", bundle.name, dest)
+            return dest
+        return repair_bundle(_import_hub(), bundle, dest, found, progress)
     hub = _import_hub()
     step = progress or (lambda stage, done, total: None)
     partial = dest.parent / f".{dest.name}.partial"
@@ -253,10 +257,35 @@ def pull_bundle(bundle: HubBundle, store: ModelStore, progress: Progress | None 
     scan_model_dir(partial, tokenizer_hint=tokenizer_dir)  # all layers, post, embedding, tokenizer; no LFS pointers
     shutil.rmtree(partial / ".cache", ignore_errors=True)  # snapshot_download's resume bookkeeping
     _write_manifest(partial, bundle, tokenizer_dir)
+    record_checksums(partial, progress)  # what was fetched: verified at load, by doctor and by the next pull
     if dest.exists():
         shutil.rmtree(dest)
     partial.rename(dest)
     step("done", 4, 4)
+    return dest
+
+
+def repair_bundle(hub: Any, bundle: HubBundle, dest: Path, found: Verification,
+                  progress: Progress | None = None) -> Path:
+    """Re-fetch only the damaged or missing files of an installed bundle, then check them against the record."""
+    prefix = f"{HF_TOKENIZER_DIR}/"
+    from_tokenizer = {p for p in found.problems if bundle.tokenizer is not None and p.startswith(prefix)}
+    from_bundle = set(found.problems) - from_tokenizer
+    log.info("re-fetching %d damaged file(s) of %s", len(found.problems), bundle.name)
+    for rel in found.problems:
+        (dest / rel).unlink(missing_ok=True)
+    if from_bundle:
+        _download(hub, bundle.repo_id, bundle.revision, dest, Selection(tuple(sorted(from_bundle))))
+    if from_tokenizer and bundle.tokenizer is not None:
+        _download(hub, bundle.tokenizer.repo_id, bundle.tokenizer.revision, dest / HF_TOKENIZER_DIR,
+                  Selection(tuple(sorted(p[len(prefix):] for p in from_tokenizer))))
+        shutil.rmtree(dest / HF_TOKENIZER_DIR / ".cache", ignore_errors=True)
+    shutil.rmtree(dest / ".cache", ignore_errors=True)
+    again = verify_files(dest, progress, only=found.problems)
+    if not again.ok:
+        raise HubPullError(
+            f"{bundle.name}: re-fetched files still differ from the checksums recorded when it was pulled: "
+            f"{again.describe()}; run `ax-llm pull --force {bundle.name}` to fetch the whole bundle again")
     return dest
 
 

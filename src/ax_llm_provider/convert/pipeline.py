@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..model.checksums import record_checksums
 from .errors import ConversionError
 from .families import EMBED, FINAL_NORM, LM_HEAD, ModelConfig, layer_tensor
 from .graph import TWIN_FORMAT, build_layer_graph, build_post_graph, shape_groups
@@ -88,6 +89,7 @@ def convert(
             log.info("%s: storing weights as %s", src_path.name, storage)
             _write_twin(source, tmp, name or source.default_name(), src_path.name, groups, prefill_chunk,
                         progress or _no_progress, storage)
+            record_checksums(tmp, progress)  # sha256 of every file, verified at load, by doctor and pull
             _commit(tmp, dest_path)
             done = True
         finally:

@@ -36,6 +36,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .checksums import record_checksums
 from .errors import ModelDirectoryError, ModelError
 from .layout import MANIFEST_NAME
 
@@ -353,6 +354,7 @@ def install_embedding_model(graph: Path, bundle: Path, dest: Path, *, name: str,
         })
         (work / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2, exclude_none=True) + "\n", encoding="utf-8")
         EmbeddingModel(work, name=name).close()  # refuse to install what would not load
+        record_checksums(work)  # verified by doctor and by the next pull
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(work, dest)
