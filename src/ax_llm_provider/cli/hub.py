@@ -6,8 +6,10 @@ when that is ax-llm's run config (the 2026 flat layout, model/bundle_config.py) 
 fetched; otherwise (the per-directory layout) the ax650 layer directory, the tokenizer directories and the
 small JSON files are. A bundle that ships only ax-llm's own tokenizer file gets the Hugging Face tokenizer of
 its base model, also at a pinned commit. Then every file is checked (sizes against the repository's listing,
-no Git LFS pointers, every decoder layer present: `model.layout.scan_model_dir`), and only then the directory
-is renamed into place. Needs Hugging Face access (the Pi usually has it; this machine's CI has not).
+no Git LFS pointers, every decoder layer present: `model.layout.scan_model_dir`), the sha256 of every fetched file
+is recorded (`model/checksums.py`), and only then the directory is renamed into place. A pull of a bundle already
+in the store verifies it against that record and re-fetches only damaged or missing files (`repair_bundle`).
+Needs Hugging Face access (the Pi usually has it; this machine's CI has not).
 """
 
 from __future__ import annotations
