@@ -134,3 +134,22 @@ def test_a_refetch_that_still_differs_is_an_error(store: Path, cli: Cli, monkeyp
     fake.corrupt[rel] = b"the hub now serves something else"
     code, _, err = cli("pull", name)
     assert code == 1 and rel in err and f"ax-llm pull --force {name}" in err
+
+
+def test_a_download_that_differs_from_the_published_digest_is_refused_and_fetched_again(
+        store: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    name = "qwen2.5:0.5b-axcl"
+    fake = fake_hub(store, name, monkeypatch)
+    dest = ModelStore(store).path_for(name)
+    layer_rel = next(p for p in fake.files if p.endswith("_l2_together.axmodel"))
+    config_rel = next(p for p in fake.files if p.endswith("config.json") and "tokenizer" not in p)
+    fake.corrupt[layer_rel] = bytes(len(fake.files[layer_rel]))  # the right size, the wrong bytes
+    fake.corrupt[config_rel] = fake.files[config_rel].replace(b"{", b"[", 1)
+    code, _, err = cli("pull", name)
+    assert code == 1 and "2 downloaded file(s) differ from the digest the hub publishes" in err, err
+    assert layer_rel in err and config_rel in err and "run the same pull again" in err
+    partial = dest.parent / f".{dest.name}.partial"
+    assert not dest.exists() and not (partial / layer_rel).exists() and not (partial / config_rel).exists()
+    fake.corrupt.clear()
+    assert cli("pull", name)[0] == 0
+    assert (dest / layer_rel).read_bytes() == fake.files[layer_rel] and verify_files(dest).ok
