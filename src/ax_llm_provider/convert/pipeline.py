@@ -89,7 +89,7 @@ def convert(
             log.info("%s: storing weights as %s", src_path.name, storage)
             _write_twin(source, tmp, name or source.default_name(), src_path.name, groups, prefill_chunk,
                         progress or _no_progress, storage)
-            record_checksums(tmp, progress)  # sha256 of every file, verified at load, by doctor and pull
+            record_checksums(tmp)  # sha256 of every file, verified at load, by doctor and pull
             _commit(tmp, dest_path)
             done = True
         finally:
