@@ -115,3 +115,12 @@ def test_full_check_reports_progress_in_mib(model: Path) -> None:
     seen: list[tuple[str, int, int]] = []
     assert verify_files(model, lambda stage, done, total: seen.append((stage, done, total))).ok
     assert seen[-1][1] == seen[-1][2] == 40 and len(seen) >= 3 and seen[0][0] == "verifying checksums"
+
+
+@pytest.mark.parametrize("path", ["../outside.bin", "/etc/passwd", "tok/../../x", "a\\..\\b", ""])
+def test_a_record_naming_a_path_outside_the_directory_is_refused(model: Path, path: str) -> None:
+    data = json.loads((model / CHECKSUMS_NAME).read_text())
+    data["files"][path] = data["files"]["small.onnx"]
+    (model / CHECKSUMS_NAME).write_text(json.dumps(data))
+    with pytest.raises(ModelDirectoryError, match=r"ax_checksums\.json is damaged"):
+        verify_files(model)

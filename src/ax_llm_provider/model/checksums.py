@@ -20,10 +20,10 @@ import logging
 import os
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ModelDamagedError, ModelDirectoryError
 from .layout import MANIFEST_NAME
@@ -56,6 +56,16 @@ class ChecksumRecord(BaseModel):
     format: Literal["ax-llm-checksums/1"] = CHECKSUMS_FORMAT
     sample_bytes: int = Field(SAMPLE_BYTES, gt=0)
     files: dict[str, FileDigest]
+
+    @field_validator("files")
+    @classmethod
+    def _inside_the_directory(cls, files: dict[str, FileDigest]) -> dict[str, FileDigest]:
+        # A repair deletes and re-fetches these paths: none may reach outside the model directory.
+        for rel in files:
+            parts = PurePosixPath(rel).parts
+            if not parts or rel.startswith("/") or "\\" in rel or any(p in ("..", ".") for p in parts):
+                raise ValueError(f"{rel!r} is not a path inside the model directory")
+        return files
 
 
 @dataclass
@@ -209,7 +219,7 @@ def check_before_load(root: Path, name: str | None = None) -> None:
     """Refuse to load a damaged model (ModelDamagedError naming each file); one log note for an unrecorded one."""
     result = verify_sample(root)
     if not result.recorded:
-        if root not in _noted_unrecorded:
+        if root.is_dir() and root not in _noted_unrecorded:  # a missing directory is the layout check's error
             _noted_unrecorded.add(root)
             log.info("%s has no %s (written by an older ax-llm): its files are not checked at load; "
                      "`ax-llm pull --force NAME` (or converting it again) records them", root, CHECKSUMS_NAME)
