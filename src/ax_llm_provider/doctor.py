@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +26,7 @@ from . import __version__
 
 Status = Literal["ok", "warn", "fail", "skip"]
 DEVICE_NODE = "/dev/axcl_host"
+Progress = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -169,13 +171,44 @@ def owner_of_card(report: DoctorReport, device: int) -> dict[str, Any] | None:
     return {"owner_pid": status.pid, "free_cmm_mb": None}
 
 
-def check_model(report: DoctorReport, model: str, store_dir: str | None, free_cmm_mb: int | None) -> Path | None:
+def check_checksums(report: DoctorReport, name: str, path: Path, progress: Progress | None = None) -> bool:
+    """Every byte of every file against the sha256 recorded when the model was written; names each bad file.
+
+    False when a file is damaged or missing (an unrecorded model is only warned about)."""
+    from .model.checksums import CHECKSUMS_NAME, repair_hint, verify_files
+    from .model.errors import ModelError
+
+    try:
+        found = verify_files(path, progress)
+    except ModelError as exc:
+        report.add("checksums", "fail", str(exc))
+        return False
+    if not found.recorded:
+        report.add("checksums", "warn", f"no {CHECKSUMS_NAME} (written by an older ax-llm), files not verified: "
+                   f"`ax-llm pull --force {name}` fetches or converts it again and records them")
+    elif found.ok:
+        report.add("checksums", "ok", f"{found.checked} files match the sha256 recorded when the model was written")
+    else:
+        for rel, problem in sorted(found.problems.items()):
+            report.add("checksums", "fail", f"{path / rel} {problem}")
+        report.add("checksums", "fail", f"{len(found.problems)} of {found.checked} files damaged or missing; "
+                   f"{repair_hint(name, path)}")
+    return found.ok
+
+
+def check_model(report: DoctorReport, model: str, store_dir: str | None, free_cmm_mb: int | None,
+                progress: Progress | None = None) -> Path | None:
     from .model.errors import ModelError
     from .model.layout import scan_model_dir
     from .model.store import ModelStore
 
     try:
         stored = ModelStore(store_dir).resolve(model)
+    except (ModelError, ValueError) as exc:
+        report.add("model", "fail", str(exc))
+        return None
+    intact = check_checksums(report, stored.name, stored.path, progress)
+    try:
         files = scan_model_dir(stored.path)
     except (ModelError, ValueError) as exc:
         report.add("model", "fail", str(exc))
@@ -187,6 +220,9 @@ def check_model(report: DoctorReport, model: str, store_dir: str | None, free_cm
         # The KV cache and IO buffers come on top; the axcl backend checks the exact figure before loading.
         status: Status = "ok" if size_mb < free_cmm_mb * 0.9 else "fail"
         report.add("cmm budget", status, f"model graphs need about {size_mb:.0f} MB, {free_cmm_mb} MB free")
+    if not intact:
+        report.add("smoke generation", "skip", "the model is damaged (see the checksums lines): repair it first")
+        return None
     return stored.path
 
 
@@ -232,7 +268,9 @@ def _needs_card(path: Path, backend: str) -> bool:
 
 
 def run_doctor(model: str | None = None, *, backend: str = "auto", device: int = 0, tokens: int = 16,
-               store_dir: str | None = None, simulated: bool = False) -> DoctorReport:
+               store_dir: str | None = None, simulated: bool = False,
+               progress: Progress | None = None) -> DoctorReport:
+    """progress(stage, done, total): verifying the model's checksums reads every byte (a big model takes a while)."""
     report = DoctorReport()
     check_environment(report)
     card = check_driver(report)
@@ -242,7 +280,7 @@ def run_doctor(model: str | None = None, *, backend: str = "auto", device: int =
         report.add("card", "skip", "no LLM-8850 card usable from this process: device checks skipped"
                    + ("; running the smoke test on the simulated card" if simulated else ""))
     if model:
-        path = check_model(report, model, store_dir, info.get("free_cmm_mb"))
+        path = check_model(report, model, store_dir, info.get("free_cmm_mb"), progress)
         chosen = "simulated" if simulated else backend
         if path is not None and owner is not None and _needs_card(path, chosen):
             report.add("smoke generation", "skip", f"card {device} is held by PID {owner['owner_pid']}: send the "

@@ -2,12 +2,14 @@
 
 `snapshot_download` writes the files of a repository into `local_dir`, honouring allow/ignore patterns
 like the real one (fnmatch over the repository path) and refusing an unknown revision;
-`HfApi().model_info(files_metadata=True)` lists every file with its size.
+`HfApi().model_info(files_metadata=True)` lists every file with its size, and with its content's sha256 (the
+weights, stored through Git LFS) or its git blob id (other files), as the hub publishes them.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import types
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,15 @@ class FakeHub:
         if pinned is not None and revision != pinned:
             raise RevisionNotFoundError(f"{repo_id} has no revision {revision!r}")
         return files
+
+    def sibling(self, path: str, size: int) -> Any:
+        """As the hub lists a file: weights through Git LFS (with the content's sha256), others with their git blob id."""
+        data = self.files.get(path, b"")
+        if fnmatch.fnmatch(path, "*.axmodel") or fnmatch.fnmatch(path, "*.bin"):
+            lfs = types.SimpleNamespace(size=size, sha256=hashlib.sha256(data).hexdigest(), pointer_size=130)
+            return types.SimpleNamespace(rfilename=path, size=130, blob_id=None, lfs=lfs)
+        blob_id = hashlib.sha1(f"blob {len(data)}\0".encode() + data, usedforsecurity=False).hexdigest()
+        return types.SimpleNamespace(rfilename=path, size=size, blob_id=blob_id, lfs=None)
 
     def fetched(self, repo_id: str | None = None) -> set[str]:
         """Every path written for `repo_id` (default: the bundle) over all downloads."""
@@ -79,9 +90,10 @@ class FakeHub:
                     raise hub.fail_listing
                 assert files_metadata
                 files = hub._repo(repo_id, revision)
-                sizes = hub.listed_sizes if files is hub.files else {k: len(v) for k, v in files.items()}
-                siblings = [types.SimpleNamespace(rfilename=k, size=v, lfs=None) for k, v in sizes.items()]
-                return types.SimpleNamespace(siblings=siblings)
+                if files is not hub.files:
+                    return types.SimpleNamespace(siblings=[types.SimpleNamespace(rfilename=k, size=len(v), lfs=None)
+                                                           for k, v in files.items()])
+                return types.SimpleNamespace(siblings=[hub.sibling(k, size) for k, size in hub.listed_sizes.items()])
 
         mod.snapshot_download = snapshot_download  # type: ignore[attr-defined]
         mod.HfApi = HfApi  # type: ignore[attr-defined]

@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .common import EXIT_ERROR, EXIT_OK, CliError, table
+from .common import EXIT_ERROR, EXIT_OK, CliError, progress_bar, table
 
 log = logging.getLogger("ax_llm_provider.cli")
 MONITOR_NOTE = ("this command takes one reading; an engine that holds the card monitors it continuously "
@@ -49,8 +49,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     backend = args.backend or "auto"
     if args.calibrate:
         return _calibrate(args, "simulated" if args.simulated else backend)
-    report = run_doctor(args.model, backend=backend, device=args.device, tokens=args.tokens, store_dir=args.store,
-                        simulated=args.simulated or backend == "simulated")
+    update, close = progress_bar()  # verifying a big model's checksums reads every byte
+    try:
+        report = run_doctor(args.model, backend=backend, device=args.device, tokens=args.tokens,
+                            store_dir=args.store, simulated=args.simulated or backend == "simulated", progress=update)
+    finally:
+        close()
     governor = read_text("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
     if governor is not None:
         governor = governor.strip()

@@ -6,13 +6,16 @@ when that is ax-llm's run config (the 2026 flat layout, model/bundle_config.py) 
 fetched; otherwise (the per-directory layout) the ax650 layer directory, the tokenizer directories and the
 small JSON files are. A bundle that ships only ax-llm's own tokenizer file gets the Hugging Face tokenizer of
 its base model, also at a pinned commit. Then every file is checked (sizes against the repository's listing,
-no Git LFS pointers, every decoder layer present: `model.layout.scan_model_dir`), and only then the directory
-is renamed into place. Needs Hugging Face access (the Pi usually has it; this machine's CI has not).
+no Git LFS pointers, every decoder layer present: `model.layout.scan_model_dir`), the sha256 of every fetched file
+is recorded (`model/checksums.py`), and only then the directory is renamed into place. A pull of a bundle already
+in the store verifies it against that record and re-fetches only damaged or missing files (`repair_bundle`).
+Needs Hugging Face access (the Pi usually has it; this machine's CI has not).
 """
 
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import json
 import logging
 import shutil
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..model.bundle_config import CONFIG_NAME, HF_TOKENIZER_FILE, BundleConfig, read_bundle_config
+from ..model.checksums import ChecksumRecord, Verification, damaged_for_pull, record_checksums, verify_files
 from ..model.durable import durable_rename
 from ..model.errors import ModelError
 from ..model.layout import MANIFEST_NAME, scan_model_dir
@@ -136,21 +140,59 @@ def configured_selection(config: BundleConfig) -> Selection:
     return Selection(tuple(names))
 
 
-def repository_listing(hub: Any, repo_id: str, revision: str) -> dict[str, int] | None:
-    """{repository path: size in bytes} at `revision`, or None if the listing is unavailable."""
+@dataclass(frozen=True)
+class RemoteFile:
+    """A repository file as the hub lists it: its size and what the hub publishes about its content."""
+
+    size: int | None
+    sha256: str | None = None  # Git LFS files: the sha256 of the content
+    git_oid: str | None = None  # other files: the git blob id, sha1 of b"blob <size>\0" + the content
+
+
+def repository_listing(hub: Any, repo_id: str, revision: str) -> dict[str, RemoteFile] | None:
+    """{repository path: RemoteFile} at `revision`, or None if the listing is unavailable."""
     try:
         info = hub.HfApi().model_info(repo_id, revision=revision, files_metadata=True)
     except Exception as exc:  # noqa: BLE001 - any failure here only downgrades the check to a warning
         log.warning("could not list %s to check file sizes (%s); checking for LFS pointers only", repo_id, exc)
         return None
-    sizes = {}
+    files = {}
     for sibling in getattr(info, "siblings", None) or []:
         lfs = getattr(sibling, "lfs", None)
         size = getattr(lfs, "size", None) if lfs is not None else None
         size = size if size is not None else getattr(sibling, "size", None)
-        if size is not None:
-            sizes[sibling.rfilename] = int(size)
-    return sizes
+        files[sibling.rfilename] = RemoteFile(
+            None if size is None else int(size), sha256=getattr(lfs, "sha256", None) if lfs is not None else None,
+            git_oid=getattr(sibling, "blob_id", None) if lfs is None else None)
+    return files
+
+
+def git_blob_id(path: Path) -> str:
+    digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode(), usedforsecurity=False)
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_published_digests(root: Path, record: ChecksumRecord, listing: dict[str, RemoteFile]) -> None:
+    """Every fetched file against the digest the hub publishes for it, so the record is of what the hub serves.
+
+    A file that differs is removed, so that running the pull again fetches it again."""
+    bad = []
+    for rel, digest in sorted(record.files.items()):
+        remote = listing.get(rel)  # hf_tokenizer/ files come from another repository: not listed here
+        if remote is None:
+            continue
+        if (remote.sha256 and remote.sha256 != digest.sha256) or (
+                remote.git_oid and remote.git_oid != git_blob_id(root / rel)):
+            bad.append(rel)
+    for rel in bad:
+        (root / rel).unlink()
+    if bad:
+        raise HubPullError(f"{len(bad)} downloaded file(s) differ from the digest the hub publishes for them "
+                           f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}): the download was damaged; "
+                           "they were removed, run the same pull again to fetch them again")
 
 
 def check_sizes(root: Path, expected: dict[str, int]) -> None:
@@ -179,7 +221,8 @@ def _download(hub: Any, repo_id: str, revision: str, into: Path, selection: Sele
         ) from exc
 
 
-def _plan(hub: Any, bundle: HubBundle, partial: Path, listing: dict[str, int] | None) -> tuple[Selection, BundleConfig | None]:
+def _plan(hub: Any, bundle: HubBundle, partial: Path,
+          listing: dict[str, RemoteFile] | None) -> tuple[Selection, BundleConfig | None]:
     """Fetch the root config.json first: it decides the layout (flat when it is ax-llm's run config)."""
     if listing is None or CONFIG_NAME in listing:
         _download(hub, bundle.repo_id, bundle.revision, partial, Selection((CONFIG_NAME,)))
@@ -233,8 +276,11 @@ def pull_bundle(bundle: HubBundle, store: ModelStore, progress: Progress | None 
     """Download, check and install `bundle` into the store; return its directory."""
     dest = store.path_for(bundle.name)
     if dest.is_dir() and not force:
-        log.info("%s is already in %s", bundle.name, dest)
-        return dest
+        found = damaged_for_pull(dest, progress)
+        if found.ok:
+            log.info("%s is already in %s", bundle.name, dest)
+            return dest
+        return repair_bundle(_import_hub(), bundle, dest, found, progress)
     hub = _import_hub()
     step = progress or (lambda stage, done, total: None)
     partial = dest.parent / f".{dest.name}.partial"
@@ -250,14 +296,41 @@ def pull_bundle(bundle: HubBundle, store: ModelStore, progress: Progress | None 
         tokenizer_dir = _fetch_tokenizer(hub, bundle, config, partial)
     step("checking files", 3, 4)
     if listing is not None:
-        check_sizes(partial, {p: n for p, n in listing.items() if selection.selects(p)})
+        check_sizes(partial, {p: f.size for p, f in listing.items() if f.size is not None and selection.selects(p)})
     scan_model_dir(partial, tokenizer_hint=tokenizer_dir)  # all layers, post, embedding, tokenizer; no LFS pointers
     shutil.rmtree(partial / ".cache", ignore_errors=True)  # snapshot_download's resume bookkeeping
     _write_manifest(partial, bundle, tokenizer_dir)
+    record = record_checksums(partial, progress)  # what was fetched: verified at load, by doctor and by the next pull
+    if listing is not None:
+        check_published_digests(partial, record, listing)
     if dest.exists():
         shutil.rmtree(dest)
     durable_rename(partial, dest)  # fsynced: a power cut leaves the partial download or the whole bundle
     step("done", 4, 4)
+    return dest
+
+
+def repair_bundle(hub: Any, bundle: HubBundle, dest: Path, found: Verification,
+                  progress: Progress | None = None) -> Path:
+    """Re-fetch only the damaged or missing files of an installed bundle, then check them against the record."""
+    prefix = f"{HF_TOKENIZER_DIR}/"
+    from_tokenizer = {p for p in found.problems if bundle.tokenizer is not None and p.startswith(prefix)}
+    from_bundle = set(found.problems) - from_tokenizer
+    log.info("re-fetching %d damaged file(s) of %s", len(found.problems), bundle.name)
+    for rel in found.problems:
+        (dest / rel).unlink(missing_ok=True)
+    if from_bundle:
+        _download(hub, bundle.repo_id, bundle.revision, dest, Selection(tuple(sorted(from_bundle))))
+    if from_tokenizer and bundle.tokenizer is not None:
+        _download(hub, bundle.tokenizer.repo_id, bundle.tokenizer.revision, dest / HF_TOKENIZER_DIR,
+                  Selection(tuple(sorted(p[len(prefix):] for p in from_tokenizer))))
+        shutil.rmtree(dest / HF_TOKENIZER_DIR / ".cache", ignore_errors=True)
+    shutil.rmtree(dest / ".cache", ignore_errors=True)
+    again = verify_files(dest, progress, only=found.problems)
+    if not again.ok:
+        raise HubPullError(
+            f"{bundle.name}: re-fetched files still differ from the checksums recorded when it was pulled: "
+            f"{again.describe()}; run `ax-llm pull --force {bundle.name}` to fetch the whole bundle again")
     return dest
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..model.checksums import record_checksums
 from ..model.durable import durable_rename
 from .errors import ConversionError
 from .families import EMBED, FINAL_NORM, LM_HEAD, ModelConfig, layer_tensor
@@ -97,6 +98,7 @@ def convert(
             try:
                 _write_twin(source, tmp, name or source.default_name(), src_path.name, groups, prefill_chunk,
                             progress or _no_progress, storage)
+                record_checksums(tmp)  # sha256 of every file, verified at load, by doctor and pull
                 _commit(tmp, dest_path)
             except OSError as exc:  # a full disk, most often: say which file and what to do
                 raise ConversionError(write_error_message(exc, dest_path)) from exc

@@ -36,6 +36,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .checksums import check_before_load, record_checksums
 from .durable import durable_rename
 from .errors import ModelDirectoryError, ModelError
 from .layout import MANIFEST_NAME
@@ -190,6 +191,7 @@ class EmbeddingModel:
                                       f'"format": "{EMBED_FORMAT}" is missing')
         self.manifest = manifest
         self.name = name or manifest.name or self.path.name
+        check_before_load(self.path, name)  # sizes and a sample of each file against ax_checksums.json
         self._tokenizer, self.pad_id, self._specials = self._load_tokenizer(self.path / manifest.tokenizer)
         self._session = self._open_session(self.path / manifest.graph, threads)
         self.load_seconds = time.perf_counter() - started
@@ -353,6 +355,7 @@ def install_embedding_model(graph: Path, bundle: Path, dest: Path, *, name: str,
             "quantization": quantization, "parameter_count": parameters, "source": source,
         })
         (work / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2, exclude_none=True) + "\n", encoding="utf-8")
+        record_checksums(work)  # verified at load, by doctor and by the next pull
         EmbeddingModel(work, name=name).close()  # refuse to install what would not load
         if dest.exists():
             shutil.rmtree(dest)

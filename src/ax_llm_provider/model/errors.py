@@ -17,3 +17,13 @@ class ModelNotFoundError(ModelError):
     """No model of that name in the store."""
 
     status_code = 404
+
+class ModelDamagedError(ModelDirectoryError):
+    """Files of a model differ from the checksums recorded when it was written (model/checksums.py).
+
+    `problems` maps each damaged or missing file (relative to the model directory) to what is wrong with it.
+    """
+
+    def __init__(self, message: str, problems: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = dict(problems or {})

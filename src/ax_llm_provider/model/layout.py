@@ -230,3 +230,8 @@ def _scan_configured(root: Path, config: BundleConfig, manifest: Path | None, to
         tokenizer_dir=_tokenizer_dir(root, prefix, tokenizer_hint, config),
         manifest=manifest, post_config=post_config if post_config.is_file() else None, bundle_config=config,
     )
+
+
+def is_path_like(name: str) -> bool:
+    """A model given as a directory rather than a name (`./twin`, `/models/qwen`, `~/m`)."""
+    return "/" in name or name.startswith((".", "~"))

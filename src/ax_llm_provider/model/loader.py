@@ -12,6 +12,7 @@ from typing import Any
 
 from ..runtime.backends import check_backend, open_stack, resolve_backend
 from ..runtime.protocol import DecoderStack
+from .checksums import check_before_load
 from .embeddings import EmbeddingTable
 from .errors import ModelDirectoryError
 from .layout import MANIFEST_NAME, ModelFiles, scan_model_dir
@@ -92,6 +93,7 @@ def load_model(path: str | Path, *, name: str | None = None, backend: str = "aut
     root = Path(path).expanduser()
     manifest_path = root / MANIFEST_NAME
     manifest = read_manifest(manifest_path) if manifest_path.is_file() else None
+    check_before_load(root, name)  # sizes and a sample of each file against ax_checksums.json
     files = scan_model_dir(root, tokenizer_hint=manifest.tokenizer_dir if manifest else None)
     resolved = resolve_backend(files, backend)
     check_backend(files, resolved)

