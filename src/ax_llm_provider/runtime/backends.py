@@ -14,6 +14,10 @@ if TYPE_CHECKING:
 
 BackendName = Literal["auto", "onnx", "axcl", "axengine", "simulated"]
 BACKENDS: tuple[str, ...] = ("auto", "onnx", "axcl", "axengine", "simulated")
+# The onnx backend's layouts: "fused" (all layers in one session, the CPU serving default) or "per-layer"
+# (one session per vendor-contract layer graph, as the card runs them).
+ONNX_LAYOUTS: tuple[str, ...] = ("fused", "per-layer")
+ONNX_LAYOUT_ENV = "AX_LLM_ONNX_LAYOUT"
 
 
 class BackendUnavailableError(RuntimeError):
@@ -50,19 +54,28 @@ def check_backend(files: ModelFiles, name: str) -> None:
 
 def open_stack(files: ModelFiles, backend: str = "auto", device: int = 0, threads: int | None = None, *,
                axcl: Any | None = None, progress: Callable[[int, int], None] | None = None,
-               cmm_floor_mb: int | None = None) -> DecoderStack:
+               cmm_floor_mb: int | None = None, onnx_layout: str | None = None) -> DecoderStack:
     """Open the decoder stack of `files` on the chosen backend.
 
     For the card backends only: `axcl` is the module to drive (default `import axcl`; for "simulated", the
     SimCard, default a new one with preset $AX_LLM_SIM_PRESET), `progress(done, total)` is called after each
     model file, `cmm_floor_mb` is the CMM that must stay free after the load (AxclDecoderStack's default).
+    `onnx_layout` (onnx only): one of ONNX_LAYOUTS; default $AX_LLM_ONNX_LAYOUT, else "fused".
     """
     name = resolve_backend(files, backend)
     check_backend(files, name)
     if name == "onnx":
-        from .onnx_backend import OnnxDecoderStack
+        layout = onnx_layout or os.environ.get(ONNX_LAYOUT_ENV) or "fused"
+        if layout not in ONNX_LAYOUTS:
+            raise ValueError(f"unknown onnx layout {layout!r} (from {ONNX_LAYOUT_ENV} or onnx_layout); "
+                             f"choose one of {', '.join(ONNX_LAYOUTS)}")
+        if layout == "per-layer":
+            from .onnx_backend import OnnxDecoderStack
 
-        return OnnxDecoderStack(files.layers, files.post, threads=threads)
+            return OnnxDecoderStack(files.layers, files.post, threads=threads)
+        from .onnx_fused import FusedOnnxDecoderStack
+
+        return FusedOnnxDecoderStack(files.layers, files.post, threads=threads)
     card_options: dict[str, Any] = {"device_index": device, "progress": progress}
     if cmm_floor_mb is not None:
         card_options["cmm_floor_mb"] = cmm_floor_mb
