@@ -44,6 +44,16 @@ def decode_tok_s(stack: OnnxDecoderStack, lookup: Callable, context: int, steps:
     return 1000.0 / median_ms(step, steps)
 
 
+def decode_cpu_ms(stack: OnnxDecoderStack, lookup: Callable, context: int, steps: int) -> float:
+    """Process CPU time per decode step (all threads): the work a token costs, whatever the machine's load."""
+    stack.prefill(lookup(list(range(100, 100 + context))), 0, want_logits=False)
+    embed = lookup([500])[0]
+    started = time.process_time()
+    for pos in range(context, context + steps):
+        stack.decode(embed, pos)
+    return (time.process_time() - started) / steps * 1000
+
+
 def prefill_tok_s(stack: OnnxDecoderStack, lookup: Callable, n: int = len(PREFILL_IDS), repeat: int = 1) -> float:
     ids = PREFILL_IDS[:n]
     ms = median_ms(lambda: stack.prefill(lookup(ids), 0), repeat)
@@ -112,7 +122,8 @@ def main() -> None:
                                                                   threads=args.threads)}
     for label, stack in stacks.items():
         engines[label] = lambda s=stack: {"decode": decode_tok_s(s, lookup, DECODE_CONTEXT, args.steps),
-                                          "prefill": prefill_tok_s(s, lookup)}
+                                          "prefill": prefill_tok_s(s, lookup),
+                                          "decode_cpu_ms": decode_cpu_ms(s, lookup, DECODE_CONTEXT, args.steps)}
     if args.llama_cpp:
         from ax_llm_provider.model.pull import fetch_gguf
         from ax_llm_provider.model.registry import lookup as known
@@ -128,10 +139,13 @@ def main() -> None:
             rounds[label].append(run())
         loads.append(os.getloadavg()[0])
     for label, figures in rounds.items():
-        for key in ("decode", "prefill"):
+        for key in ("decode", "prefill", "decode_cpu_ms"):
+            if key not in figures[0]:
+                continue  # llama.cpp's spinning threads make its CPU time meaningless
             values = [f[key] for f in figures]
-            results[f"{label}_{key}_tok_s"] = round(statistics.median(values), 1)
-            results[f"{label}_{key}_tok_s_rounds"] = [round(v, 1) for v in values]
+            name = f"{label}_{key}" if key.endswith("_ms") else f"{label}_{key}_tok_s"
+            results[name] = round(statistics.median(values), 1)
+            results[f"{name}_rounds"] = [round(v, 1) for v in values]
     results["fused_decode_tok_s_ctx1024"] = round(decode_tok_s(model.stack, lookup, 1024, args.steps), 1)
     if "llama_cpp" in rounds:
         for key in ("decode", "prefill"):
