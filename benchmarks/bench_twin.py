@@ -1,7 +1,7 @@
 """The CPU twin of SmolLM2-135M on the onnx backend, side by side with llama.cpp on the same GGUF.
 
 Prints decode tok/s (context 64, and 1024 for ours) and prefill tok/s (512 tokens) for the fused CPU
-serving layout (the onnx default) and the per-layer vendor-contract layout (trimmed shapes), and host RSS
+serving layout and the per-layer vendor-contract layout (trimmed shapes), and host RSS
 after load. With --llama-cpp PYTHON (an interpreter with llama-cpp-python), llama.cpp runs the same GGUF
 with the same thread count on the same token ids; the measurements alternate round by round (llama.cpp's
 threads spin, so its rate collapses whenever anything else runs: alternating spreads the load over both)
@@ -111,7 +111,7 @@ def main() -> None:
     path = model_dir()
     before = rss_mb()
     started = time.perf_counter()
-    model = load_model(path, backend="onnx", threads=args.threads)  # the onnx default: the fused layout
+    model = load_model(path, backend="onnx", threads=args.threads, onnx_layout="fused")
     results: dict[str, object] = {"model": str(path), "threads": args.threads, "load_s": round(time.perf_counter() -
                                   started, 2), "rss_mb_before_load": round(before), "rss_mb_after_load": round(rss_mb())}
     results |= memory_figures(model)

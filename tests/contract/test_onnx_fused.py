@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 from ax_llm_provider.model.loader import load_model
-from ax_llm_provider.runtime.backends import ONNX_LAYOUT_ENV
+from ax_llm_provider.runtime.backends import DEFAULT_ONNX_LAYOUT, ONNX_LAYOUT_ENV
 from ax_llm_provider.runtime.onnx_backend import OnnxDecoderStack
 from ax_llm_provider.runtime.onnx_fused import FusedOnnxDecoderStack, fuse_layer_models
 
@@ -54,7 +54,7 @@ def test_fused_layout_gives_the_per_layer_tokens(family: str, weights: str | Non
 @pytest.mark.parametrize("family", FAMILIES)
 def test_fused_prefix_reuse_equals_fresh(family: str, tiny_twin: Callable[..., Path]) -> None:
     twin = tiny_twin(family, decode_capacity=127, prefill_chunk=16, prefill_histories=HISTORIES)
-    with load_model(twin, backend="onnx") as model:
+    with load_model(twin, backend="onnx", onnx_layout="fused") as model:
         stack, embed = model.stack, model.embeddings.lookup
         assert isinstance(stack, FusedOnnxDecoderStack)
         prompt = list(range(7, 47))
@@ -72,9 +72,15 @@ def test_fused_prefix_reuse_equals_fresh(family: str, tiny_twin: Callable[..., P
         assert reused == fresh
 
 
-def test_fused_is_the_onnx_default_and_per_layer_stays_selectable(tiny_twin: Callable[..., Path],
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_layout_is_selectable_by_argument_and_environment(tiny_twin: Callable[..., Path],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     twin = tiny_twin("llama")
+    monkeypatch.delenv(ONNX_LAYOUT_ENV, raising=False)
+    with load_model(twin, backend="onnx") as model:
+        assert type(model.stack) is (FusedOnnxDecoderStack if DEFAULT_ONNX_LAYOUT == "fused" else OnnxDecoderStack)
+    with load_model(twin, backend="onnx", onnx_layout="fused") as model:
+        assert isinstance(model.stack, FusedOnnxDecoderStack)
+    monkeypatch.setenv(ONNX_LAYOUT_ENV, "fused")
     with load_model(twin, backend="onnx") as model:
         assert isinstance(model.stack, FusedOnnxDecoderStack)
     monkeypatch.setenv(ONNX_LAYOUT_ENV, "per-layer")
@@ -101,7 +107,7 @@ def test_fused_graph_names_every_layer_cache(tiny_twin: Callable[..., Path]) -> 
 
 
 def test_closed_fused_stack_refuses_work(tiny_twin: Callable[..., Path]) -> None:
-    model = load_model(tiny_twin("llama"), backend="onnx")
+    model = load_model(tiny_twin("llama"), backend="onnx", onnx_layout="fused")
     model.close()
     model.close()  # idempotent
     with pytest.raises(RuntimeError, match="closed"):

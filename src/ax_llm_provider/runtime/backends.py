@@ -14,10 +14,12 @@ if TYPE_CHECKING:
 
 BackendName = Literal["auto", "onnx", "axcl", "axengine", "simulated"]
 BACKENDS: tuple[str, ...] = ("auto", "onnx", "axcl", "axengine", "simulated")
-# The onnx backend's layouts: "fused" (all layers in one session, the CPU serving default) or "per-layer"
-# (one session per vendor-contract layer graph, as the card runs them).
+# The onnx backend's layouts: "per-layer" (one session per vendor-contract layer graph, as the card runs them;
+# the default) or "fused" (all layers in one session, KV bound in place). The default stays per-layer because
+# the fused layout measured no faster in wall time with 2 threads (docs/performance.md); flip it when it is.
 ONNX_LAYOUTS: tuple[str, ...] = ("fused", "per-layer")
 ONNX_LAYOUT_ENV = "AX_LLM_ONNX_LAYOUT"
+DEFAULT_ONNX_LAYOUT = "per-layer"
 
 
 class BackendUnavailableError(RuntimeError):
@@ -60,12 +62,12 @@ def open_stack(files: ModelFiles, backend: str = "auto", device: int = 0, thread
     For the card backends only: `axcl` is the module to drive (default `import axcl`; for "simulated", the
     SimCard, default a new one with preset $AX_LLM_SIM_PRESET), `progress(done, total)` is called after each
     model file, `cmm_floor_mb` is the CMM that must stay free after the load (AxclDecoderStack's default).
-    `onnx_layout` (onnx only): one of ONNX_LAYOUTS; default $AX_LLM_ONNX_LAYOUT, else "fused".
+    `onnx_layout` (onnx only): one of ONNX_LAYOUTS; default $AX_LLM_ONNX_LAYOUT, else DEFAULT_ONNX_LAYOUT.
     """
     name = resolve_backend(files, backend)
     check_backend(files, name)
     if name == "onnx":
-        layout = onnx_layout or os.environ.get(ONNX_LAYOUT_ENV) or "fused"
+        layout = onnx_layout or os.environ.get(ONNX_LAYOUT_ENV) or DEFAULT_ONNX_LAYOUT
         if layout not in ONNX_LAYOUTS:
             raise ValueError(f"unknown onnx layout {layout!r} (from {ONNX_LAYOUT_ENV} or onnx_layout); "
                              f"choose one of {', '.join(ONNX_LAYOUTS)}")
