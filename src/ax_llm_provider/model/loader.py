@@ -84,10 +84,12 @@ def _check_bundle_config_geometry(files: ModelFiles, model: DecoderStack) -> Non
 
 def load_model(path: str | Path, *, name: str | None = None, backend: str = "auto", device: int = 0,
                threads: int | None = None, axcl: Any | None = None,
-               progress: Callable[[int, int], None] | None = None, cmm_floor_mb: int | None = None) -> LoadedModel:
+               progress: Callable[[int, int], None] | None = None, cmm_floor_mb: int | None = None,
+               onnx_layout: str | None = None) -> LoadedModel:
     """Validate and load a model directory. Errors name the file and the expected layout.
 
-    axcl, progress, cmm_floor_mb: passed to the card backends (runtime/backends.py `open_stack`).
+    axcl, progress, cmm_floor_mb: passed to the card backends (runtime/backends.py `open_stack`);
+    onnx_layout: "fused" or "per-layer" for the onnx backend (default $AX_LLM_ONNX_LAYOUT, else per-layer).
     """
     started = time.perf_counter()
     root = Path(path).expanduser()
@@ -100,7 +102,7 @@ def load_model(path: str | Path, *, name: str | None = None, backend: str = "aut
     tokenizer = ChatTokenizer(files.tokenizer_dir, extra_eos_ids=(manifest.eos_token_ids or []) if manifest else [])
     post_config = json.loads(files.post_config.read_text(encoding="utf-8")) if files.post_config else {}
     stack = open_stack(files, resolved, device=device, threads=threads, axcl=axcl, progress=progress,
-                       cmm_floor_mb=cmm_floor_mb)
+                       cmm_floor_mb=cmm_floor_mb, onnx_layout=onnx_layout)
     try:
         _check_manifest_geometry(manifest, stack, root)
         _check_bundle_config_geometry(files, stack)

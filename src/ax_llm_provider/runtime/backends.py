@@ -18,6 +18,12 @@ if TYPE_CHECKING:
 
 BackendName = Literal["auto", "onnx", "axcl", "axengine", "simulated"]
 BACKENDS: tuple[str, ...] = ("auto", "onnx", "axcl", "axengine", "simulated")
+# The onnx backend's layouts: "per-layer" (one session per vendor-contract layer graph, as the card runs them;
+# the default) or "fused" (all layers in one session, KV bound in place). The default stays per-layer because
+# the fused layout measured no faster in wall time with 2 threads (docs/performance.md); flip it when it is.
+ONNX_LAYOUTS: tuple[str, ...] = ("fused", "per-layer")
+ONNX_LAYOUT_ENV = "AX_LLM_ONNX_LAYOUT"
+DEFAULT_ONNX_LAYOUT = "per-layer"
 
 
 class BackendUnavailableError(RuntimeError):
@@ -55,7 +61,7 @@ def check_backend(files: ModelFiles, name: str) -> None:
 def open_stack(files: ModelFiles, backend: str = "auto", device: int = 0, threads: int | None = None, *,
                axcl: Any | None = None, progress: Callable[[int, int], None] | None = None,
                cmm_floor_mb: int | None = None, kv_write: str | None = None,
-               prefill_planner: bool = True) -> DecoderStack:
+               prefill_planner: bool = True, onnx_layout: str | None = None) -> DecoderStack:
     """Open the decoder stack of `files` on the chosen backend.
 
     For the card backends only: `axcl` is the module to drive (default `import axcl`; for "simulated", the
@@ -65,13 +71,22 @@ def open_stack(files: ModelFiles, backend: str = "auto", device: int = 0, thread
     calibration, else "d2d"), `prefill_planner` whether prefill may mix decode steps and chunks by cost
     (runtime/planner.py; on the card only: the CPU twin's cost scales with the tokens, so plain chunks are
     already its cheapest plan).
+    `onnx_layout` (onnx only): one of ONNX_LAYOUTS; default $AX_LLM_ONNX_LAYOUT, else DEFAULT_ONNX_LAYOUT.
     """
     name = resolve_backend(files, backend)
     check_backend(files, name)
     if name == "onnx":
-        from .onnx_backend import OnnxDecoderStack
+        layout = onnx_layout or os.environ.get(ONNX_LAYOUT_ENV) or DEFAULT_ONNX_LAYOUT
+        if layout not in ONNX_LAYOUTS:
+            raise ValueError(f"unknown onnx layout {layout!r} (from {ONNX_LAYOUT_ENV} or onnx_layout); "
+                             f"choose one of {', '.join(ONNX_LAYOUTS)}")
+        if layout == "per-layer":
+            from .onnx_backend import OnnxDecoderStack
 
-        return OnnxDecoderStack(files.layers, files.post, threads=threads)
+            return OnnxDecoderStack(files.layers, files.post, threads=threads)
+        from .onnx_fused import FusedOnnxDecoderStack
+
+        return FusedOnnxDecoderStack(files.layers, files.post, threads=threads)
     card_options: dict[str, Any] = {"device_index": device, "progress": progress}
     if cmm_floor_mb is not None:
         card_options["cmm_floor_mb"] = cmm_floor_mb

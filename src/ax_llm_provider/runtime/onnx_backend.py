@@ -44,7 +44,7 @@ class TwinFormatError(ValueError):
     """A twin graph does not follow docs/cpu-twin.md."""
 
 
-def _import_onnxruntime() -> Any:
+def import_onnxruntime() -> Any:
     try:
         import onnxruntime
     except ImportError as exc:  # the core must import without it
@@ -52,6 +52,18 @@ def _import_onnxruntime() -> Any:
             "the onnx backend needs onnxruntime: pip install 'ax-llm-provider[cpu]'"
         ) from exc
     return onnxruntime
+
+
+def session_options(ort: Any, threads: int | None) -> Any:
+    """Session options of every twin session: full graph optimization, one inter-op thread."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # No spin-waiting: on a Pi or a shared CI machine a spinning pool starves the host's other threads.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
 
 
 def read_shape_groups(metadata: dict[str, str], path: Path) -> tuple[ShapeGroup, ...]:
@@ -76,14 +88,8 @@ class OnnxDecoderStack:
     def __init__(self, layer_paths: Sequence[Path], post_path: Path, *, threads: int | None = None,
                  exact_shapes: bool = False) -> None:
         self.exact_shapes = exact_shapes
-        ort = _import_onnxruntime()
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        # No spin-waiting: on a Pi or a shared CI machine a spinning pool starves the host's other threads.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        ort = import_onnxruntime()
+        options = session_options(ort, threads)
         self._layers = [ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for p in layer_paths]
         self._post = ort.InferenceSession(str(post_path), options, providers=["CPUExecutionProvider"])
         self.spec = self._read_spec(layer_paths)
