@@ -82,9 +82,10 @@ class Runner:
 
     def pytest(self, *args: str) -> tuple[bool, str]:
         result = self.python(*PYTEST, *args)
-        sys.stdout.write(result.stdout[-6000:])
-        sys.stderr.write(result.stderr[-3000:])
         lines = result.stdout.strip().splitlines()
+        # prefixed, so that a CI log's last pytest summary line stays the main (x86) suite's
+        print("\n".join(f"aarch64| {line}" for line in lines[-80:]))
+        print("\n".join(f"aarch64| {line}" for line in result.stderr.strip().splitlines()[-40:]))
         return result.returncode == 0, (lines[-1].strip("= ") if lines else "no output")
 
 
@@ -189,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         venv = build_venv(emu, cache, REPO, wheel, EXTRAS, TEST_REQUIREMENTS)
         store = cache / "run" / "models"  # a fresh store: the main job pulls and converts on aarch64
         shutil.rmtree(store.parent, ignore_errors=True)
-        env = {**os.environ, **model_file_overrides(REPO, cache), "AX_LLM_MODELS": str(store)}
+        env = {**os.environ, **model_file_overrides(REPO, cache, embeddings=bool({"unit", "contract"} & set(parts))),
+               "AX_LLM_MODELS": str(store)}
         env.pop("PYTHONPATH", None)  # the installed wheel is under test, not a source tree
         runner = Runner(emu, venv, wheel, env)
         return part_install(runner)

