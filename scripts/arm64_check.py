@@ -7,6 +7,7 @@
 Parts (each reports PASS/FAIL with its emulated wall time and the host CPU time it used):
   install   the project wheel and its dependencies from aarch64 wheels into an emulated venv (+ `pip check`)
   main      the README's main job: `ax-llm run smollm2:135m "..."`, the pull converting the GGUF on aarch64
+            (sampled, as in the README: it must answer; the golden part checks exact greedy outputs)
   golden    greedy output of the default model equals the recorded (x86) golden texts
   simcard   the AXCL / pyaxengine backends against the simulated card
   unit      tests/unit (without the simcard files, and without tests that start child processes)
@@ -104,7 +105,9 @@ def part_main(runner: Runner) -> tuple[bool, str]:
     result = runner.python(str(runner.venv.path / "bin" / "ax-llm"), "run", "smollm2:135m", PROMPT)
     answer = result.stdout.strip()
     print(answer, result.stderr.strip()[-3000:], sep="\n")
-    return result.returncode == 0 and "Paris" in answer, repr(answer[-80:])
+    # The README's command samples (temperature 0.8, fresh seed) like Ollama: the answer varies from run to run,
+    # so only success and a non-empty answer are checked here; exact greedy outputs are the golden part's.
+    return result.returncode == 0 and bool(answer), repr(answer[-80:])
 
 
 def part_golden(runner: Runner) -> tuple[bool, str]:
