@@ -8,11 +8,11 @@ Parts (each reports PASS/FAIL with its emulated wall time and the host CPU time 
   install   the project wheel and its dependencies from aarch64 wheels into an emulated venv (+ `pip check`)
   main      the README's main job: `ax-llm run smollm2:135m "..."`, the pull converting the GGUF on aarch64
             (sampled, as in the README: it must answer; the golden part checks exact greedy outputs)
-  golden    greedy output of the default model equals the recorded (x86) golden texts (--ci: 2 of the 4 prompts)
+  golden    greedy output of the default model equals the recorded (x86) golden texts (--ci: the README's prompt only)
   simcard   the AXCL / pyaxengine backends against the simulated card
   unit      tests/unit (without the simcard files, and without tests that start child processes)
   contract  tests/contract on the tiny random models (without the simcard files)
-  deploy    deploy/install-pi.sh --dry-run, and its pip step resolved on aarch64
+  deploy    deploy/install-pi.sh --dry-run, and its pip step resolved on aarch64 (not with --ci)
 The root and the venv are cached (see arm64_env.py); a changed pyproject.toml rebuilds the venv.
 """
 
@@ -54,7 +54,7 @@ SIMCARD_TESTS = ("tests/unit/test_simcard.py", "tests/unit/test_simcard_axengine
 # emulated host code is far slower than on a Pi (tests marked `hostspeed` assert on it)
 PYTEST = ("-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not spawns and not hostspeed")
 ALL_PARTS = ("install", "main", "golden", "simcard", "unit", "contract", "deploy")
-CI_PARTS = ("install", "main", "golden", "simcard", "deploy")
+CI_PARTS = ("install", "main", "golden", "deploy")
 
 
 @dataclass
@@ -112,9 +112,8 @@ def part_main(runner: Runner) -> tuple[bool, str]:
 
 
 def part_golden(runner: Runner) -> tuple[bool, str]:
-    if runner.ci:  # the CI budget: the two golden prompts llama.cpp agrees on (about 10 new tokens each)
-        return runner.pytest("tests/golden/test_engine_golden.py",
-                             "-k", "greedy_chat_matches_golden and (messages0 or messages1)")
+    if runner.ci:  # the CI budget: the README's prompt only (9 new tokens; llama.cpp agrees on it)
+        return runner.pytest("tests/golden/test_engine_golden.py", "-k", "greedy_chat_matches_golden and messages0")
     return runner.pytest("tests/golden/test_engine_golden.py",
                          "-k", "greedy_chat_matches_golden or temperature_zero_is_the_argmax_path")
 
@@ -139,6 +138,9 @@ def part_deploy(runner: Runner) -> tuple[bool, str]:
                          cwd=REPO, text=True, capture_output=True, check=False)
     print(dry.stdout[-1500:], dry.stderr[-1500:], sep="\n")
     machine = runner.python("-c", "import os; print(os.uname().machine)")
+    if runner.ci:  # the emulated pip resolution alone costs about 1.5 CPU minutes
+        ok = dry.returncode == 0 and machine.stdout.strip() == "aarch64"
+        return ok, f"dry run rc={dry.returncode}, uname -m={machine.stdout.strip()} (pip resolution: nox only)"
     resolve = runner.python("-m", "pip", "install", "--dry-run", "-q", "--disable-pip-version-check",
                             "--ignore-installed", "--only-binary", ":all:", f"{runner.wheel}[langchain,axengine]")
     print(resolve.stdout[-1500:], resolve.stderr[-1500:], sep="\n")
