@@ -13,7 +13,7 @@ Parts (each reports PASS/FAIL with its emulated wall time and the host CPU time 
   unit      tests/unit (without the simcard files, and without tests that start child processes)
   contract  tests/contract on the tiny random models (without the simcard files)
   deploy    deploy/install-pi.sh --dry-run, and its pip step resolved on aarch64 (not with --ci)
-The root and the venv are cached (see arm64_env.py); a changed pyproject.toml rebuilds the venv.
+The root and the venv are cached (see arm64_env.py); changed dependency lists rebuild the venv.
 """
 
 from __future__ import annotations

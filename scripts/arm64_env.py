@@ -145,15 +145,19 @@ class Venv:
 
 
 def venv_key(repo: Path, requirements: tuple[str, ...]) -> str:
-    digest = hashlib.sha256((repo / "pyproject.toml").read_bytes())
-    digest.update(" ".join(requirements).encode())
-    return digest.hexdigest()[:12]
+    """Changes with the project's dependency lists (not with other pyproject.toml edits) and `requirements`."""
+    import json
+    import tomllib
+
+    project = tomllib.loads((repo / "pyproject.toml").read_text())["project"]
+    wanted = [project.get("dependencies", []), project.get("optional-dependencies", {}), list(requirements)]
+    return hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def build_venv(emu: Emulator, cache: Path, repo: Path, wheel: Path, extras: str,
                requirements: tuple[str, ...]) -> Venv:
-    """A venv with the wheel's dependencies (+ requirements) from aarch64 wheels; reused while pyproject.toml
-    and the requirement list are unchanged. The project wheel itself is reinstalled every time."""
+    """A venv with the wheel's dependencies (+ requirements) from aarch64 wheels; reused while the dependency
+    lists are unchanged. The project wheel itself is reinstalled every time."""
     path = cache / f"venv-{venv_key(repo, (extras, *requirements))}"
     fresh = not (path / ".ax-llm-complete").is_file()
     pip = ["-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-compile", "--only-binary", ":all:"]
