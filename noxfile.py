@@ -1,4 +1,4 @@
-"""Developer sessions: nox -s tests | fast | lint | typecheck | demo | bench | reliability."""
+"""Developer sessions: nox -s tests | fast | lint | typecheck | demo | bench | reliability | arm64."""
 
 from __future__ import annotations
 
@@ -60,3 +60,12 @@ def reliability(session: nox.Session) -> None:
     session.env.setdefault("AX_LLM_RELIABILITY_FULL", "1")
     session.env.setdefault("AX_LLM_RELIABILITY_REPORT", ".nox/reliability-report.jsonl")
     session.run("pytest", "tests/reliability", "-p", "no:cacheprovider", *session.posargs)
+
+
+@nox.session
+def arm64(session: nox.Session) -> None:
+    """The Pi's architecture under qemu-user emulation: install, the README's main job, the unit, contract,
+    golden and simulated-card tests, deploy/install-pi.sh --dry-run (scripts/arm64_check.py; pass part names
+    after `--`, e.g. `nox -s arm64 -- --parts main,golden`). Needs root or qemu-user-static + mmdebstrap; the
+    arm64 root and venv are cached in ~/.cache/ax-llm-arm64 ($AX_LLM_ARM64_CACHE)."""
+    session.run("python", "scripts/arm64_check.py", *session.posargs)

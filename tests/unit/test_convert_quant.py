@@ -190,7 +190,9 @@ def test_matmulnbits_products_match_numpy(kind: str, rows: int) -> None:
     (y,) = _linear_session(q).run(None, {"x": x})
     ref = x.astype(np.float64) @ q.dequantize().T.astype(np.float64)
     err = np.abs(y - ref).max() / np.abs(ref).max()
-    assert err < (1e-5 if q.bits == 4 else 2e-4), err
+    # 8-bit worst case (Q5_1, 5 rows): 1.9e-4 on x86-64, 2.2e-4 on aarch64 (onnxruntime 1.32, its NEON kernels
+    # sum in another order; docs/hardware.md). Without the split input it would be ~5e-3.
+    assert err < (1e-5 if q.bits == 4 else 3e-4), err
 
 
 # ----------------------------------------------------------------------------- whole twins

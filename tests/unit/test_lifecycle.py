@@ -114,6 +114,7 @@ def lock_holder(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
     proc.wait(30)
 
 
+@pytest.mark.spawns
 def test_second_process_is_told_who_owns_the_card(tmp_path: Path, lock_holder: subprocess.Popen[str]) -> None:
     with pytest.raises(DeviceInUseError) as info:
         DeviceLock("card0", tmp_path).acquire()
@@ -127,6 +128,7 @@ def test_second_process_is_told_who_owns_the_card(tmp_path: Path, lock_holder: s
         pass
 
 
+@pytest.mark.spawns
 def test_engine_with_the_lock_refuses_a_card_owned_elsewhere(tmp_path: Path, lock_holder: subprocess.Popen[str],
                                                              monkeypatch: pytest.MonkeyPatch,
                                                              tiny_twin: Callable[..., Path]) -> None:
@@ -144,6 +146,7 @@ def test_engine_with_the_lock_refuses_a_card_owned_elsewhere(tmp_path: Path, loc
         assert card.counters.total_calls == 0  # the lock is taken before the device is touched
 
 
+@pytest.mark.spawns
 def test_device_users_finds_processes_holding_a_device_node() -> None:
     proc = subprocess.Popen([sys.executable, "-c", "import time; f = open('/dev/zero', 'rb'); print('ok', flush=True); "
                              "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
