@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Example installation app: what deploy/ax-llm.service runs. Copy it and put your own logic in `respond`.
 
-In the order the field notes ask for:
+In the order an unattended installation needs (docs/deployment.md):
 1. structured logs (JSON lines for journald) and, optionally, Prometheus metrics;
 2. one Engine that owns the card (single-owner lock; SIGTERM/SIGINT/atexit finalize it, never mid-load);
 3. preload the model (keep_alive forever), then READY=1 to systemd (TimeoutStartSec covers the load);

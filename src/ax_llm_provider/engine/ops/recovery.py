@@ -12,8 +12,8 @@ Rungs, tried in order within one recovery, each only when the one before failed:
 4. FATAL   `DeviceFatalError`: every request fails fast with it; a service exits non-zero on it and
            systemd restarts the process (deploy/ax-llm.service).
 
-Where a recovery starts: an offline card goes straight to REBOOT (field notes: a dead heartbeat needs
-a firmware reboot); anything else starts at RESET. It starts one rung higher when the previous recovery
+Where a recovery starts: an offline card goes straight to REBOOT (a dead heartbeat needs a firmware
+reboot: docs/sdk-notes.md, "Operational facts"); anything else starts at RESET. It starts one rung higher when the previous recovery
 was not followed by any successful request, and more than `max_recoveries` within `window_s` is FATAL.
 What happens to the request (engine/ops/supervisor.py): one that has streamed nothing is retried
 transparently after the recovery; one that has streamed tokens ends with its typed DeviceError.
@@ -76,7 +76,7 @@ class RecoveryPolicy:
     step_wait_max_s: float = 0.5
     request_retries: int = 2  # transparent re-runs of a request that had streamed nothing
     load_attempts: int = 2  # a load that fails is tried once more (after a reboot if the card is offline)
-    cmm_retry_wait_s: float = 3.0  # CMM is released late after a crash (field notes): wait, then load again
+    cmm_retry_wait_s: float = 3.0  # CMM is released late after a crash (docs/sdk-notes.md): wait, then load again
     reboot: bool = True  # allow rung 3 (firmware reboot)
     reboot_wait_s: float = 60.0  # how long the card may take to answer again after a reboot
     reboot_poll_s: float = 1.0

@@ -48,7 +48,7 @@ class TimingModel:
     other_execute_ms: float = 0.46  # any other model: the fixed cost per engine call
     pcie_bytes_per_s: float = 400e6  # Pi 5 PCIe Gen2 x1, effective (ESTIMATE)
     memcpy_fixed_ms: float = 0.03  # the round trip of one H2D/D2H (ESTIMATE)
-    unpinned_extra_ms: float = 1.0  # extra for a transfer from ordinary host memory (field notes: ~1 ms, C code)
+    unpinned_extra_ms: float = 1.0  # extra for a transfer from ordinary host memory (docs/sdk-notes.md: ~1 ms, C code)
     rpc_ms: float = 0.03  # the PCIe round trip of any other call that reaches the card (ESTIMATE)
     malloc_host_pinned: bool = False  # legacy: malloc_host memory skips unpinned_extra_ms
     d2d_bytes_per_s: float = 8e9  # on-card copy (ESTIMATE)
@@ -92,7 +92,7 @@ PRESETS: dict[str, Preset] = {
             TimingModel(decode_layer_ms=1.51, prefill_layer_ms=23.6, post_ms=7.9),
             {"vendor_runner": 12.88, "llama_cpp_card_backend": 19.6},
             "decode 1.51 ms/layer (0.46 ms fixed per call included) and lm-head 7.9 ms MEASURED by the llama.cpp card "
-            "backend (field notes); prefill 23.6 ms/layer/chunk ESTIMATED from the 670 ms TTFT; CMM sizes ESTIMATED",
+            "backend (docs/sdk-notes.md); prefill 23.6 ms/layer/chunk ESTIMATED from the 670 ms TTFT; CMM sizes ESTIMATED",
         ),
         Preset(
             "qwen2.5-0.5b-w4a16",
