@@ -53,13 +53,13 @@ def converse(engine: Engine, model: str, *, wait: bool, family: str) -> list[dic
     return turns
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen3"])
+@pytest.mark.parametrize(("family", "backend"), [("llama", "onnx"), ("qwen3", "onnx"), ("qwen3", "simulated")])
 def test_idle_prefill_changes_no_reply_and_grows_reuse(tiny_twin: Callable[..., Path], tmp_path: Path,
-                                                       family: str) -> None:
+                                                       family: str, backend: str) -> None:
     model = str(tiny_twin(family, decode_capacity=511, prefill_chunk=32, prefill_histories=(0, 32, 64, 128, 256)))
     runs = {}
     for idle, wait in ((False, False), (True, True), (True, False)):
-        engine = Engine(ModelStore(tmp_path / f"{idle}-{wait}"), backend="onnx", keep_alive=-1, auto_pull=False,
+        engine = Engine(ModelStore(tmp_path / f"{idle}-{wait}"), backend=backend, keep_alive=-1, auto_pull=False,
                         idle_prefill=idle)
         try:
             runs[idle, wait] = converse(engine, model, wait=wait, family=family)
