@@ -120,7 +120,7 @@ class Engine:
         simulated backend); health / recovery: monitor thresholds and the recovery ladder's bounds
         (engine/ops/health.py, engine/ops/recovery.py); device_lock: take the single-owner card lock (default: for
         the axcl and axengine backends); idle_prefill: after a chat reply, evaluate the next prompt's known
-        start while the device is idle (engine/idle_prefill.py; default: AX_LLM_IDLE_PREFILL=1)."""
+        start while the device is idle (engine/idle_prefill.py; default: on when AX_LLM_IDLE_PREFILL=1)."""
         self.store = store if isinstance(store, ModelStore) else ModelStore(store)
         self.backend, self.device = backend, device
         self.default_keep_alive = parse_keep_alive(keep_alive, default=_default_keep_alive())
@@ -226,7 +226,7 @@ class Engine:
             decoding = chat_decoding(plan, fit.tokens, decode=runner.model.tokenizer.decode,
                                      grammars=runner.grammars if plan.forced else None, format_spec=edge.format_spec,
                                      call_key=key, builder_family=runner.prompts.family)
-            planned.update(runner=runner, plan=plan, window=window)
+            planned.update(runner=runner, render=plan.render, messages=fit.messages, window=window)
             return Prepared(fit.tokens, window, decoding, fit.report.as_metadata() if fit.report.truncated else None)
 
         planned: dict[str, Any] = {}  # what prepare decided, for the idle prefill after the reply
@@ -248,9 +248,10 @@ class Engine:
                     planned.clear()  # a tool round: the next message is the tool's, not the visitor's
                 content.append(message.get("content") or "")
                 if chunk.get("done") and chunk.get("done_reason") in ("stop", "length") and planned:
-                    plan = planned["plan"]  # queued before the last chunk, so the next request supersedes it
-                    idle.schedule(name, planned["runner"], plan.render, plan.messages,
-                                  {"role": "assistant", "content": "".join(content)}, planned["window"])
+                    reply = {"role": "assistant", "content": "".join(content)}  # as the client will resend it
+                    # queued before the last chunk is delivered, so the client's next request supersedes it
+                    idle.schedule(name, planned["runner"], planned["render"], planned["messages"], reply,
+                                  planned["window"])
                 yield chunk
 
         return then
