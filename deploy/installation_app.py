@@ -9,12 +9,16 @@ In the order an unattended installation needs (docs/deployment.md):
 4. serve prompts from a source: stdin lines, or text files dropped into a directory (`dir:PATH`: each
    `*.txt` is answered in `PATH/replies/` and moved to `PATH/done/`; an entry that is not a regular
    UTF-8 text file of at most --max-prompt-bytes is moved to `PATH/rejected/` with a logged reason, so
-   no inbox entry can stop the app), through a LangChain chain
+   no inbox entry can stop the app; an optional `PATH/partial.txt`, rewritten by speech recognition while
+   the visitor speaks, is evaluated ahead with num_predict 0 so the prompt that follows prefills only the
+   rest), through a LangChain chain
    (ChatAXOllama, the installation's options, the conversation resent whole every turn) when
    langchain-core is installed, else the in-process Client;
    with `--sentences`, each sentence of a reply is handed out as soon as it is complete (stdout: one line
    each, an empty line ends the reply; dir: appended to `replies/<name>.sentences`), for a speech engine;
-5. any error becomes the spoken fallback line (a clear, fast error beats a hang); DeviceFatalError (the
+5. idle prefill on (AX_LLM_IDLE_PREFILL=0 turns it off): after each reply the engine evaluates the next
+   prompt's known start (end of turn, user header) while the visitor listens;
+6. any error becomes the spoken fallback line (a clear, fast error beats a hang); DeviceFatalError (the
    card could not be recovered) exits with status 3 so systemd restarts the service.
 
     python deploy/installation_app.py --model qwen2.5:0.5b --source stdin
@@ -54,6 +58,7 @@ FALLBACK = "Hmm, my thoughts drifted away for a moment. Ask me again?"
 # A visitor's question is a few hundred bytes; 64 KiB is far above any prompt the model's window takes.
 MAX_PROMPT_BYTES = 64 * 1024
 
+History = list[tuple[str, str]]
 Respond = Callable[..., str]  # (history, text, on_sentence=None) -> the whole reply
 SentenceSink = Callable[[str, str], None]  # (prompt name, sentence)
 
@@ -69,6 +74,8 @@ def speak_as_formed(chunks: Iterator[Any], on_sentence: Callable[[str], None] | 
     for sentence in splitter.flush() if on_sentence else ():
         on_sentence(sentence)
     return "".join(parts)
+Prefill = Callable[[History, str], None]
+PARTIAL_NAME = "partial.txt"  # the visitor's words so far; never a prompt
 
 
 # ---- responding -----------------------------------------------------------------------------------------
@@ -95,15 +102,60 @@ def client_responder(engine: Engine, model: str, system: str, options: dict[str,
 
     client = Client(engine=engine)
 
-    def respond(history: list[tuple[str, str]], text: str, on_sentence: Callable[[str], None] | None = None) -> str:
-        messages = [{"role": "system", "content": system}]
-        messages += [{"role": "user" if role == "human" else "assistant", "content": said} for role, said in history]
-        messages.append({"role": "user", "content": text})
-        stream = client.chat(model=model, messages=messages, options=options, keep_alive=-1, think=False,
-                             stream=True)
+    def respond(history: History, text: str, on_sentence: Callable[[str], None] | None = None) -> str:
+        stream = client.chat(model=model, messages=chat_messages(system, history, text), options=options,
+                             keep_alive=-1, think=False, stream=True)
         return speak_as_formed(stream, on_sentence)
 
     return respond
+
+
+def chat_messages(system: str, history: History, text: str) -> list[dict[str, str]]:
+    """The messages both responders send (the LangChain prompt renders the same roles and contents)."""
+    messages = [{"role": "system", "content": system}]
+    messages += [{"role": "user" if role == "human" else "assistant", "content": said} for role, said in history]
+    return [*messages, {"role": "user", "content": text}]
+
+
+def client_prefiller(engine: Engine, model: str, system: str, options: dict[str, Any]) -> Prefill:
+    """Evaluate the conversation and the words heard so far into the prefix cache (num_predict 0)."""
+    from ax_llm_provider import Client
+
+    client = Client(engine=engine)
+
+    def prefill(history: History, text: str) -> None:
+        client.chat(model=model, messages=chat_messages(system, history, text),
+                    options={**options, "num_predict": 0}, keep_alive=-1, think=False)
+
+    return prefill
+
+
+class PartialInbox:
+    """root/partial.txt: each new version is evaluated ahead (num_predict 0); stale after every answered prompt."""
+
+    def __init__(self, path: Path, prefill: Prefill, history: History, max_bytes: int = MAX_PROMPT_BYTES) -> None:
+        self.path, self.prefill, self.history, self.max_bytes = path, prefill, history, max_bytes
+        self.seen: tuple[float, str] | None = None
+        self.since = time.time()  # a partial older than the last answer belongs to that answer's prompt
+
+    def poll(self) -> None:
+        try:
+            mtime = self.path.stat().st_mtime
+            if mtime < self.since:
+                return
+            text = read_prompt(self.path, self.max_bytes)
+        except (FileNotFoundError, Rejected):
+            return  # no partial text (or not one to use): the prompt will be prefilled whole
+        if not text or self.seen == (mtime, text):
+            return
+        self.seen = (mtime, text)
+        try:
+            self.prefill(self.history, text)
+        except Exception as exc:  # noqa: BLE001 -- evaluating ahead is an optimisation; the prompt still comes
+            log.warning("evaluating the partial text ahead failed: %s: %s", type(exc).__name__, exc)
+
+    def answered(self) -> None:
+        self.since, self.seen = time.time(), None
 
 
 def make_responder(engine: Engine, model: str, system: str, options: dict[str, Any]) -> Respond:
@@ -207,16 +259,21 @@ def _age(path: Path) -> float:
         return 0.0  # vanished or unreadable: met first, and handled by the reader
 
 
-def directory_source(root: Path, poll_s: float = 0.2, max_bytes: int = MAX_PROMPT_BYTES) -> Iterator[tuple[str, str]]:
+def directory_source(root: Path, poll_s: float = 0.2, max_bytes: int = MAX_PROMPT_BYTES,
+                     partial: PartialInbox | None = None) -> Iterator[tuple[str, str]]:
     """Each `*.txt` in root, oldest first (the sink moves it to root/done once answered). Runs until stopped.
+
+    While no prompt waits, `partial` (root/partial.txt, never a prompt) is polled and evaluated ahead.
 
     Entries that are not prompts (directories, links, FIFOs, files over max_bytes, binary or non-UTF-8
     content) are moved to root/rejected/ with a logged reason; an entry gone before it is read is skipped.
     """
     stuck: set[str] = set()  # bad entries that could not be moved: not retried in a tight loop
     while True:
-        entries = sorted((p for p in root.glob("*.txt") if p.name not in stuck), key=_age)
+        entries = sorted((p for p in root.glob("*.txt") if p.name not in stuck and p.name != PARTIAL_NAME), key=_age)
         if not entries:
+            if partial is not None:
+                partial.poll()
             time.sleep(poll_s)
             continue
         for path in entries:
@@ -230,6 +287,8 @@ def directory_source(root: Path, poll_s: float = 0.2, max_bytes: int = MAX_PROMP
                     stuck.add(path.name)
                 continue
             yield path.name, text
+            if partial is not None:
+                partial.answered()
 
 
 def directory_sink(root: Path) -> Callable[[str, str], None]:
@@ -278,18 +337,24 @@ def directory_sentence_sink(root: Path) -> SentenceSink:
 
 
 def serve(engine: Engine, respond: Respond, source: Iterator[tuple[str, str]], sink: Callable[[str, str], None],
-          fallback: str = FALLBACK, history_turns: int = 10, sentence_sink: SentenceSink | None = None) -> int:
-    """Answer every prompt; errors become `fallback`; returns the exit status (EXIT_FATAL when the card is lost)."""
-    history: list[tuple[str, str]] = []
+          fallback: str = FALLBACK, history_turns: int = 10, sentence_sink: SentenceSink | None = None,
+          history: History | None = None) -> int:
+    """Answer every prompt; errors become `fallback`; returns the exit status (EXIT_FATAL when the card is lost).
+
+    sentence_sink: gets each sentence of a reply as soon as it is complete (--sentences). history: the
+    conversation list to keep (shared with a PartialInbox); the model's own words are kept unstripped, so the
+    next prompt starts with the tokens the engine already evaluated."""
+    history = [] if history is None else history
     served = failed = 0
     for name, text in source:
         started = time.monotonic()
         try:
             if sentence_sink is None:  # a responder need not know about sentences unless they are asked for
-                reply = respond(history, text).strip() or fallback
+                said = respond(history, text)
             else:
-                reply = respond(history, text, on_sentence=lambda s, name=name: sentence_sink(name, s)).strip() or fallback
-            history += [("human", text), ("ai", reply)]
+                said = respond(history, text, on_sentence=lambda s, name=name: sentence_sink(name, s))
+            reply = said.strip() or fallback
+            history += [("human", text), ("ai", said if said.strip() else reply)]
             del history[:-2 * history_turns]
             served += 1
         except Exception as exc:  # noqa: BLE001 -- every failure is spoken as the fallback line
@@ -337,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     options = {**OPTIONS, **(json.loads(args.options) if args.options else {})}
     clean_stale_partials(ModelStore(args.store).root)  # what a crash or power cut left in the store
     engine = Engine(args.store, backend=args.backend, keep_alive=-1, request_timeout=args.request_timeout,
-                    health=HealthConfig.from_env())
+                    health=HealthConfig.from_env(), idle_prefill=os.environ.get("AX_LLM_IDLE_PREFILL", "1") != "0")
     lifecycle.install(engine)  # SIGTERM/SIGINT: finish a load, cancel the generation, finalize, exit 0
     lifecycle.sd_notify(f"STATUS=loading {args.model}")
     try:
@@ -346,16 +411,20 @@ def main(argv: list[str] | None = None) -> int:
         log.critical("preloading %s failed: %s: %s", args.model, type(exc).__name__, exc)
         return EXIT_FATAL if is_fatal(exc, engine) else EXIT_PRELOAD_FAILED
     respond = make_responder(engine, args.model, args.system, options)
+    history: History = []
     if args.source.startswith("dir:"):
         root = Path(args.source[4:])
-        source, sink = directory_source(root, max_bytes=args.max_prompt_bytes), directory_sink(root)
+        partial = PartialInbox(root / PARTIAL_NAME, client_prefiller(engine, args.model, args.system, options),
+                               history, args.max_prompt_bytes)
+        source = directory_source(root, max_bytes=args.max_prompt_bytes, partial=partial)
+        sink = directory_sink(root)
         sentence_sink = directory_sentence_sink(root) if args.sentences else None
     else:
         source, sink = stdin_source(args.max_prompt_bytes), stdout_reply_end if args.sentences else stdout_sink
         sentence_sink = stdout_sentence_sink if args.sentences else None
     lifecycle.notify_ready(f"serving {args.model}")
     log.info("ready: serving %s from %s (health: %s)", args.model, args.source, engine.health().state)
-    return serve(engine, respond, source, sink, args.fallback, args.history, sentence_sink)
+    return serve(engine, respond, source, sink, args.fallback, args.history, sentence_sink, history=history)
 
 
 if __name__ == "__main__":

@@ -109,3 +109,32 @@ def test_the_service_survives_a_directory_named_like_a_prompt(reliability_twin: 
     err = proc.stderr.read() if proc.stderr else ""
     assert code == 0, err[-2000:]
     assert "evil.txt rejected: not a regular file" in err
+
+
+def test_partial_text_is_evaluated_ahead_and_never_answered(app: ModuleType, tmp_path: Path) -> None:
+    """inbox/partial.txt (the visitor's words so far) goes to the prefiller while waiting, never to respond."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    history: list[tuple[str, str]] = [("human", "hi"), ("ai", " hello ")]
+    prefilled: list[tuple[list[tuple[str, str]], str]] = []
+
+    def prefill(hist: list[tuple[str, str]], text: str) -> None:
+        prefilled.append((list(hist), text))
+        (inbox / "line.txt").write_text("what is your name")  # the visitor finished speaking
+
+    def respond(hist: list[tuple[str, str]], text: str) -> str:
+        return " I am the lantern. "
+
+    partial = app.PartialInbox(inbox / app.PARTIAL_NAME, prefill, history)
+    (inbox / app.PARTIAL_NAME).write_text("what is your")
+    source = itertools.islice(app.directory_source(inbox, poll_s=0.01, partial=partial), 1)
+    assert app.serve(HEALTHY, respond, source, app.directory_sink(inbox), history=history) == app.EXIT_OK
+    assert prefilled == [([("human", "hi"), ("ai", " hello ")], "what is your")]
+    assert (inbox / "replies" / "line.txt").read_text() == "I am the lantern.\n"
+    assert history[-1] == ("ai", " I am the lantern. ")  # kept as the model said it: its tokens are cached
+    assert (inbox / app.PARTIAL_NAME).exists() and not (inbox / "rejected").exists()
+    partial.answered()
+    old = (inbox / app.PARTIAL_NAME).stat().st_mtime - 60
+    os.utime(inbox / app.PARTIAL_NAME, (old, old))
+    partial.poll()  # the partial of the answered line is stale
+    assert len(prefilled) == 1

@@ -41,6 +41,7 @@ from .errors import (
     EngineError,
     InvalidRequestError,
 )
+from .idle_prefill import IdlePrefill, idle_prefill_from_env
 from .keepalive import parse_keep_alive
 from .ops.health import HealthConfig, HealthSnapshot
 from .ops.recovery import RecoveryPolicy
@@ -113,11 +114,13 @@ class Engine:
                  request_timeout: float | None = None, stall_timeout: float | None = 60.0,
                  snapshot_bytes: int = 256 << 20, max_loaded_models: int = 1, auto_pull: bool = True,
                  card: Any | None = None, health: HealthConfig | None = None,
-                 recovery: RecoveryPolicy | None = None, device_lock: bool | None = None) -> None:
+                 recovery: RecoveryPolicy | None = None, device_lock: bool | None = None,
+                 idle_prefill: bool | None = None) -> None:
         """card: the `axcl` module or SimCard to drive (default: `import axcl`, or a new SimCard for the
         simulated backend); health / recovery: monitor thresholds and the recovery ladder's bounds
         (engine/ops/health.py, engine/ops/recovery.py); device_lock: take the single-owner card lock (default: for
-        the axcl and axengine backends)."""
+        the axcl and axengine backends); idle_prefill: after a chat reply, evaluate the next prompt's known
+        start while the device is idle (engine/idle_prefill.py; default: on when AX_LLM_IDLE_PREFILL=1)."""
         self.store = store if isinstance(store, ModelStore) else ModelStore(store)
         self.backend, self.device = backend, device
         self.default_keep_alive = parse_keep_alive(keep_alive, default=_default_keep_alive())
@@ -126,6 +129,8 @@ class Engine:
         self.worker = DeviceWorker(max_queue=max_queue)  # the device thread: one request at a time, FIFO
         self.slots = ModelSlots(self.store, self.worker, self._load_model, snapshot_bytes=snapshot_bytes,
                                 max_loaded=max_loaded_models)  # loaded models and keep_alive, lent to ops
+        self.idle = IdlePrefill(self.worker, self.slots) if (
+            idle_prefill if idle_prefill is not None else idle_prefill_from_env()) else None
         self.auto_pull = auto_pull  # fetch registry models (the embedded default) on first use
         self._pull_lock = threading.Lock()
         self._closed = False
@@ -163,6 +168,8 @@ class Engine:
     def _submit(self, job: Job, asynchronous: bool) -> Any:
         if self._closed:
             raise EngineError("the engine is closed; create a new Engine")
+        if self.idle is not None:
+            self.idle.yield_to_real_work()  # a real request never waits behind idle-time work
         job, request_id = self._supervisor.wrap(job)  # fatal check, thermal gate, recovery, request log
         submit = self.worker.asubmit if asynchronous else self.worker.submit
         try:
@@ -219,10 +226,35 @@ class Engine:
             decoding = chat_decoding(plan, fit.tokens, decode=runner.model.tokenizer.decode,
                                      grammars=runner.grammars if plan.forced else None, format_spec=edge.format_spec,
                                      call_key=key, builder_family=runner.prompts.family)
+            planned.update(runner=runner, render=plan.render, messages=fit.messages, window=window)
             return Prepared(fit.tokens, window, decoding, fit.report.as_metadata() if fit.report.truncated else None)
 
+        planned: dict[str, Any] = {}  # what prepare decided, for the idle prefill after the reply
         job = self._job(req, edge, ENDPOINTS["chat"], load_only=not req.messages, prepare=prepare)
+        if self.idle is not None and edge.opts.num_predict != 0:
+            job = self._then_idle_prefill(job, edge.name, planned)
         return derived_models.renamed(job, shown_as)
+
+    def _then_idle_prefill(self, job: Job, name: str, planned: dict[str, Any]) -> Job:
+        """Run a chat job; once its reply has ended (stop or length), queue the idle prefill of the next turn."""
+        idle = self.idle
+        assert idle is not None
+
+        def then(cancel: CancelToken) -> Iterator[Chunk]:
+            content: list[str] = []
+            for chunk in job(cancel):
+                message = chunk.get("message") or {}
+                if message.get("tool_calls"):
+                    planned.clear()  # a tool round: the next message is the tool's, not the visitor's
+                content.append(message.get("content") or "")
+                if chunk.get("done") and chunk.get("done_reason") in ("stop", "length") and planned:
+                    reply = {"role": "assistant", "content": "".join(content)}  # as the client will resend it
+                    # queued before the last chunk is delivered, so the client's next request supersedes it
+                    idle.schedule(name, planned["runner"], planned["render"], planned["messages"], reply,
+                                  planned["window"])
+                yield chunk
+
+        return then
 
     def _generate_job(self, request: GenerateRequest | dict[str, Any]) -> Job:
         req = parse_request(GenerateRequest, request)
