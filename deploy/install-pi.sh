@@ -152,7 +152,7 @@ say "creating the venv in $PREFIX/venv"
 run install -d -m 0755 "$PREFIX"
 run python3 -m venv "$PREFIX/venv"
 run "$PREFIX/venv/bin/pip" install --upgrade pip wheel
-run "$PREFIX/venv/bin/pip" install "${REPO}[langchain]"
+run "$PREFIX/venv/bin/pip" install "${REPO}[langchain,cpu]"  # cpu: the default model is a CPU twin (onnxruntime)
 say "installing the vendor wheels"
 wheel="$(fetch "$PYAXCL_URL")"
 run "$PREFIX/venv/bin/pip" install "$wheel"
