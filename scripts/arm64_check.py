@@ -142,7 +142,7 @@ def part_deploy(runner: Runner) -> tuple[bool, str]:
         ok = dry.returncode == 0 and machine.stdout.strip() == "aarch64"
         return ok, f"dry run rc={dry.returncode}, uname -m={machine.stdout.strip()} (pip resolution: nox only)"
     resolve = runner.python("-m", "pip", "install", "--dry-run", "-q", "--disable-pip-version-check",
-                            "--ignore-installed", "--only-binary", ":all:", f"{runner.wheel}[langchain,cpu,axengine]")
+                            "--ignore-installed", "--only-binary", ":all:", f"{runner.wheel}[langchain,axengine]")
     print(resolve.stdout[-1500:], resolve.stderr[-1500:], sep="\n")
     ok = dry.returncode == 0 and machine.stdout.strip() == "aarch64" and resolve.returncode == 0
     return ok, f"dry run rc={dry.returncode}, uname -m={machine.stdout.strip()}, pip resolve rc={resolve.returncode}"
