@@ -42,6 +42,7 @@ from .errors import (
     InvalidRequestError,
 )
 from .keepalive import parse_keep_alive
+from .prompt_limit import check_prompt_size, prompt_byte_limit
 from .ops.health import HealthConfig, HealthSnapshot
 from .ops.recovery import RecoveryPolicy
 from .ops.supervisor import Supervisor
@@ -211,6 +212,8 @@ class Engine:
         edge = self._edge(req)
 
         def prepare(runner: ModelRunner) -> Prepared:
+            check_prompt_size((t for m in req.messages for t in (m.content, m.thinking)),
+                              prompt_byte_limit(runner.capacity), runner.capacity)
             plan = runner.prompts.chat_plan(req)
             window = edge.opts.context_size(runner.capacity)
             fit = fit_messages(plan.messages, plan.render, window, num_keep=edge.opts.num_keep,
@@ -230,6 +233,7 @@ class Engine:
         edge = self._edge(req)
 
         def prepare(runner: ModelRunner) -> Prepared:
+            check_prompt_size((req.system, req.prompt, req.suffix), prompt_byte_limit(runner.capacity), runner.capacity)
             window = edge.opts.context_size(runner.capacity)
             tokens = runner.prompts.generate_tokens(req)
             truncation = None
