@@ -42,11 +42,11 @@ from .errors import (
     InvalidRequestError,
 )
 from .keepalive import parse_keep_alive
-from .prompt_limit import check_prompt_size, prompt_byte_limit
 from .ops.health import HealthConfig, HealthSnapshot
 from .ops.recovery import RecoveryPolicy
 from .ops.supervisor import Supervisor
 from .options import GenerationOptions, InvalidOptionError, parse_options
+from .prompt_limit import check_prompt_size, prompt_byte_limit
 from .requests import ChatRequest, EmbedRequest, GenerateRequest, parse_request
 from .responses import (
     Chunk,
