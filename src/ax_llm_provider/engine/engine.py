@@ -126,7 +126,8 @@ class Engine:
         self.snapshot_bytes, self.max_loaded_models = snapshot_bytes, max_loaded_models
         self.worker = DeviceWorker(max_queue=max_queue)  # the device thread: one request at a time, FIFO
         self.slots = ModelSlots(self.store, self.worker, self._load_model, snapshot_bytes=snapshot_bytes,
-                                max_loaded=max_loaded_models)  # loaded models and keep_alive, lent to ops
+                                max_loaded=max_loaded_models,
+                                check=lambda path: self._supervisor.check(path))  # lent to ops
         self.auto_pull = auto_pull  # fetch registry models (the embedded default) on first use
         self._pull_lock = threading.Lock()
         self._closed = False

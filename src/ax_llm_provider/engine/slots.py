@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 Loader = Callable[[Path, str], "LoadedModel"]
+Checker = Callable[[Path], None]
 
 
 @dataclass
@@ -41,9 +42,10 @@ class ModelSlots:
     """Loaded LLMs (at most `max_loaded`, the oldest unloaded first) and embedding models (see embedder.py)."""
 
     def __init__(self, store: ModelStore, worker: DeviceWorker, load: Loader, *, snapshot_bytes: int,
-                 max_loaded: int) -> None:
-        """load: opens a model directory on the device (the supervisor's load: lock, retries, progress)."""
-        self.store, self.worker, self._load = store, worker, load
+                 max_loaded: int, check: Checker | None = None) -> None:
+        """load: opens a model directory on the device (the supervisor's load: lock, retries, progress);
+        check: the load's file checks alone, run before a loaded model is evicted for a new one."""
+        self.store, self.worker, self._load, self._check = store, worker, load, check
         self.snapshot_bytes, self.max_loaded = snapshot_bytes, max_loaded
         self.lock = threading.Lock()
         self._models: dict[str, LoadedEntry] = {}
@@ -80,6 +82,8 @@ class ModelSlots:
             return entry, 0  # no file-system work per request once loaded
         stored = self.store.resolve(name)
         assert_not_embedding_model(stored.path, stored.name)
+        if self._check is not None and len(self._models) >= self.max_loaded:
+            self._check(stored.path)  # a broken model must not cost the resident one its place
         while len(self._models) >= self.max_loaded:
             self.unload(next(iter(self._models)))
         started = time.perf_counter_ns()
