@@ -32,7 +32,7 @@ def status_of(exc: BaseException) -> int:
     missing model), 400 for any other ValueError, else 500."""
     if isinstance(exc, EngineError | ModelError):
         return exc.status_code
-    return 400 if isinstance(exc, ValueError | TypeError | AttributeError) else 500
+    return 400 if isinstance(exc, ValueError) else 500
 
 
 def response_error(exc: BaseException) -> ollama.ResponseError:
@@ -67,8 +67,10 @@ def public_errors() -> Iterator[None]:
         yield
     except OLLAMA_ERRORS:
         raise
-    except (*ENGINE_ERRORS, TypeError, AttributeError) as exc:  # pydantic's ValidationError is a ValueError
+    except ENGINE_ERRORS as exc:  # pydantic's ValidationError is a ValueError
         raise response_error(exc) from exc
+    except (TypeError, AttributeError) as exc:  # an argument of the wrong type met the request models
+        raise ollama.ResponseError(f"invalid argument: {exc}", 400) from exc
     except Exception as exc:  # noqa: BLE001 - the documented contract: callers catch ollama.ResponseError
         if not isinstance(exc, DeviceError):
             log.exception("unexpected error behind the public Client")
