@@ -48,3 +48,21 @@ def test_broken_model_leaves_resident_loaded(engine: Engine, tiny_twin: Callable
     last = list(engine.generate({"model": resident, "prompt": "hi", "options": {"num_predict": 1}}))[-1]
     assert last["done"] and last.get("load_duration", 0) == 0, "the resident model was reloaded"
     assert engine.slots.get(name) is entry
+
+
+def test_corrupt_graph_found_at_open_still_leaves_a_resident_model(engine: Engine, tiny_twin: Callable[..., Path],
+                                                                   tmp_path: Path) -> None:
+    """Files that look right but fail to open cost the resident model its slot only for the failed load:
+    it is loaded again, and the request still fails with the model's error."""
+    resident = str(tiny_twin("llama", decode_capacity=255, prefill_chunk=32, prefill_histories=(0, 32)))
+    broken = Path(_broken_copy(tiny_twin("llama", seed=1, decode_capacity=255, prefill_chunk=32,
+                                         prefill_histories=(0, 32)), tmp_path / "broken", "none"))
+    next(broken.rglob("*_post.onnx")).write_bytes(b"not an onnx graph")
+    list(engine.generate({"model": resident, "prompt": "hi", "options": {"num_predict": 1}}))
+    ((name, _),) = engine.slots.entries()
+
+    with pytest.raises(Exception, match="llama_post.onnx"):
+        list(engine.generate({"model": str(broken), "prompt": "hi", "options": {"num_predict": 1}}))
+
+    assert [m["name"] for m in engine.ps()["models"]] == [name]
+    assert list(engine.generate({"model": resident, "prompt": "hi", "options": {"num_predict": 1}}))[-1]["done"]
