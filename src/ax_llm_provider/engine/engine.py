@@ -47,6 +47,7 @@ from .ops.health import HealthConfig, HealthSnapshot
 from .ops.recovery import RecoveryPolicy
 from .ops.supervisor import Supervisor
 from .options import GenerationOptions, InvalidOptionError, parse_options
+from .prompt_limit import check_prompt_size, prompt_byte_limit
 from .requests import ChatRequest, EmbedRequest, GenerateRequest, parse_request
 from .responses import (
     Chunk,
@@ -128,7 +129,8 @@ class Engine:
         self.snapshot_bytes, self.max_loaded_models = snapshot_bytes, max_loaded_models
         self.worker = DeviceWorker(max_queue=max_queue)  # the device thread: one request at a time, FIFO
         self.slots = ModelSlots(self.store, self.worker, self._load_model, snapshot_bytes=snapshot_bytes,
-                                max_loaded=max_loaded_models)  # loaded models and keep_alive, lent to ops
+                                max_loaded=max_loaded_models,
+                                check=lambda path: self._supervisor.check(path))  # lent to ops
         self.idle = IdlePrefill(self.worker, self.slots) if (
             idle_prefill if idle_prefill is not None else idle_prefill_from_env()) else None
         self.auto_pull = auto_pull  # fetch registry models (the embedded default) on first use
@@ -218,6 +220,8 @@ class Engine:
         edge = self._edge(req)
 
         def prepare(runner: ModelRunner) -> Prepared:
+            check_prompt_size((t for m in req.messages for t in (m.content, m.thinking)),
+                              prompt_byte_limit(runner.capacity), runner.capacity)
             plan = runner.prompts.chat_plan(req)
             window = edge.opts.context_size(runner.capacity)
             fit = fit_messages(plan.messages, plan.render, window, num_keep=edge.opts.num_keep,
@@ -262,6 +266,7 @@ class Engine:
         edge = self._edge(req)
 
         def prepare(runner: ModelRunner) -> Prepared:
+            check_prompt_size((req.system, req.prompt, req.suffix), prompt_byte_limit(runner.capacity), runner.capacity)
             window = edge.opts.context_size(runner.capacity)
             tokens = runner.prompts.generate_tokens(req)
             truncation = None

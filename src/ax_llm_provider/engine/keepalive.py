@@ -1,16 +1,21 @@
 """Ollama's keep_alive: a duration string ("10m", "24h", "-1m", "1h30m") or a number of seconds.
 
-0 unloads right after the request; any negative value keeps the model loaded forever.
+0 unloads right after the request; any negative value keeps the model loaded forever. Go's durations
+saturate at about 292 years (2**63 ns), so longer values are forever too, which also keeps them under
+the largest timeout a timer thread accepts. Go parses no nan or inf, so neither do we.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import threading
 
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 FOREVER = math.inf
+# Go's largest time.Duration in seconds, no more than a timer thread can wait.
+MAX_SECONDS = min((2**63 - 1) / 1e9, threading.TIMEOUT_MAX)
 
 
 class InvalidKeepAliveError(ValueError):
@@ -31,7 +36,10 @@ def parse_keep_alive(value: float | int | str | None, default: float) -> float:
             seconds = float(text)  # "300" is seconds, as Ollama accepts
         except ValueError:
             seconds = _parse_duration(text)
-    return FOREVER if seconds < 0 else seconds
+    if math.isnan(seconds) or math.isinf(seconds):
+        raise InvalidKeepAliveError(
+            f"invalid keep_alive {value!r}: use a duration such as '5m', a number of seconds, or -1 for forever")
+    return FOREVER if seconds < 0 or seconds > MAX_SECONDS else seconds
 
 
 def _parse_duration(text: str) -> float:

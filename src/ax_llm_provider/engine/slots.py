@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 
 from ..model.embedding_model import assert_not_embedding_model
 from ..model.store import ModelStore
+from ..runtime.errors import DeviceError
+from .errors import EngineError
 from .runner import ModelRunner
 from .state import LoadedEntry
 from .worker.scheduler import DeviceWorker, QueueFullError, RequestCancelled, RequestTimeoutError
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 Loader = Callable[[Path, str], "LoadedModel"]
+Checker = Callable[[Path], None]
 
 
 @dataclass
@@ -41,9 +44,10 @@ class ModelSlots:
     """Loaded LLMs (at most `max_loaded`, the oldest unloaded first) and embedding models (see embedder.py)."""
 
     def __init__(self, store: ModelStore, worker: DeviceWorker, load: Loader, *, snapshot_bytes: int,
-                 max_loaded: int) -> None:
-        """load: opens a model directory on the device (the supervisor's load: lock, retries, progress)."""
-        self.store, self.worker, self._load = store, worker, load
+                 max_loaded: int, check: Checker | None = None) -> None:
+        """load: opens a model directory on the device (the supervisor's load: lock, retries, progress);
+        check: the load's file checks alone, run before a loaded model is evicted for a new one."""
+        self.store, self.worker, self._load, self._check = store, worker, load, check
         self.snapshot_bytes, self.max_loaded = snapshot_bytes, max_loaded
         self.lock = threading.Lock()
         self._models: dict[str, LoadedEntry] = {}
@@ -80,14 +84,37 @@ class ModelSlots:
             return entry, 0  # no file-system work per request once loaded
         stored = self.store.resolve(name)
         assert_not_embedding_model(stored.path, stored.name)
+        if self._check is not None and len(self._models) >= self.max_loaded:
+            self._check(stored.path)  # a broken model must not cost the resident one its place
+        evicted: list[tuple[str, Path]] = []
         while len(self._models) >= self.max_loaded:
-            self.unload(next(iter(self._models)))
+            oldest, entry = next(iter(self._models.items()))
+            evicted.append((oldest, entry.path))
+            self.unload(oldest)
         started = time.perf_counter_ns()
-        model = self._load(stored.path, stored.name)
+        try:
+            model = self._load(stored.path, stored.name)
+        except (DeviceError, EngineError):
+            raise  # the card's trouble (fatal, overheated, busy): the recovery ladder decides what is loaded next
+        except Exception:
+            self._restore(evicted, failed=stored.name)  # files that passed the checks but did not open
+            raise
         entry = LoadedEntry(runner=ModelRunner(model, snapshot_bytes=self.snapshot_bytes), path=stored.path)
         with self.lock:
             self._models[stored.name] = entry
         return entry, time.perf_counter_ns() - started
+
+    def _restore(self, evicted: list[tuple[str, Path]], failed: str) -> None:
+        for name, path in evicted:
+            log.warning("loading %s failed: loading %s again, which was unloaded to make room", failed, name)
+            try:
+                model = self._load(path, name)
+            except Exception as exc:  # noqa: BLE001 - the failed request's own error is the one raised
+                log.error("could not load %s again: %s", name, exc)
+                continue
+            with self.lock:
+                self._models[name] = LoadedEntry(runner=ModelRunner(model, snapshot_bytes=self.snapshot_bytes),
+                                                 path=path)
 
     def unload(self, name: str) -> bool:
         with self.lock:

@@ -82,6 +82,16 @@ def _check_bundle_config_geometry(files: ModelFiles, model: DecoderStack) -> Non
             )
 
 
+def check_model_dir(path: str | Path, backend: str = "auto") -> None:
+    """What load_model checks before opening anything (manifest, layout, backend), without loading a weight:
+    a request for a broken model fails here and leaves the loaded models alone."""
+    root = Path(path).expanduser()
+    manifest_path = root / MANIFEST_NAME
+    manifest = read_manifest(manifest_path) if manifest_path.is_file() else None
+    files = scan_model_dir(root, tokenizer_hint=manifest.tokenizer_dir if manifest else None)
+    check_backend(files, resolve_backend(files, backend))
+
+
 def load_model(path: str | Path, *, name: str | None = None, backend: str = "auto", device: int = 0,
                threads: int | None = None, axcl: Any | None = None,
                progress: Callable[[int, int], None] | None = None, cmm_floor_mb: int | None = None,

@@ -22,7 +22,7 @@ from ..engine.embedder import LegacyEmbeddingsRequest
 from ..engine.engine import Engine
 from ..engine.requests import parse_request
 from ..model.tokenizer_info import verbose_show
-from .errors import ollama_errors
+from .errors import ClientClosedError, ollama_errors, public_api, public_errors
 from .management import AsyncManagementMethods, ManagementMethods
 from .merge import merge_chat, merge_generate
 from .types import ChatResponse, GenerateResponse
@@ -106,10 +106,11 @@ class _Base:
     @property
     def engine(self) -> Engine:
         if self._closed:  # as ollama's (httpx's) closed client
-            raise RuntimeError("Cannot send a request, as the client has been closed.")
+            raise ClientClosedError("Cannot send a request, as the client has been closed.")
         return self._engine or get_engine()
 
 
+@public_api
 class Client(_Base, ManagementMethods):
     """Drop-in for `ollama.Client`: `from ax_llm_provider import Client` and nothing else changes."""
 
@@ -124,7 +125,7 @@ class Client(_Base, ManagementMethods):
         self.close()
 
     def _iterate(self, start: Callable[[], Iterator[dict[str, Any]]], cls: type[Any]) -> Iterator[Any]:
-        with ollama_errors():
+        with public_errors():
             for chunk in start():
                 yield cls(**chunk)
 
@@ -183,6 +184,7 @@ class Client(_Base, ManagementMethods):
         return ollama.ProcessResponse(**self.engine.ps())
 
 
+@public_api
 class AsyncClient(_Base, AsyncManagementMethods):
     """Drop-in for `ollama.AsyncClient`; safe to use from several event loops."""
 
@@ -197,7 +199,7 @@ class AsyncClient(_Base, AsyncManagementMethods):
         await self.close()
 
     async def _aiterate(self, chunks: AsyncIterator[dict[str, Any]], cls: type[Any]) -> AsyncIterator[Any]:
-        with ollama_errors():
+        with public_errors():
             async for chunk in chunks:
                 yield cls(**chunk)
 

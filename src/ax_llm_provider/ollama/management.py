@@ -17,7 +17,7 @@ import anyio
 import ollama
 
 from ..model import manage
-from .errors import response_error
+from .errors import public_errors, response_error
 
 if TYPE_CHECKING:
     from ..engine.engine import Engine
@@ -39,11 +39,9 @@ def _parameters(parameters: Mapping[str, Any] | ollama.Options | None) -> dict[s
 
 
 def _progress(records: Iterator[dict[str, Any]]) -> Iterator[ollama.ProgressResponse]:
-    try:
+    with public_errors():  # a stream is consumed after its method returned: it translates its own errors
         for record in records:
             yield ollama.ProgressResponse(**record)
-    except ValueError as exc:  # ModelError and option errors are ValueErrors
-        raise _error(exc) from exc
 
 
 class _Management:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ... import process
-from ...model.loader import LoadedModel, load_model
+from ...model.loader import LoadedModel, check_model_dir, load_model
 from ...observability import metrics
 from ...runtime import axcl_codes as codes
 from ...runtime.errors import DeviceError, DeviceMemoryError, DeviceOfflineError, DeviceTimeoutError
@@ -92,6 +92,10 @@ class Supervisor:
                 log.info("loading %s: %d/%d model files", name, done, total)
 
         return progress
+
+    def check(self, path: Path) -> None:
+        """The load's file checks alone, before anything is evicted for it."""
+        check_model_dir(path, backend=self.backend)
 
     def load(self, path: Path, name: str) -> LoadedModel:
         """load_model with the lock, a critical section, progress and the load retry policy."""
