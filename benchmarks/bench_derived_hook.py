@@ -38,7 +38,8 @@ def main() -> None:
         (base / "ax_model.json").write_text(json.dumps({"format": "ax-llm-twin/1"}))
         derived, _ = plan_create(store, "coyote", from_="base:1b", system="You are Wile E. Coyote.",
                                  parameters={"temperature": 0.3, "num_predict": 64},
-                                 messages=[{"role": "user", "content": "Who?"}, {"role": "assistant", "content": "Me."}])
+                                 messages=[{"role": "user", "content": "Who?"},
+                                           {"role": "assistant", "content": "Me."}])
         list(create_progress(store, derived, False))
         plain = {"model": "base:1b", "messages": HISTORY, "options": {"temperature": 0}}
         coyote = {**plain, "model": "coyote"}

@@ -98,7 +98,8 @@ def main() -> None:
     late_without = [r["ttft_ms"] for r in without[20:]]
     report["median_ttft_ms_turns_21_40"] = {"with_cache": round(statistics.median(late), 1),
                                             "without_cache": round(statistics.median(late_without), 1),
-                                            "ratio": round(statistics.median(late_without) / statistics.median(late), 2)}
+                                            "ratio": round(statistics.median(late_without) /
+                                                           statistics.median(late), 2)}
     report["turn30_vs_turn2_prompt_eval"] = round(with_cache[29]["prompt_eval_ms"] / with_cache[1]["prompt_eval_ms"], 2)
     # Host share per decoded token: a plain decode loop through the engine.
     timed.decode_ns = timed.decode_calls = 0
@@ -107,7 +108,8 @@ def main() -> None:
                                   "options": {**OPTIONS, "num_predict": 64, "stop": []}}))[-1]
     eval_ns = final["eval_duration"]
     host_ms = (eval_ns - timed.decode_ns) / max(final["eval_count"], 1) / 1e6
-    report["decode"] = {"tokens": final["eval_count"], "eval_ms_per_token": round(eval_ns / final["eval_count"] / 1e6, 2),
+    report["decode"] = {"tokens": final["eval_count"],
+                        "eval_ms_per_token": round(eval_ns / final["eval_count"] / 1e6, 2),
                         "model_ms_per_token": round(timed.decode_ns / max(timed.decode_calls, 1) / 1e6, 2),
                         "host_overhead_ms_per_token": round(host_ms, 3),
                         "request_wall_ms": round((time.perf_counter_ns() - start) / 1e6)}

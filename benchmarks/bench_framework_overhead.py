@@ -208,7 +208,8 @@ def main() -> None:
         print(f"  ... over a real Engine (stub runner)            {real_over:9.1f} us")
     print(f"  ChatOllama overhead over the raw ollama client   {lc_over:9.1f} us")
     ax_call = results.get("ChatAXOllama.invoke (stub runner)", results["ChatAXOllama.invoke (fake engine)"])
-    print(f"  per-call ratio ChatOllama(HTTP) / ChatAXOllama   {results['ChatOllama.invoke over HTTP stub'] / ax_call:9.2f} x")
+    print("  per-call ratio ChatOllama(HTTP) / ChatAXOllama   "
+          f"{results['ChatOllama.invoke over HTTP stub'] / ax_call:9.2f} x")
 
 
 if __name__ == "__main__":

@@ -231,9 +231,11 @@ def main() -> int:
           "| 100 tokens median / p90 | off-clock work (median) | one-chunk floor |")
     print("|---|---|---|---|---|---|---|---|")
     for r in results:
-        cells = [f"{r[k]['median'] / 1e3:.2f} s / {r[k]['p90'] / 1e3:.2f} s" for k in ("ttft_ms", "sentence_ms", "hundred_ms")]
+        cells = [f"{r[k]['median'] / 1e3:.2f} s / {r[k]['p90'] / 1e3:.2f} s"
+                 for k in ("ttft_ms", "sentence_ms", "hundred_ms")]
         print(f"| {r['preset']} | {r['mode']} | {r['median_new_tokens']} | "
-              f"{' | '.join(cells)} | {r['median_background_ms'] / 1e3:.2f} s | {r['one_chunk_floor_ms'] / 1e3:.2f} s |")
+              f"{' | '.join(cells)} | {r['median_background_ms'] / 1e3:.2f} s | "
+              f"{r['one_chunk_floor_ms'] / 1e3:.2f} s |")
     return 0
 
 

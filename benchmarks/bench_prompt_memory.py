@@ -44,7 +44,8 @@ def main() -> None:
         request = {"model": args.model, "prompt": prompt, "options": {"num_predict": 1}}
         run = engine.generate
     else:
-        request = {"model": args.model, "messages": [{"role": "user", "content": prompt}], "options": {"num_predict": 1}}
+        request = {"model": args.model, "messages": [{"role": "user", "content": prompt}],
+                   "options": {"num_predict": 1}}
         run = engine.chat  # type: ignore[assignment]
     try:
         list(run(request))

@@ -113,7 +113,8 @@ def main() -> None:
     started = time.perf_counter()
     model = load_model(path, backend="onnx", threads=args.threads, onnx_layout="fused")
     results: dict[str, object] = {"model": str(path), "threads": args.threads, "load_s": round(time.perf_counter() -
-                                  started, 2), "rss_mb_before_load": round(before), "rss_mb_after_load": round(rss_mb())}
+                                  started, 2), "rss_mb_before_load": round(before),
+                                  "rss_mb_after_load": round(rss_mb())}
     results |= memory_figures(model)
     assert isinstance(model.stack, FusedOnnxDecoderStack)
     engines: dict[str, Callable[[], dict[str, float]]] = {}

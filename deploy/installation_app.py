@@ -381,7 +381,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--source", default=env("AX_LLM_SOURCE", "stdin"), help="stdin or dir:PATH")
     parser.add_argument("--system", default=env("AX_LLM_SYSTEM", SYSTEM))
     parser.add_argument("--fallback", default=env("AX_LLM_FALLBACK", FALLBACK))
-    parser.add_argument("--max-prompt-bytes", type=int, default=int(env("AX_LLM_MAX_PROMPT_BYTES", str(MAX_PROMPT_BYTES))),
+    parser.add_argument("--max-prompt-bytes", type=int,
+                        default=int(env("AX_LLM_MAX_PROMPT_BYTES", str(MAX_PROMPT_BYTES))),
                         help="longer prompts (files or stdin lines) are refused")
     parser.add_argument("--history", type=int, default=int(env("AX_LLM_HISTORY", "10")), help="turns kept")
     parser.add_argument("--options", default=env("AX_LLM_OPTIONS", ""), help="JSON merged over the defaults")

@@ -84,7 +84,10 @@ def _lspci_axera() -> tuple[Status, str]:
     lines = [line for line in out.splitlines() if "axera" in line.lower() or "0650" in line]
     if lines:
         return "ok", "; ".join(lines)
-    return "fail", "no Axera device on the PCIe bus: reseat the card, check the power supply (> 9 V 3 A or 5 V 3 A HAT+)"
+    return "fail", (
+        "no Axera device on the PCIe bus: reseat the card, "
+        "check the power supply (> 9 V 3 A or 5 V 3 A HAT+)"
+    )
 
 
 def check_driver(report: DoctorReport) -> bool:
@@ -104,7 +107,8 @@ def check_driver(report: DoctorReport) -> bool:
     for module, wheel in (("axcl", "pyAXCL"), ("axengine", "pyaxengine")):
         present = importlib.util.find_spec(module) is not None
         report.add(f"sdk {module}", "ok" if present else "skip" if not node else "warn",
-                   f"{wheel} installed" if present else f"{wheel} wheel not installed (not on PyPI: see docs/hardware.md)")
+                   f"{wheel} installed"
+                   if present else f"{wheel} wheel not installed (not on PyPI: see docs/hardware.md)")
     return node and importlib.util.find_spec("axcl") is not None
 
 

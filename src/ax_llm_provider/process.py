@@ -4,7 +4,8 @@
   `DeviceLock` is an advisory `fcntl.flock` on `<lock dir>/card<N>.lock`, taken before the device is
   touched; the holder writes its PID, command line and start time into the file so a second process (a
   second Jupyter kernel) is told who owns the card. The lock dies with its process, so a crash never
-  leaves it stale. Lock dir and safe opening: ax_llm_provider/owner_lock.py. `device_users()` finds processes that hold /dev/axcl* open (for the 0x80300186 case,
+  leaves it stale. Lock dir and safe opening: ax_llm_provider/owner_lock.py. `device_users()` finds processes
+  that hold /dev/axcl* open (for the 0x80300186 case,
   where the owner may not be an ax-llm process).
 * **Never die during a load.** A SIGKILL or exit during an engine load can wedge the card. `install()`
   turns SIGTERM/SIGINT into a clean `SystemExit(0)` raised in the main thread, so the program unwinds and

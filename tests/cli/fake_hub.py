@@ -45,7 +45,8 @@ class FakeHub:
         return files
 
     def sibling(self, path: str, size: int) -> Any:
-        """As the hub lists a file: weights through Git LFS (with the content's sha256), others with their git blob id."""
+        """As the hub lists a file: weights through Git LFS (with the content's sha256), others with their
+        git blob id."""
         data = self.files.get(path, b"")
         if fnmatch.fnmatch(path, "*.axmodel") or fnmatch.fnmatch(path, "*.bin"):
             lfs = types.SimpleNamespace(size=size, sha256=hashlib.sha256(data).hexdigest(), pointer_size=130)

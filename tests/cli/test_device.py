@@ -56,7 +56,8 @@ def test_health_without_a_card(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> Non
     machine(monkeypatch)
     code, out, err = cli("health")
     assert code == 1 and out == ""
-    assert err.startswith("Error: no AX650N card here") and "monitors it continuously" in err and len(err.splitlines()) == 1
+    assert err.startswith(
+        "Error: no AX650N card here") and "monitors it continuously" in err and len(err.splitlines()) == 1
     code, _, err = cli("health", "--backend", "onnx")
     assert code == 1 and "has no card" in err
 

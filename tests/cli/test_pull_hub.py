@@ -48,7 +48,8 @@ def test_pull_downloads_checks_and_installs(store: Path, hub: FakeHub, cli: Cli)
     dest = store / "qwen3" / "0.6b-axcl"
     assert out.strip() == f"{NAME}: ready in {dest}"
     call = hub.downloads[-1]
-    assert call["repo_id"] == "AXERA-TECH/Qwen3-0.6B" and call["local_dir"] == str(store / "qwen3" / ".0.6b-axcl.partial")
+    assert call["repo_id"] == "AXERA-TECH/Qwen3-0.6B" and call["local_dir"] == str(
+        store / "qwen3" / ".0.6b-axcl.partial")
     assert call["revision"] == "9bd240869b5ec6f28964a635cd421a80fcad9dc8"  # pinned, never the default branch
     assert (dest / "qwen3-0.6b-ax650" / "qwen3_p128_l2_together.axmodel").is_file()
     assert not (dest / "qwen3-0.6b-ax630c").exists() and not (dest / "main_axcl_aarch64").exists()

@@ -15,7 +15,8 @@ from ax_llm_provider.runtime.simcard import PRESETS, Geometry, SimCard
 SMALL = Geometry(layers=4, hidden=64, kv_dim=32, vocab=300, capacity=80, chunk=16, prefill_histories=(0, 16, 32))
 
 
-def open_null(preset: str | None, geometry: Geometry | None = None, **kwargs: object) -> tuple[SimCard, AxclDecoderStack]:
+def open_null(preset: str | None, geometry: Geometry | None = None,
+              **kwargs: object) -> tuple[SimCard, AxclDecoderStack]:
     card = SimCard(preset)
     layers, post = card.add_null_stack(geometry)
     return card, AxclDecoderStack(layers, post, card, **kwargs)  # type: ignore[arg-type]
@@ -94,7 +95,8 @@ def test_bench_reports_its_fields_and_the_legacy_comparison() -> None:
     result = run_backend_bench("qwen3-0.6b-w8a16", tokens=8, baseline_tokens=2, compare_legacy=True)
     for key in ("device_bound_tok_s", "projected_tok_s", "host_overhead_ms_per_token", "device_calls_per_token",
                 "bus_bytes_per_token", "baseline_device_bound_tok_s", "baseline_projected_tok_s",
-                "baseline_host_overhead_ms_per_token", "baseline_device_calls_per_token", "baseline_bus_bytes_per_token"):
+                "baseline_host_overhead_ms_per_token", "baseline_device_calls_per_token",
+                "baseline_bus_bytes_per_token"):
         assert isinstance(result[key], float), key
     assert result["timing_model"] == "strict" and result["backend"] == "axcl (kv_write=d2d)"
     assert result["device_calls_per_token"] <= result["budget"]["device_calls_per_token"]

@@ -20,7 +20,8 @@ from ax_llm_provider.engine.errors import EngineError, InvalidRequestError
 from ax_llm_provider.model.errors import ModelError
 from ax_llm_provider.model.store import ModelStore
 
-WORDS = ["the", "cat", "dog", "sat", "on", "a", "mat", "and", "ran", "far", "away", "while", "birds", "sang", "songs", "of", "old", "times"]
+WORDS = ["the", "cat", "dog", "sat", "on", "a", "mat", "and", "ran", "far", "away", "while",
+         "birds", "sang", "songs", "of", "old", "times"]
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +103,8 @@ def test_overflowing_conversation_keeps_the_cache_warm(engine: Engine, twin: str
         truncation = final["ax"].get("truncation")
         if truncation:
             dropped_reports += 1
-            assert truncation["dropped_messages"] > 0 and truncation["window"] == 1023  # the compiled capacity caps num_ctx
+            # the compiled capacity caps num_ctx
+            assert truncation["dropped_messages"] > 0 and truncation["window"] == 1023
         if turn > 0 and final["ax"]["prompt_cache_reused_tokens"] < final["prompt_eval_count"] // 2:
             full_reevaluations += 1
     assert dropped_reports > 0, "the conversation never overflowed: the test is not testing anything"

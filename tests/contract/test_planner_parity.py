@@ -96,7 +96,8 @@ def assert_same_greedy(backend: str, plain: tuple[list[int], list[np.ndarray]],
         for logits in (plain[1][step], other[1][step]):
             gap = abs(float(logits[a]) - float(logits[b]))
             assert gap <= TIE[backend] * max(abs(float(logits[a])), 1.0), (
-                f"{backend}: step {step} chose {b} instead of {a}, {gap:.4f} apart: not a tie ({plain[0]} vs {other[0]})")
+                f"{backend}: step {step} chose {b} instead of {a}, {gap:.4f} apart: "
+                f"not a tie ({plain[0]} vs {other[0]})")
         return
 
 
@@ -137,7 +138,8 @@ def test_the_cost_planners_plans_give_the_plain_greedy_tokens(bench: Bench, pres
     ids = np.random.default_rng(history * 100 + new).integers(0, len(bench.table), history + new).tolist()
     plan = planner(spec, history, new)
     for backend in BACKENDS:
-        assert_same_greedy(backend, bench.greedy(backend, ids, history, None), bench.greedy(backend, ids, history, plan))
+        assert_same_greedy(backend, bench.greedy(backend, ids, history, None),
+                           bench.greedy(backend, ids, history, plan))
 
 
 @pytest.mark.parametrize("kv_write", ["d2d", "bind"])

@@ -95,7 +95,8 @@ HISTORIES = {
         HumanMessage("What is 1 + 2"),
         AIMessage([{"type": "text", "text": "some text"},
                    {"type": "tool_use", "id": "abc123", "name": "my_adder_tool", "input": {"a": 1, "b": 2}}],
-                  tool_calls=[{"name": "my_adder_tool", "args": {"a": 1, "b": 2}, "id": "abc123", "type": "tool_call"}]),
+                  tool_calls=[{"name": "my_adder_tool", "args": {"a": 1, "b": 2},
+                               "id": "abc123", "type": "tool_call"}]),
         ToolMessage('{"result": 3}', tool_call_id="abc123"),  # no name: found through the tool call id
     ],
     "error status": [

@@ -86,7 +86,8 @@ class TestChatAXOllamaIntegration(ChatModelIntegrationTests):
 
     @pytest.fixture
     def model(self, request: Any) -> BaseChatModel:
-        params = {**self.standard_chat_model_params, **self.chat_model_params, **(getattr(request, "param", None) or {})}
+        params = {**self.standard_chat_model_params, **self.chat_model_params,
+                  **(getattr(request, "param", None) or {})}
         if request.node.originalname in LONG_ANSWER_TESTS:
             params["num_predict"] = params["max_tokens"] = LONG_ANSWER_TESTS[request.node.originalname]
         return self.chat_model_class(**params)

@@ -59,7 +59,8 @@ class TestAXOllamaEmbeddingsStandardUnit(EmbeddingsUnitTests):
 
 
 def _final(**extra: Any) -> dict[str, Any]:
-    return {"model": MODEL, "created_at": "2026-01-01T00:00:00.000000Z", "message": {"role": "assistant", "content": ""},
+    return {"model": MODEL, "created_at": "2026-01-01T00:00:00.000000Z",
+            "message": {"role": "assistant", "content": ""},
             "done": True, "done_reason": "stop", "total_duration": 10, "load_duration": 1, "prompt_eval_count": 7,
             "prompt_eval_duration": 2, "eval_count": 3, "eval_duration": 3,
             "ax": {"prompt_cache_reused_tokens": 5, "backend": "fake", "warnings": ["w"]}, **extra}
@@ -203,7 +204,8 @@ def test_request_fields_and_unknown_kwargs() -> None:
     assert request["keep_alive"] == -1 and request["think"] is False and request["format"] == "json"
     assert request["logprobs"] is True and request["truncate"] is False
     assert llm._chat_request([HumanMessage("x")], reasoning=True)["think"] is True
-    assert llm._chat_request([HumanMessage("x")], response_format={"type": "json_object"}, format=None)["format"] == "json"
+    assert llm._chat_request([HumanMessage("x")],
+                             response_format={"type": "json_object"}, format=None)["format"] == "json"
     with pytest.raises(TypeError, match="bogus"):
         llm._chat_request([HumanMessage("x")], bogus=1)
 
@@ -222,7 +224,8 @@ def test_message_conversion() -> None:
     png = "iVBORw0KGgo="
     messages = [
         SystemMessage("sys"),
-        HumanMessage([{"type": "text", "text": "look"}, {"type": "image_url", "image_url": f"data:image/png;base64,{png}"},
+        HumanMessage([{"type": "text", "text": "look"},
+                      {"type": "image_url", "image_url": f"data:image/png;base64,{png}"},
                       {"type": "image", "base64": png, "mime_type": "image/png"}], name="visitor"),
         AIMessage([{"type": "text", "text": "calling"}, {"type": "tool_use", "id": "c1", "name": "add", "input": {}}],
                   tool_calls=[{"name": "add", "args": {"a": 1}, "id": "c1", "type": "tool_call"}],
@@ -235,7 +238,8 @@ def test_message_conversion() -> None:
     assert out[0] == {"role": "system", "content": "sys"}
     assert out[1] == {"role": "user", "content": "look", "images": [png, png]}
     assert out[2] == {"role": "assistant", "content": "calling", "thinking": "hmm",
-                      "tool_calls": [{"type": "function", "id": "c1", "function": {"name": "add", "arguments": {"a": 1}}}]}
+                      "tool_calls": [{"type": "function", "id": "c1",
+                                      "function": {"name": "add", "arguments": {"a": 1}}}]}
     assert out[3] == {"role": "tool", "tool_call_id": "c1", "tool_name": "add", "content": "3"}
     assert out[4] == {"role": "tool", "tool_call_id": "c9", "tool_name": "other", "content": "err"}
     assert out[5] == {"role": "narrator", "content": "meanwhile"}

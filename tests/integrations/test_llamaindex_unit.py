@@ -41,7 +41,8 @@ from ax_llm_provider.integrations.llamaindex_convert import (
 
 HAS_REFERENCE_LLM = importlib.util.find_spec("llama_index.llms.ollama") is not None
 HAS_REFERENCE_EMBEDDING = importlib.util.find_spec("llama_index.embeddings.ollama") is not None
-PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg==")
+PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJ"
+                       "AAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg==")
 
 
 def _chunk(content: str = "", thinking: str | None = None, calls: list[dict[str, Any]] | None = None,
@@ -58,7 +59,8 @@ def _call(name: str, args: dict[str, Any], call_id: str) -> dict[str, Any]:
     return {"id": call_id, "function": {"name": name, "arguments": args}}
 
 
-FINAL = {"done_reason": "stop", "prompt_eval_count": 11, "eval_count": 5, "total_duration": 9, "ax": {"backend": "fake"}}
+FINAL = {"done_reason": "stop", "prompt_eval_count": 11, "eval_count": 5,
+         "total_duration": 9, "ax": {"backend": "fake"}}
 THINK_AND_CALLS = [
     _chunk(thinking="Need "), _chunk(thinking="a tool."), _chunk("Let me "), _chunk("check."),
     _chunk(calls=[_call("lookup", {"q": 1}, "call_a")]),
@@ -133,7 +135,8 @@ def test_messages_text_images_thinking_and_tool_correlation() -> None:
     history = [
         ChatMessage(role=MessageRole.SYSTEM, content="Be brief."),
         ChatMessage(role=MessageRole.USER, blocks=[TextBlock(text="What is "), TextBlock(text="this?"),
-                                                   ImageBlock(image=PNG), CachePoint(cache_control=CacheControl(type="ephemeral"))]),
+                                                   ImageBlock(image=PNG),
+                                                   CachePoint(cache_control=CacheControl(type="ephemeral"))]),
         ChatMessage(role=MessageRole.ASSISTANT, blocks=[ThinkingBlock(content="hmm"), TextBlock(text=""),
                                                         ToolCallBlock(tool_call_id="call_1", tool_name="lookup",
                                                                       tool_kwargs='{"q": 3}')]),
@@ -149,7 +152,8 @@ def test_messages_text_images_thinking_and_tool_correlation() -> None:
 
 def test_messages_legacy_tool_calls_and_unsupported_blocks() -> None:
     legacy = [{"function": {"name": "f", "arguments": {}}}]
-    [message] = to_ollama_messages([ChatMessage(role="assistant", content="x", additional_kwargs={"tool_calls": legacy})])
+    [message] = to_ollama_messages([ChatMessage(role="assistant", content="x",
+                                                additional_kwargs={"tool_calls": legacy})])
     assert message["tool_calls"] == legacy
     with pytest.raises(ValueError, match="Unsupported block type"):
         to_ollama_messages([ChatMessage(role="user", blocks=[AudioBlock(audio=b"RIFF", format="wav")])])
@@ -173,7 +177,8 @@ def test_messages_match_the_reference_without_ids() -> None:
 # ---- responses -----------------------------------------------------------------------------------
 
 def test_chat_response_blocks_usage_and_ids() -> None:
-    merged = _chunk("Let me check.", "Need a tool.", [_call("lookup", {"q": 1}, "call_a"), _call("other", {}, "call_b")],
+    merged = _chunk("Let me check.", "Need a tool.", [_call("lookup", {"q": 1}, "call_a"),
+                                                      _call("other", {}, "call_b")],
                     **FINAL)
     response = chat_response(merged)
     kinds = [type(b).__name__ for b in response.message.blocks]

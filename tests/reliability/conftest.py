@@ -46,7 +46,8 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.write_line(f"{entry['test']}: {rest}")
 
 
-WORDS = ["the", "card", "sat", "on", "a", "warm", "shelf", "while", "visitors", "asked", "it", "about", "stars", "rivers", "and", "old", "songs"]
+WORDS = ["the", "card", "sat", "on", "a", "warm", "shelf", "while", "visitors",
+         "asked", "it", "about", "stars", "rivers", "and", "old", "songs"]
 
 
 @pytest.fixture(scope="session")
@@ -107,7 +108,8 @@ def assert_no_leaks(before: dict[str, Any], timeout: float = 15.0) -> dict[str, 
         gc.collect()  # a cycle may still hold an onnxruntime session (and its pool threads)
         now = resources()
         extra = [t for t in threading.enumerate() if t.ident not in before["threads"]]
-        if (not extra and now["fds"] <= before["fds"] and now["tasks"] <= before["tasks"]) or time.monotonic() > deadline:
+        if (not extra and now["fds"] <= before["fds"]
+            and now["tasks"] <= before["tasks"]) or time.monotonic() > deadline:
             break
         time.sleep(0.05)
     assert not extra, f"threads left behind: {[t.name for t in extra]}"

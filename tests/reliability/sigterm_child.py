@@ -36,7 +36,8 @@ def main(model: str, store: str, mode: str, marker: str) -> None:
 
     def write_marker() -> None:  # registered first, so it runs after the engine's finalizer
         state = {"memory_used": card.memory.used, "models": len(card.models), "inited": card.inited,
-                 "finalize_calls": card.counters.calls["finalize"], "loads": card.counters.calls["engine_load_from_file"],
+                 "finalize_calls": card.counters.calls["finalize"],
+                 "loads": card.counters.calls["engine_load_from_file"],
                  "executes": card.counters.executes}
         with open(marker, "w", encoding="utf-8") as out:
             json.dump(state, out)

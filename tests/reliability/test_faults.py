@@ -10,7 +10,8 @@ allocation is left behind once the engine is closed.
 |----------------|-----------------------|--------------------------------------------|
 | execute error  | DeviceError (Busy)    | step retry, then reset + reload            |
 | offline        | DeviceOfflineError    | firmware reboot + reload                   |
-| hung execute   | DeviceTimeoutError    | the request is cut at execute_timeout; reset + reload when the runtime returns |
+| hung execute   | DeviceTimeoutError    | the request is cut at execute_timeout; reset + reload when the |
+|                |                       | runtime returns                            |
 | CMM exhaustion | DeviceMemoryError     | refused at load (with the numbers); nothing left on the card |
 | over-temperature | DeviceOverheatedError | new work waits for the card to cool, at most thermal_wait_s |
 """
@@ -56,12 +57,14 @@ TIMEOUT = {"execute_error": 6.0, "offline": 6.0, "hang": 5.0, "cmm": 6.0, "overh
 SLACK = 1.0  # scheduling noise on a loaded 2-core CI machine
 
 Cleanup = Callable[[], None]
-Inject = Callable[[SimCard, Engine, str, random.Random, dict[str, Any]], tuple[tuple[type[BaseException], ...], Cleanup]]
+Inject = Callable[[SimCard, Engine, str, random.Random, dict[str, Any]],
+                  tuple[tuple[type[BaseException], ...], Cleanup]]
 
 
 def request(engine: Engine, model: str, rng: random.Random) -> tuple[str, Callable[[], None]]:
     kind = rng.choice(["chat", "generate", "stream"])
-    options = {"num_predict": rng.randint(4, 24), "temperature": rng.choice([0.0, 0.7, 0.99]), "seed": rng.randrange(99)}
+    options = {"num_predict": rng.randint(4, 24), "temperature": rng.choice([0.0, 0.7, 0.99]),
+               "seed": rng.randrange(99)}
     text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 30)))
     if kind == "generate":
         return kind, lambda: list(engine.generate({"model": model, "prompt": text, "options": options}))

@@ -21,7 +21,8 @@ from tests.conftest import SMOLLM2
 
 pytestmark = [pytest.mark.golden, pytest.mark.timeout(240)]
 
-MESSAGES = [SystemMessage("You are a helpful assistant. Answer briefly."), HumanMessage("What is the capital of Italy?")]
+MESSAGES = [SystemMessage("You are a helpful assistant. Answer briefly."),
+            HumanMessage("What is the capital of Italy?")]
 
 
 @pytest.fixture(scope="module")

@@ -39,7 +39,8 @@ pytestmark = [pytest.mark.golden, pytest.mark.slow, pytest.mark.timeout(240)]
 
 _server: dict[str, str] = {}
 
-NO_TOOL_CHOICE = ("measured: no tool call (AssertionError): ChatOllama.bind_tools drops tool_choice, so the forced call "
+NO_TOOL_CHOICE = ("measured: no tool call (AssertionError): ChatOllama.bind_tools drops tool_choice, "
+                  "so the forced call "
                   "the test asks for arrives as tool_choice 'auto' and SmolLM2-135M answers in prose; ChatAXOllama "
                   "forwards tool_choice and passes; test_forced_choice_over_http gets the call with tool_choice 'any'")
 STOP_IN_BOTH = ("measured: ChatOllama 1.1.0 raises ValueError('`stop` found in both the input and default params.') "

@@ -19,7 +19,8 @@ from ax_llm_provider.runtime.contract import (
 from ax_llm_provider.runtime.spec import ShapeGroup, StackSpec
 
 
-def make_spec(capacity: int = 2047, histories: tuple[int, ...] = (0, 128, 256, 512, 1024, 1536), chunk: int = 128) -> StackSpec:
+def make_spec(capacity: int = 2047, histories: tuple[int, ...] = (0, 128, 256, 512, 1024, 1536),
+              chunk: int = 128) -> StackSpec:
     groups = [ShapeGroup(0, 1, capacity, capacity)]
     groups += [ShapeGroup(i + 1, chunk, h, max(h, 1)) for i, h in enumerate(histories)]
     return StackSpec(layers=2, hidden=8, kv_dim=4, vocab=10, groups=tuple(groups))
@@ -89,7 +90,8 @@ def test_plan_prefill_after_cached_prefix_starts_mid_window() -> None:
 def test_plan_prefill_past_last_window_falls_back_to_decode_group() -> None:
     spec = make_spec(capacity=300, histories=(0, 128))
     plan = plan_prefill(spec, 0, 260)
-    assert [(c.start, c.count, c.group.is_decode) for c in plan[:3]] == [(0, 128, False), (128, 128, False), (256, 1, True)]
+    assert [(c.start, c.count, c.group.is_decode) for c in plan[:3]] == [(0, 128, False),
+                                                                         (128, 128, False), (256, 1, True)]
     assert sum(c.count for c in plan) == 260 and all(c.group.is_decode for c in plan[2:])
 
 

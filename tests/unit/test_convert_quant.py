@@ -62,10 +62,7 @@ def _unpack_matmulnbits(q: BlockQuant) -> np.ndarray:
     n, k = q.shape
     packed = q.packed_codes()
     assert packed.shape == (n, q.k_blocks, q.block * q.bits // 8) and packed.dtype == np.uint8
-    if q.bits == 4:
-        codes = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(n, -1)
-    else:
-        codes = packed.reshape(n, -1)
+    codes = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(n, -1) if q.bits == 4 else packed.reshape(n, -1)
     zp_packed = q.packed_zero_points()
     if zp_packed is None:
         zeros = np.full((n, q.k_blocks), 1 << (q.bits - 1), np.float32)
@@ -167,7 +164,8 @@ def _linear_session(q: BlockQuant) -> ort.InferenceSession:
     graph = helper.make_graph(g.nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "S", k])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "S", n])],
                               initializer=g.initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.microsoft", 1)])
     model.ir_version = 8
     onnx.checker.check_model(model)
     options = ort.SessionOptions()

@@ -50,7 +50,8 @@ TABLE[0] = 1e4  # [PAD]
 def _tokenizer() -> Tokenizer:
     tok = Tokenizer(models.WordLevel(VOCAB, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]",
+                                                       special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
     tok.enable_truncation(3)  # settings of the file that the model must ignore (all-MiniLM's say 128)
     tok.enable_padding(length=8, pad_id=0, pad_token="[PAD]")
     return tok

@@ -311,7 +311,8 @@ def test_load_that_would_overflow_cmm_is_refused_with_the_numbers(tmp_path: Path
     with Engine(ModelStore(tmp_path), backend="simulated", card=card, auto_pull=False,
                 health=HealthConfig(cmm_floor_mb=64), recovery=RecoveryPolicy(cmm_retry_wait_s=0.01)) as engine:
         started = time.monotonic()
-        with pytest.raises(DeviceMemoryError, match=r"the model files need \d+ MB plus a 64 MB floor, 8 MB of CMM remain"):
+        with pytest.raises(DeviceMemoryError,
+                           match=r"the model files need \d+ MB plus a 64 MB floor, 8 MB of CMM remain"):
             chat(engine, str(tiny_twin("llama")))
         assert time.monotonic() - started < 5
         assert card.memory.used == 0 and not card.models  # nothing left behind on the card
@@ -361,7 +362,8 @@ def test_every_request_logs_one_done_line_with_counts(tmp_path: Path, tiny_twin:
 def test_request_fields_from_a_final_chunk() -> None:
     chunk = {"model": "m", "done": True, "done_reason": "stop", "prompt_eval_count": 10, "eval_count": 20,
              "eval_duration": 2_000_000_000, "total_duration": 3_000_000_000, "load_duration": 0,
-             "prompt_eval_duration": 5_000_000, "ax": {"prompt_cache_reused_tokens": 4, "truncation": {"dropped_messages": 1}}}
+             "prompt_eval_duration": 5_000_000,
+             "ax": {"prompt_cache_reused_tokens": 4, "truncation": {"dropped_messages": 1}}}
     fields = request_fields(chunk, "generate", "r1", 12.5)
     assert fields["tok_s"] == 10.0 and fields["truncated"] is True and fields["total_ms"] == 3000.0
     assert fields["reused_tokens"] == 4 and fields["queued_ms"] == 12.5

@@ -122,7 +122,8 @@ def test_embedding_lookup_is_memory_mapped(tmp_path: Path) -> None:
 
 def test_embedding_size_mismatch(tmp_path: Path) -> None:
     write_embedding(tmp_path / "e.bin", np.zeros((10, 4), dtype=np.float32))
-    with pytest.raises(ModelDirectoryError, match=r"has 10 rows but the model's vocabulary is 12.*12 x 4 x 2 = 96 bytes"):
+    with pytest.raises(ModelDirectoryError,
+                       match=r"has 10 rows but the model's vocabulary is 12.*12 x 4 x 2 = 96 bytes"):
         EmbeddingTable(tmp_path / "e.bin", hidden=4, vocab=12)
     with pytest.raises(ModelDirectoryError, match="not a whole number of bf16 rows"):
         EmbeddingTable(tmp_path / "e.bin", hidden=3)

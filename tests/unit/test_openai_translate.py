@@ -37,7 +37,8 @@ def test_sampling_defaults_and_options_follow_ollamas_layer() -> None:
 def test_response_format_tool_choice_and_reasoning() -> None:
     assert _chat(response_format={"type": "json_object"})["format"] == "json"
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
-    assert _chat(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}})["format"] == schema
+    assert _chat(
+        response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}})["format"] == schema
     assert "format" not in _chat(response_format={"type": "text"})
     with pytest.raises(BadRequest, match="response_format"):
         _chat(response_format={"type": "yaml"})

@@ -114,8 +114,10 @@ def test_costs_from_a_calibration_record() -> None:
         model="m", model_dir="/nowhere", runtime=Runtime(kind="axcl", version="3.10.2"), kv_write="bind",
         kv_write_reason="test", head_ms=9.0,
         group_costs=[GroupCost(group=1, kind="prefill", tokens=8, history=0, call_ms=40.0, ms_per_token=5.0, samples=3),
-                     GroupCost(group=2, kind="prefill", tokens=8, history=16, call_ms=44.0, ms_per_token=5.5, samples=3),
-                     GroupCost(group=0, kind="decode", tokens=1, history=64, call_ms=14.0, ms_per_token=14.0, samples=3)])
+                     GroupCost(group=2, kind="prefill", tokens=8, history=16,
+                               call_ms=44.0, ms_per_token=5.5, samples=3),
+                     GroupCost(group=0, kind="decode", tokens=1, history=64,
+                               call_ms=14.0, ms_per_token=14.0, samples=3)])
     table = costs_from_record(SPEC, record)
     assert table is not None
     assert dict(table.chunk_ms) == {1: 40.0, 2: 44.0, 3: 44.0}  # the unmeasured window: the dearest chunk

@@ -59,9 +59,11 @@ def test_units_come_out_as_soon_as_they_are_complete() -> None:
 
 def test_clauses_split_long_units_at_commas() -> None:
     text = "When the tide comes in at night, the shore goes quiet; short, not split."
-    assert split_all(text, clauses=True, min_clause_chars=12) == ["When the tide comes in at night,", "the shore goes quiet;",
+    assert split_all(text, clauses=True, min_clause_chars=12) == [
+        "When the tide comes in at night,", "the shore goes quiet;",
                                              "short, not split."]
-    assert split_all("一二三四五六七八九十，好。", clauses=True, min_clause_chars=5) == ["一二三四五六七八九十，", "好。"]
+    assert split_all(
+        "一二三四五六七八九十，好。", clauses=True, min_clause_chars=5) == ["一二三四五六七八九十，", "好。"]
     with pytest.raises(ValueError, match="min_clause_chars"):
         SentenceSplitter(min_clause_chars=0)
 

@@ -219,7 +219,8 @@ def test_cmm_exhaustion() -> None:
     assert card.sys.mem_query_status() == ({}, S(codes.AX_ERR_CMM_NOTREADY))  # AXCL_SYS_Init first
     assert card.sys.init() == 0
     status, ret = card.sys.mem_query_status()
-    assert ret == 0 and status["remain_size"] <= 2 and set(status) == {"total_size", "remain_size", "block_cnt", "partition"}
+    assert ret == 0 and status["remain_size"] <= 2 and set(status) == {
+        "total_size", "remain_size", "block_cnt", "partition"}
 
 
 def test_offline_then_reboot() -> None:

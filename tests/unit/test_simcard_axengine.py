@@ -1,4 +1,5 @@
-"""The pyaxengine fake reproduces pyaxengine 0.1.3 (docs/sdk-notes.md, "pyaxengine"); the same pins run on the real module (-m npu).
+"""The pyaxengine fake reproduces pyaxengine 0.1.3 (docs/sdk-notes.md, "pyaxengine"); the same pins run on
+the real module (-m npu).
 
 On a card, set AX_LLM_TEST_AXMODEL to a `*_together.axmodel` for the session-level checks.
 """

@@ -160,7 +160,8 @@ def test_prompt_plans(tokenizer: ChatTokenizer, tmp_path: Path) -> None:
         ChatRequest.model_validate({"model": "m", "messages": [
             {"role": "user", "content": "hi"},
             {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "add", "arguments": {"a": 1}}}]},
-            {"role": "tool", "content": "1", "tool_name": "add"}, {"role": "user", "content": "again"}]}).messages][0]}))
+            {"role": "tool", "content": "1", "tool_name": "add"},
+            {"role": "user", "content": "again"}]}).messages][0]}))
     assert forced.family is FORCED_PROMPT_TOOLS and forced.forced
     text = chatml.tokenizer.decode(forced.render(forced.messages))
     assert "<tools>" in text and '"name": "get_weather"' in text

@@ -134,7 +134,8 @@ def call_costs(h: Harness, samples: int = 20) -> list[CallCost]:
         ("axcl.rt.memcpy", "D2D K row (kv_write=copy: 2 per layer)", row,
          lambda: rt.memcpy(k_ptr, k_out, row, D2D)),
         ("axcl.rt.memset", "K row", row, lambda: rt.memset(k_out, 0, row)),
-        ("axcl.rt.engine_set_output_buffer_by_index", "K_cache_out (kv_write=bind: 2 per layer)", None, lambda: rt.engine_set_output_buffer_by_index(layer.ios[decode], k_out_index, k_out, row)),
+        ("axcl.rt.engine_set_output_buffer_by_index", "K_cache_out (kv_write=bind: 2 per layer)", None,
+         lambda: rt.engine_set_output_buffer_by_index(layer.ios[decode], k_out_index, k_out, row)),
     ]
     if prefill is not None:
         cases.insert(1, ("axcl.rt.engine_execute", f"layer 0 prefill group {prefill}", None,

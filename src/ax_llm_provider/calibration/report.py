@@ -76,7 +76,8 @@ def summary(report: dict[str, Any]) -> str:
                  "pyaxcl") else "") + f", card {report['card']}, {report['seconds']:.0f} s"]
     per_mode = "   ".join(f"{mode}: " + (f"FAILED ({m['error'][:60]})" if m["error"] else
                                           f"{_ms(m['decode_ms_per_token'])}/token") for mode, m in modes.items())
-    same = ("logits identical" if comparison["identical"] else f"logits DIFFER (max |diff| {comparison['max_abs_diff']:.3g}, "
+    same = ("logits identical"
+            if comparison["identical"] else f"logits DIFFER (max |diff| {comparison['max_abs_diff']:.3g}, "
             f"argmax agree {comparison['argmax_agree']})") if comparison["compared"] else "not compared"
     lines += [f"kv_write     {per_mode}   {same}",
               f"             -> {kv['chosen']}: {kv['reason']}"]

@@ -204,7 +204,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(json.dumps(result))
         return EXIT_OK
     g = result["geometry"]
-    print(f"SIMULATED card, preset {result['preset']} ({g['layers']} layers, hidden {g['hidden']}, vocab {g['vocab']}), "
+    print(f"SIMULATED card, preset {result['preset']} ({g['layers']} layers, "
+          f"hidden {g['hidden']}, vocab {g['vocab']}), "
           f"{result['tokens']} decode tokens after a {result['prompt_tokens']}-token prompt")
     published = ", ".join(f"{k} {v} tok/s" for k, v in result["published_tok_s"].items())
     table([

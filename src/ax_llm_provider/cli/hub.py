@@ -44,7 +44,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "mer
 
 @dataclass(frozen=True)
 class TokenizerSource:
-    """A Hugging Face repository (at a pinned commit) holding the tokenizer and chat template of a bundle's base model."""
+    """A Hugging Face repository (at a pinned commit) holding the tokenizer and chat template of a bundle's
+    base model."""
 
     repo_id: str
     revision: str
@@ -248,7 +249,8 @@ def _fetch_tokenizer(hub: Any, bundle: HubBundle, config: BundleConfig, partial:
             f"{bundle.repo_id} ships only {config.url_tokenizer_model} (ax-llm's own tokenizer format) and no "
             f"Hugging Face tokenizer is recorded for {bundle.name}, so it cannot be pulled. Download it yourself "
             f"(hf download {bundle.repo_id} --revision {bundle.revision} --local-dir DIR), put the Hugging Face "
-            f"tokenizer of the model it was built from ({', '.join(TOKENIZER_FILES[:2])}) into DIR/{HF_TOKENIZER_DIR}/, "
+            f"tokenizer of the model it was built from ({', '.join(TOKENIZER_FILES[:2])}) "
+            f"into DIR/{HF_TOKENIZER_DIR}/, "
             f'write DIR/{MANIFEST_NAME} as {{"format": "vendor", "tokenizer_dir": "{HF_TOKENIZER_DIR}"}} and run '
             f"`ax-llm run DIR`"
         )

@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "with Ollama's schema.", epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--store", help="model store directory (default: $AX_LLM_MODELS or ~/.local/share/ax-llm/models)")
+    parser.add_argument("--store", help="model store directory "
+                                        "(default: $AX_LLM_MODELS or ~/.local/share/ax-llm/models)")
     parser.add_argument("--log-level", default="WARNING", type=str.upper,
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="DEBUG also prints tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -113,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ps", help="list the models loaded by THIS process",
                        description="The engine runs inside the process that uses it, so this lists the models "
-                                   "loaded by this ax-llm process only (for a single command: none). Run `ax-llm serve` to "
+                                   "loaded by this ax-llm process only (for a single command: none). "
+                                   "Run `ax-llm serve` to "
                                    "keep one process owning the card (its /api/ps lists what it holds).")
     p.set_defaults(func="models:cmd_ps")
 

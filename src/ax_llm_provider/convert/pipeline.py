@@ -80,7 +80,8 @@ def convert(
     if dest_path.exists() and not dest_path.is_dir():
         raise ConversionError(f"{dest_path} exists and is not a directory; choose another destination")
     if dest_path.exists() and not overwrite:
-        raise ConversionError(f"{dest_path} already exists; pass overwrite=True (`ax-llm convert --force`) to replace it")
+        raise ConversionError(f"{dest_path} already exists; "
+                              "pass overwrite=True (`ax-llm convert --force`) to replace it")
     started = time.monotonic()
     source = open_source(src_path)
     try:

@@ -272,7 +272,8 @@ class Engine:
             truncation = None
             if len(tokens) > window:
                 if not req.truncate:
-                    raise InvalidRequestError(f"the prompt is {len(tokens)} tokens, longer than the context length {window}")
+                    raise InvalidRequestError(f"the prompt is {len(tokens)} tokens, "
+                                              f"longer than the context length {window}")
                 tokens, dropped = truncate_tokens(tokens, window, edge.opts.num_keep)
                 truncation = {"window": window, "prompt_tokens": len(tokens), "dropped_messages": 0,
                               "truncated_tokens": dropped}

@@ -53,6 +53,7 @@ def _parse_duration(text: str) -> float:
         pos = match.end()
     if not body or pos != len(body):
         raise InvalidKeepAliveError(
-            f"invalid keep_alive {text!r}: use a Go-style duration such as '5m', '24h', '1h30m', '-1' (forever) or '0' (unload)"
+            f"invalid keep_alive {text!r}: use a Go-style duration such as '5m', '24h', '1h30m', "
+            "'-1' (forever) or '0' (unload)"
         )
     return sign * total

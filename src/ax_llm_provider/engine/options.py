@@ -117,9 +117,11 @@ class GenerationOptions(BaseModel):
     num_ctx: Int = Field(default=4096, description=(
         "Context window in tokens. The effective window is min(num_ctx, the model's compiled "
         "capacity); <= 0 means the compiled capacity. Ollama's default on small machines is 4096."))
-    num_batch: Int = Field(default=512, description="Accepted, no effect: the prefill chunk is compiled into the model.")
+    num_batch: Int = Field(default=512,
+                           description="Accepted, no effect: the prefill chunk is compiled into the model.")
     num_gpu: Int = Field(default=-1, description="Accepted, no effect: every layer runs on the NPU.")
-    main_gpu: Int | None = Field(default=None, description="Accepted, no effect: the device is chosen when the engine starts.")
+    main_gpu: Int | None = Field(default=None,
+                                 description="Accepted, no effect: the device is chosen when the engine starts.")
     use_mmap: Bool | None = Field(default=None, description="Accepted, no effect.")
     num_thread: Int = Field(default=0, description="Accepted, no effect: host work is a few numpy calls per token.")
     draft_num_predict: Int = Field(default=4, description="Accepted, no effect: no speculative decoding.")

@@ -26,7 +26,8 @@ def prompt_byte_limit(window: int) -> int:
     try:
         limit = int(value)
     except ValueError:
-        raise InvalidRequestError(f"{MAX_PROMPT_ENV}={value!r} is not a number of bytes; set a positive integer") from None
+        raise InvalidRequestError(f"{MAX_PROMPT_ENV}={value!r} is not a number of bytes; "
+                                  "set a positive integer") from None
     if limit <= 0:
         raise InvalidRequestError(f"{MAX_PROMPT_ENV}={value!r} must be a positive number of bytes")
     return limit

@@ -259,7 +259,8 @@ class ChatAXOllama(EngineHolder, OllamaOptionFields, BaseChatModel):
             tool_name = formatted["function"]["name"]
             llm = self.bind_tools([schema], tool_choice=tool_name, ls_structured_output_format={
                 "kwargs": {"method": method}, "schema": formatted})
-            output_parser = (PydanticToolsParser(tools=[cast(type[BaseModel], schema)], first_tool_only=True) if is_pydantic
+            output_parser = (PydanticToolsParser(tools=[cast(type[BaseModel], schema)], first_tool_only=True)
+                             if is_pydantic
                              else JsonOutputKeyToolsParser(key_name=tool_name, first_tool_only=True))
         elif method == "json_mode":
             llm = self.bind(format="json", ls_structured_output_format={

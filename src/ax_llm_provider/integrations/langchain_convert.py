@@ -223,7 +223,8 @@ def tool_calls_from_message(message: Mapping[str, Any]) -> tuple[list[Any], list
         if name:
             calls.append(tool_call(name=name, args=args, id=call_id))
         else:
-            invalid.append(invalid_tool_call(name=None, args=json.dumps(args), id=call_id, error="tool call without a name"))
+            invalid.append(invalid_tool_call(name=None, args=json.dumps(args), id=call_id,
+                                             error="tool call without a name"))
     return calls, invalid
 
 

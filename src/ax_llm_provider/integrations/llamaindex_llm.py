@@ -117,14 +117,16 @@ class AXOllama(StructuredPredictMixin, FunctionCallingLLM):
                                               description="Additional Ollama options (merged into `options`).")
     is_function_calling_model: bool = Field(default=True, description="Whether the model is a function calling model.")
     keep_alive: float | str | None = Field(
-        default="5m", description="How long the model stays loaded after a request (None: the engine default, forever).")
+        default="5m", description="How long the model stays loaded after a request "
+                                  "(None: the engine default, forever).")
     thinking: bool | Literal["low", "medium", "high"] | None = Field(
         default=None, description="Enable or disable thinking (sent as `think`); None: the model's default.")
     headers: dict[str, str] | None = Field(default=None, description="Accepted and ignored (no HTTP).")
     tool_choice: str | None = Field(
         default=None, description='Default tool choice with tools: "auto", "none", "required"/"any" or a tool name.')
     emulate_tool_choice: bool = Field(
-        default=True, description="On a template without tool syntax, emulate 'auto' with forced calls (see module doc).")
+        default=True, description="On a template without tool syntax, emulate 'auto' "
+                                  "with forced calls (see module doc).")
 
     _engine: Engine | None = PrivateAttr(default=None)
     _facts: ModelFacts | None = PrivateAttr(default=None)

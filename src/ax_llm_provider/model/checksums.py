@@ -3,7 +3,8 @@
 The record is a sidecar file, `ax_checksums.json`, in the model directory (format in docs/models.md, "Checksums"):
 
     {"format": "ax-llm-checksums/1", "sample_bytes": 65536,
-     "files": {"llama_p128_l0_together.onnx": {"size": 2722898, "sha256": "<hex>", "head": "<hex>", "tail": "<hex>"}, ...}}
+     "files": {"llama_p128_l0_together.onnx":
+               {"size": 2722898, "sha256": "<hex>", "head": "<hex>", "tail": "<hex>"}, ...}}
 
 `sha256` covers the whole file; `head` and `tail` are the sha256 of its first and last `sample_bytes` bytes (the
 whole file when it is shorter), so a load can check a model cheaply: sizes (a truncated layer) plus two small
@@ -187,7 +188,8 @@ def verify_sample(root: Path) -> Verification:
 
 
 def verify_files(root: Path, progress: Progress | None = None, only: Collection[str] | None = None) -> Verification:
-    """The full check (`doctor`, `pull`): every byte of every recorded file (or of those in `only`) against its sha256."""
+    """The full check (`doctor`, `pull`): every byte of every recorded file (or of those in `only`)
+    against its sha256."""
     record = read_checksums(root)
     result = Verification(root, recorded=record is not None)
     if record is None:

@@ -175,7 +175,8 @@ def _onnxruntime() -> Any:
     try:
         import onnxruntime
     except ImportError as exc:
-        raise ModelError("embeddings run on onnxruntime, which is not installed: pip install 'ax-llm-provider[cpu]'") from exc
+        raise ModelError("embeddings run on onnxruntime, which is not installed: "
+                         "pip install 'ax-llm-provider[cpu]'") from exc
     return onnxruntime
 
 
@@ -354,7 +355,8 @@ def install_embedding_model(graph: Path, bundle: Path, dest: Path, *, name: str,
             "normalize": any(str(m.get("type", "")).endswith("Normalize") for m in modules),
             "quantization": quantization, "parameter_count": parameters, "source": source,
         })
-        (work / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2, exclude_none=True) + "\n", encoding="utf-8")
+        (work / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2, exclude_none=True) + "\n",
+                                          encoding="utf-8")
         record_checksums(work)  # verified at load, by doctor and by the next pull
         EmbeddingModel(work, name=name).close()  # refuse to install what would not load
         if dest.exists():

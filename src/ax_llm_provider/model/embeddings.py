@@ -27,7 +27,8 @@ class EmbeddingTable:
         if self.path.suffix == ".npy":
             table = np.load(self.path, mmap_mode="r")
             if table.dtype.itemsize != 2 or table.ndim != 2:
-                raise ModelDirectoryError(f"{self.path} should hold a 2-D bf16 array, found {table.dtype} {table.shape}")
+                raise ModelDirectoryError(f"{self.path} should hold a 2-D bf16 array, "
+                                          f"found {table.dtype} {table.shape}")
             self._rows = table.view(np.uint16)
         else:
             size = self.path.stat().st_size
@@ -39,11 +40,13 @@ class EmbeddingTable:
             self._rows = np.memmap(self.path, dtype=np.uint16, mode="r", shape=(size // (hidden * 2), hidden))
             _advise_random(self._rows)
         if self._rows.shape[1] != hidden:
-            raise ModelDirectoryError(f"{self.path} rows are {self._rows.shape[1]} wide, the model's hidden size is {hidden}")
+            raise ModelDirectoryError(f"{self.path} rows are {self._rows.shape[1]} wide, "
+                                      f"the model's hidden size is {hidden}")
         if vocab is not None and self._rows.shape[0] != vocab:
             raise ModelDirectoryError(
                 f"{self.path} has {self._rows.shape[0]} rows but the model's vocabulary is {vocab} "
-                f"(expected {vocab} x {hidden} x 2 = {vocab * hidden * 2} bytes); the file is truncated or from another model"
+                f"(expected {vocab} x {hidden} x 2 = {vocab * hidden * 2} bytes); "
+                "the file is truncated or from another model"
             )
 
     @property

@@ -143,7 +143,8 @@ def _tokenizer_dir(root: Path, prefix: str, hint: str | None, config: BundleConf
         if (path / "tokenizer.json").is_file():
             return path
         raise ModelDirectoryError(f"{path} (named by {MANIFEST_NAME} or config.json) has no tokenizer.json")
-    candidates = [p for p in _candidate_dirs(root) if p.name.endswith("_tokenizer") and (p / "tokenizer.json").is_file()]
+    candidates = [p for p in _candidate_dirs(root) if p.name.endswith("_tokenizer")
+                  and (p / "tokenizer.json").is_file()]
     for p in candidates:
         if p.name == f"{prefix}_tokenizer":
             return p

@@ -235,10 +235,7 @@ def copy_model(store: ModelStore, source: str, destination: str) -> DerivedModel
         target = _check_new_name(store, destination)
     except ValueError as exc:
         raise ModelError(f"invalid destination name: {exc}") from exc
-    if parent is not None:
-        copy = parent.model_copy(update={"name": target})
-    else:
-        copy = DerivedModel(name=target, base=base)
+    copy = parent.model_copy(update={"name": target}) if parent is not None else DerivedModel(name=target, base=base)
     derived.save(copy)
     return copy
 

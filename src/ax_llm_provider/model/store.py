@@ -34,7 +34,8 @@ def normalize_name(name: str) -> str:
     name = name.strip().lower()
     if not _NAME.match(name):
         raise ValueError(
-            f"invalid model name {name!r}: use letters, digits, '.', '_' or '-', with an optional ':tag' (e.g. smollm2:135m)"
+            f"invalid model name {name!r}: use letters, digits, '.', '_' or '-', "
+            "with an optional ':tag' (e.g. smollm2:135m)"
         )
     return name if ":" in name else f"{name}:latest"
 

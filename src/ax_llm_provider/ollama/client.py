@@ -129,7 +129,8 @@ class Client(_Base, ManagementMethods):
             for chunk in start():
                 yield cls(**chunk)
 
-    def _collect(self, start: Callable[[], Iterator[dict[str, Any]]], merge: Callable[[list[dict[str, Any]]], dict[str, Any]], cls: type[Any]) -> Any:
+    def _collect(self, start: Callable[[], Iterator[dict[str, Any]]],
+                 merge: Callable[[list[dict[str, Any]]], dict[str, Any]], cls: type[Any]) -> Any:
         with ollama_errors():
             return cls(**merge(list(start())))
 
@@ -154,7 +155,8 @@ class Client(_Base, ManagementMethods):
                               top_logprobs, raw, format, images, options, keep_alive)
         reject_image_generation(self.engine, model, width, height, steps)
         start = lambda: self.engine.generate(body)  # noqa: E731
-        return self._iterate(start, GenerateResponse) if stream else self._collect(start, merge_generate, GenerateResponse)
+        return self._iterate(start, GenerateResponse) if stream else self._collect(
+            start, merge_generate, GenerateResponse)
 
     def embed(self, model: str = "", input: str | Sequence[str] = "", truncate: bool | None = None,
               options: Mapping[str, Any] | ollama.Options | None = None, keep_alive: float | str | None = None,
@@ -203,7 +205,8 @@ class AsyncClient(_Base, AsyncManagementMethods):
             async for chunk in chunks:
                 yield cls(**chunk)
 
-    async def _acollect(self, chunks: AsyncIterator[dict[str, Any]], merge: Callable[[list[dict[str, Any]]], dict[str, Any]], cls: type[Any]) -> Any:
+    async def _acollect(self, chunks: AsyncIterator[dict[str, Any]],
+                        merge: Callable[[list[dict[str, Any]]], dict[str, Any]], cls: type[Any]) -> Any:
         with ollama_errors():
             return cls(**merge([c async for c in chunks]))
 
@@ -217,7 +220,8 @@ class AsyncClient(_Base, AsyncManagementMethods):
                           tool_choice)
         with ollama_errors():
             chunks = self.engine.achat(body)
-        return self._aiterate(chunks, ChatResponse) if stream else await self._acollect(chunks, merge_chat, ChatResponse)
+        return self._aiterate(chunks, ChatResponse) if stream else await self._acollect(
+            chunks, merge_chat, ChatResponse)
 
     async def generate(self, model: str = "", prompt: str | None = None, suffix: str | None = None, *,
                        system: str | None = None, template: str | None = None, context: Sequence[int] | None = None,
@@ -250,7 +254,8 @@ class AsyncClient(_Base, AsyncManagementMethods):
                          options: Mapping[str, Any] | ollama.Options | None = None,
                          keep_alive: float | str | None = None) -> ollama.EmbeddingsResponse:
         with ollama_errors():
-            return _embeddings_response(await self.engine.aembed(_embeddings_request(model, prompt, options, keep_alive)))
+            return _embeddings_response(await self.engine.aembed(
+                _embeddings_request(model, prompt, options, keep_alive)))
 
     async def list(self) -> ollama.ListResponse:
         return ollama.ListResponse(**self.engine.list())

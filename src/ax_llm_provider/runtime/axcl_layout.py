@@ -103,7 +103,8 @@ class Layout:
         return self.decode_block + self.decode_mask + self.prefill_block + 2 * self.hidden_buffer + self.logits
 
     def device_bytes(self, layers: int, d2d: bool) -> int:
-        return 2 * layers * self.kv_rows * self.row_bytes + self.device_bytes_shared + (2 * self.kv_scratch if d2d else 0)
+        return 2 * layers * self.kv_rows * self.row_bytes + self.device_bytes_shared + (2 * self.kv_scratch
+                                                                                        if d2d else 0)
 
 
 def plan_layout(spec: StackSpec, layer: EngineModel, post: EngineModel, d2d: bool) -> Layout:

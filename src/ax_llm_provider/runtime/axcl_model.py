@@ -88,7 +88,8 @@ class EngineModel:
         tensors = self.outputs if output else self.inputs
         setter = self._rt.engine_set_output_buffer_by_index if output else self._rt.engine_set_input_buffer_by_index
         check(setter(self.ios[group], tensors[name].index, ptr, size),
-              f"axcl.rt.engine_set_{'output' if output else 'input'}_buffer_by_index", f"{self.path} {name} group {group}")
+              f"axcl.rt.engine_set_{'output' if output else 'input'}_buffer_by_index",
+              f"{self.path} {name} group {group}")
 
     def close(self) -> None:
         rt = self._rt

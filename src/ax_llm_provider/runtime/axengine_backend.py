@@ -171,8 +171,10 @@ class AxengineDecoderStack:
                 feed["K_cache"] = self._feed(g, "K_cache", self._k[m][:, :rows])
                 feed["V_cache"] = self._feed(g, "V_cache", self._v[m][:, :rows])
             out = dict(zip(names, session.run(None, feed, shape_group=g), strict=True))
-            self._k[m][0, start:start + count] = out["K_cache_out"].view(np.uint16).reshape(-1, self.spec.kv_dim)[:count]
-            self._v[m][0, start:start + count] = out["V_cache_out"].view(np.uint16).reshape(-1, self.spec.kv_dim)[:count]
+            self._k[m][0, start:start + count] = out["K_cache_out"].view(np.uint16).reshape(
+                -1, self.spec.kv_dim)[:count]
+            self._v[m][0, start:start + count] = out["V_cache_out"].view(np.uint16).reshape(
+                -1, self.spec.kv_dim)[:count]
             x = out["output"].view(np.uint16)
         return x.reshape(-1, self.spec.hidden)
 
@@ -206,7 +208,8 @@ class AxengineDecoderStack:
         return self._logits(self._decode_hidden(embed, pos))
 
     def kv_save(self, length: int) -> KVSnapshot:
-        return KVSnapshot(length, tuple(k[0, :length].copy() for k in self._k), tuple(v[0, :length].copy() for v in self._v))
+        return KVSnapshot(length,
+                          tuple(k[0, :length].copy() for k in self._k), tuple(v[0, :length].copy() for v in self._v))
 
     def kv_restore(self, snapshot: KVSnapshot) -> None:
         n = snapshot.length

@@ -169,7 +169,8 @@ class OnnxDecoderStack:
         if start + count > self.spec.decode_capacity:
             return plan_prefill(self.spec, start, count)  # raises the capacity error
         size = self.spec.prefill_chunk
-        return [Chunk(s, min(size, start + count - s), self.spec.decode_group) for s in range(start, start + count, size)]
+        return [Chunk(s, min(size, start + count - s), self.spec.decode_group)
+                for s in range(start, start + count, size)]
 
     def prefill(self, embeds: np.ndarray, start: int, want_logits: bool = True) -> np.ndarray | None:
         self._check_open()

@@ -99,7 +99,8 @@ class OpenAIStreamResponse(EngineStreamResponse):
         chunk: Chunk | None = first
         while chunk is not None:
             for event in self.shaper.events(chunk):
-                await send({"type": "http.response.body", "body": b"data: " + dumps(event) + b"\n\n", "more_body": True})
+                await send({"type": "http.response.body",
+                            "body": b"data: " + dumps(event) + b"\n\n", "more_body": True})
             try:
                 chunk = await self._next()
             except Exception as exc:  # noqa: BLE001 -- mid-stream: the error is the last event

@@ -5,9 +5,11 @@ A family says how a model writes a call and how our grammar forces one:
 | family  | detected by (chat template)          | the model writes                                             |
 |---------|--------------------------------------|--------------------------------------------------------------|
 | hermes  | `<tool_call>` (Qwen2.5/3, Hermes)    | `<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>` |
-| mistral | `[TOOL_CALLS]`                       | `[TOOL_CALLS][{"name": ..., "arguments": {...}}]` (marker is a control token) |
+| mistral | `[TOOL_CALLS]`                       | `[TOOL_CALLS][{"name": ..., "arguments": {...}}]` (*)          |
 | llama3  | `<|start_header_id|>` + "parameters" | `<|python_tag|>`? `{"name": ..., "parameters": {...}}`         |
 | json    | any other template that uses `tools` | `{"name": ..., "arguments": {...}}` (the generic fallback)     |
+
+(*) the `[TOOL_CALLS]` marker is a control token.
 
 Models whose template cannot express tools at all (SmolLM2's ChatML) get the generic tools prompt and
 its hermes-style `prompt` family (tools_prompt.py, i16). New families: `register_family(ToolFamily(...))`.

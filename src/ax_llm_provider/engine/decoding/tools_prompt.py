@@ -37,7 +37,8 @@ def tools_instruction(tools: Sequence[Mapping[str, Any]]) -> str:
     listed = "\n".join(json.dumps({"type": "function", "function": t.get("function", t)}, ensure_ascii=False)
                        for t in tools)
     return ("# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
-            f"You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{listed}\n</tools>\n\n"
+            "You are provided with function signatures within <tools></tools> XML tags:\n"
+            f"<tools>\n{listed}\n</tools>\n\n"
             "For each function call, return a json object with function name and arguments within "
             "<tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": "
             "<args-json-object>}\n</tool_call>")

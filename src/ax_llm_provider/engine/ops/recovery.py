@@ -13,7 +13,8 @@ Rungs, tried in order within one recovery, each only when the one before failed:
            systemd restarts the process (deploy/ax-llm.service).
 
 Where a recovery starts: an offline card goes straight to REBOOT (a dead heartbeat needs a firmware
-reboot: docs/sdk-notes.md, "Operational facts"); anything else starts at RESET. It starts one rung higher when the previous recovery
+reboot: docs/sdk-notes.md, "Operational facts"); anything else starts at RESET. It starts one rung higher
+when the previous recovery
 was not followed by any successful request, and more than `max_recoveries` within `window_s` is FATAL.
 What happens to the request (engine/ops/supervisor.py): one that has streamed nothing is retried
 transparently after the recovery; one that has streamed tokens ends with its typed DeviceError.

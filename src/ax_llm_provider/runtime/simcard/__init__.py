@@ -13,7 +13,8 @@ from .models import ModelDesc, TensorDesc, null_layer, null_post
 from .timing import DEFAULT_PRESET, PRESETS, TIMING_MODELS, Geometry, Preset, TimingModel, get_preset
 
 __all__ = [
-    "DEFAULT_PRESET", "DEVICE_BASE", "PRESETS", "TIMING_MODELS", "Counters", "Faults", "Geometry", "ModelDesc", "Preset",
+    "DEFAULT_PRESET", "DEVICE_BASE", "PRESETS", "TIMING_MODELS", "Counters", "Faults", "Geometry",
+    "ModelDesc", "Preset",
     "SimCard", "TensorDesc", "TimingModel", "get_preset", "make_axengine", "null_layer", "null_post",
 ]
 

@@ -213,7 +213,8 @@ class EngineApi(IoApi):
             view = _slot_view(slot, t, group, live)
             raw = _encode(results[t.name], t)
             if raw.size != view.size:
-                raise Fail(codes.ERR_ENGINE_EXECUTE_FAIL, f"{t.name}: model wrote {raw.size} bytes, expected {view.size}")
+                raise Fail(codes.ERR_ENGINE_EXECUTE_FAIL, f"{t.name}: model wrote {raw.size} bytes, "
+                                                          f"expected {view.size}")
             view[:] = raw
             if card.corrupt_aliased_outputs:
                 _corrupt_overlap(view, slot, read_ranges)

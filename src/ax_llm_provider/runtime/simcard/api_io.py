@@ -155,11 +155,13 @@ class IoApi:
 
     @api((0, GUARD), context=True)
     def engine_get_input_data_layout(self, io_info: int, index: int) -> tuple[int, int]:
-        return self._per_tensor(self._info(io_info).inputs, index, codes.AXCL_DATA_LAYOUT_NONE) if io_info else (0, GUARD)
+        return self._per_tensor(
+            self._info(io_info).inputs, index, codes.AXCL_DATA_LAYOUT_NONE) if io_info else (0, GUARD)
 
     @api((0, GUARD), context=True)
     def engine_get_output_data_layout(self, io_info: int, index: int) -> tuple[int, int]:
-        return self._per_tensor(self._info(io_info).outputs, index, codes.AXCL_DATA_LAYOUT_NONE) if io_info else (0, GUARD)
+        return self._per_tensor(
+            self._info(io_info).outputs, index, codes.AXCL_DATA_LAYOUT_NONE) if io_info else (0, GUARD)
 
     # -- io and buffers --------------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """A pyaxengine stand-in (module `axengine`, AXCLRT provider) built on a simulated card.
 
-Reproduces pyaxengine 0.1.3 (docs/sdk-notes.md, "pyaxengine"): provider selection, `provider_options=[{"device_id": i}]` read as an
+Reproduces pyaxengine 0.1.3 (docs/sdk-notes.md, "pyaxengine"): provider selection,
+`provider_options=[{"device_id": i}]` read as an
 index into get_device_list(), NodeArg with numpy dtypes (bf16 = ml_dtypes.bfloat16), the AXCLRT session's
 exact construction order through the card's pyaxcl API, and `run()`'s checks in their order with their
 exception types: missing input / unknown output name -> ValueError, bad shape group -> ValueError (or
@@ -128,7 +129,8 @@ class _AxclrtSession:
         count, ret2 = rt.engine_get_shape_groups_count(info) if ret == 0 else (0, ret)
         if ret != 0 or ret2 != 0:
             rt.engine_unload(self._model_id)
-            raise RuntimeError(f"axclrtEngineGetIOInfo / GetShapeGroupsCount failed 0x{(ret or ret2) & 0xFFFFFFFF:08x}.")
+            raise RuntimeError("axclrtEngineGetIOInfo / GetShapeGroupsCount failed "
+                               f"0x{(ret or ret2) & 0xFFFFFFFF:08x}.")
         self._info, self._shape_count = info, count
         self._inputs = [self._node_args(rt, g, False) for g in range(count)]
         self._outputs = [self._node_args(rt, g, True) for g in range(count)]

@@ -162,7 +162,8 @@ def _ort_session(source: str | bytes, threads: int) -> Any:
     try:
         import onnxruntime as ort
     except ImportError as exc:
-        raise ImportError("the simulated card runs CPU twins with onnxruntime: pip install 'ax-llm-provider[cpu]'") from exc
+        raise ImportError("the simulated card runs CPU twins with onnxruntime: "
+                          "pip install 'ax-llm-provider[cpu]'") from exc
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads  # fixed, so results match other sessions bit for bit
     options.inter_op_num_threads = 1
@@ -196,7 +197,8 @@ def load_twin(source: str | bytes, threads: int = 1, path: str = "<memory>") -> 
         groups = json.loads(meta["ax.shape_groups"])
         names = {t.name for t in (*ins, *outs)}
         if not set(LAYER_INPUTS + LAYER_OUTPUTS) <= names:
-            raise ModelFormatError(f"{path}: a layer twin needs tensors {LAYER_INPUTS + LAYER_OUTPUTS}, has {sorted(names)}")
+            raise ModelFormatError(f"{path}: a layer twin needs tensors {LAYER_INPUTS + LAYER_OUTPUTS}, "
+                                   f"has {sorted(names)}")
         shapes = {t.name: t.shape for t in ins}
         hidden, kv_dim = shapes["input"][-1], shapes["K_cache"][-1]
         return ModelDesc(_layer_tensors(tuple(t.name for t in ins), dtypes, groups, hidden, kv_dim),

@@ -91,7 +91,8 @@ class CardReference:
         return self._logits(self._decode_hidden(np.asarray(embed, np.float32), pos))
 
     def kv_save(self, length: int) -> KVSnapshot:
-        return KVSnapshot(length, tuple(k[0, :length].copy() for k in self._k), tuple(v[0, :length].copy() for v in self._v))
+        return KVSnapshot(length,
+                          tuple(k[0, :length].copy() for k in self._k), tuple(v[0, :length].copy() for v in self._v))
 
     def kv_restore(self, snapshot: KVSnapshot) -> None:
         n = snapshot.length

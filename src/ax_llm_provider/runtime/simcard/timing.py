@@ -92,7 +92,8 @@ PRESETS: dict[str, Preset] = {
             TimingModel(decode_layer_ms=1.51, prefill_layer_ms=23.6, post_ms=7.9),
             {"vendor_runner": 12.88, "llama_cpp_card_backend": 19.6},
             "decode 1.51 ms/layer (0.46 ms fixed per call included) and lm-head 7.9 ms MEASURED by the llama.cpp card "
-            "backend (docs/sdk-notes.md); prefill 23.6 ms/layer/chunk ESTIMATED from the 670 ms TTFT; CMM sizes ESTIMATED",
+            "backend (docs/sdk-notes.md); prefill 23.6 ms/layer/chunk ESTIMATED from the 670 ms TTFT; "
+            "CMM sizes ESTIMATED",
         ),
         Preset(
             "qwen2.5-0.5b-w4a16",
