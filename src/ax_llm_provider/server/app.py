@@ -21,9 +21,8 @@ model listings run in worker threads; generation is awaited through the engine's
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import anyio
@@ -32,7 +31,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import Send
 
@@ -45,6 +44,7 @@ from ..ollama.client import reject_image_generation
 from ..ollama.merge import merge_chat, merge_generate
 from .errors import BadRequest, error_parts
 from .guard import GuardConfig, RequestGuard, origin_pattern
+from .handlers import CompactJSON, answering_errors, read_json_body
 from .management import management_routes
 from .openai_compat import OpenAIAPI
 from .streaming import EngineStreamResponse, WatchedResponse, send_json
@@ -53,49 +53,6 @@ log = logging.getLogger(__name__)
 
 # The Ollama release whose REST API this server follows (clients gate features on /api/version).
 OLLAMA_VERSION = "0.12.11"
-
-Handler = Callable[[Request], Awaitable[Response]]
-
-
-class _JSON(JSONResponse):
-    media_type = "application/json; charset=utf-8"
-
-    def render(self, content: Any) -> bytes:
-        return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-
-
-def _errors(handler: Handler) -> Handler:
-    """Errors raised before the response starts become Ollama's `{"error": ...}` with its status code."""
-
-    async def wrapped(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except Exception as exc:  # noqa: BLE001 -- every failure is answered in Ollama's error shape
-            status, message = error_parts(exc)
-            return _JSON({"error": message}, status_code=status)
-
-    wrapped.__name__ = handler.__name__
-    wrapped.__doc__ = handler.__doc__
-    return wrapped
-
-
-async def _body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if not raw.strip():
-        raise BadRequest("missing request body")
-    try:
-        body = json.loads(raw)
-        # Lone surrogates ("\ud800") parse but are not text: refuse them here, not deep in the tokenizer.
-        json.dumps(body, ensure_ascii=False).encode("utf-8")
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequest(f"invalid JSON in the request body: {exc}") from exc
-    except RecursionError as exc:
-        raise BadRequest("invalid JSON in the request body: nested too deeply") from exc
-    except UnicodeEncodeError as exc:
-        raise BadRequest(f"invalid text in the request body: {exc.reason} (a lone UTF-16 surrogate escape)") from exc
-    if not isinstance(body, dict):
-        raise BadRequest(f"the request body must be a JSON object, got {type(body).__name__}")
-    return body
 
 
 def _model(body: dict[str, Any], *keys: str) -> str:
@@ -126,26 +83,26 @@ class OllamaAPI:
         return PlainTextResponse("Ollama is running")
 
     async def version(self, request: Request) -> Response:
-        return _JSON({"version": OLLAMA_VERSION})
+        return CompactJSON({"version": OLLAMA_VERSION})
 
     async def tags(self, request: Request) -> Response:
-        return _JSON(await anyio.to_thread.run_sync(self.engine.list))
+        return CompactJSON(await anyio.to_thread.run_sync(self.engine.list))
 
     async def ps(self, request: Request) -> Response:
-        return _JSON(await anyio.to_thread.run_sync(self.engine.ps))
+        return CompactJSON(await anyio.to_thread.run_sync(self.engine.ps))
 
     async def show(self, request: Request) -> Response:
-        body = await _body(request)
+        body = await read_json_body(request)
         model = _model(body, "model", "name")  # "name" is the older spelling
         shown = await anyio.to_thread.run_sync(self.engine.show, model)
         if body.get("verbose"):  # the tokenizer arrays (model/tokenizer_info.py)
             shown = await anyio.to_thread.run_sync(verbose_show, self.engine.store, model, shown)
-        return _JSON(shown)
+        return CompactJSON(shown)
 
     # ---- generation ------------------------------------------------------------------------------
 
     async def chat(self, request: Request) -> Response:
-        body = await _body(request)
+        body = await read_json_body(request)
         _model(body)
         engine = self.engine
 
@@ -158,7 +115,7 @@ class OllamaAPI:
         return await anyio.to_thread.run_sync(start)
 
     async def generate(self, request: Request) -> Response:
-        body = await _body(request)
+        body = await read_json_body(request)
         if not isinstance(body.get("model"), str) or not body["model"]:
             raise ModelNotFoundError(f"model '{body.get('model') or ''}' not found")  # Ollama: 404, not 400
         engine = self.engine
@@ -189,14 +146,14 @@ class OllamaAPI:
         return WatchedResponse(work)
 
     async def embed(self, request: Request) -> Response:
-        body = await _body(request)
+        body = await read_json_body(request)
         _model(body)
         req = await anyio.to_thread.run_sync(parse_request, EmbedRequest, body)
         return await self._embed_response(req, lambda result: result)
 
     async def embeddings(self, request: Request) -> Response:
         """Legacy /api/embeddings: {model, prompt} -> {embedding}; the vector is not normalized (as Ollama)."""
-        body = await _body(request)
+        body = await read_json_body(request)
         _model(body)
         prompt = body.get("prompt")
         legacy = {"model": body["model"], "input": [prompt] if prompt else [], "options": body.get("options"),
@@ -209,16 +166,16 @@ class OllamaAPI:
 
     def routes(self) -> list[Route]:
         return [
-            Route("/", _errors(self.root), methods=["GET", "HEAD"]),
-            Route("/api/version", _errors(self.version), methods=["GET", "HEAD"]),
-            Route("/api/tags", _errors(self.tags), methods=["GET", "HEAD"]),
-            Route("/api/ps", _errors(self.ps), methods=["GET"]),
-            Route("/api/show", _errors(self.show), methods=["POST"]),
-            Route("/api/chat", _errors(self.chat), methods=["POST"]),
-            Route("/api/generate", _errors(self.generate), methods=["POST"]),
-            Route("/api/embed", _errors(self.embed), methods=["POST"]),
-            Route("/api/embeddings", _errors(self.embeddings), methods=["POST"]),
-            *management_routes(lambda: self.engine, _body, _errors),
+            Route("/", answering_errors(self.root), methods=["GET", "HEAD"]),
+            Route("/api/version", answering_errors(self.version), methods=["GET", "HEAD"]),
+            Route("/api/tags", answering_errors(self.tags), methods=["GET", "HEAD"]),
+            Route("/api/ps", answering_errors(self.ps), methods=["GET"]),
+            Route("/api/show", answering_errors(self.show), methods=["POST"]),
+            Route("/api/chat", answering_errors(self.chat), methods=["POST"]),
+            Route("/api/generate", answering_errors(self.generate), methods=["POST"]),
+            Route("/api/embed", answering_errors(self.embed), methods=["POST"]),
+            Route("/api/embeddings", answering_errors(self.embeddings), methods=["POST"]),
+            *management_routes(lambda: self.engine, read_json_body, answering_errors),
         ]
 
 

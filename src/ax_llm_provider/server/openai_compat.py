@@ -15,9 +15,8 @@ These routes live in the same app as Ollama's, so they pass through the same mid
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import anyio
@@ -30,7 +29,8 @@ from starlette.types import Send
 from ..engine.engine import Engine
 from ..engine.requests import ChatRequest, EmbedRequest, GenerateRequest, parse_request
 from ..ollama.merge import merge_chat, merge_generate
-from .errors import BadRequest, error_parts
+from .errors import error_parts
+from .handlers import CompactJSON, Handler, answering_errors, read_json_body
 from .openai_requests import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -52,7 +52,6 @@ from .streaming import Chunk, EngineStreamResponse, WatchedResponse, dumps, send
 log = logging.getLogger(__name__)
 
 SSE = "text/event-stream"
-Handler = Callable[[Request], Awaitable[Response]]
 
 
 class _Shaper(Protocol):
@@ -112,36 +111,13 @@ class OpenAIStreamResponse(EngineStreamResponse):
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
 
 
-class _JSON(Response):
-    media_type = "application/json"
-
-    def render(self, content: Any) -> bytes:
-        return dumps(content)
-
-
 def _openai_errors(handler: Handler) -> Handler:
     """Errors raised before the response starts become OpenAI's error object with Ollama's status code."""
-
-    async def wrapped(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except Exception as exc:  # noqa: BLE001 -- every failure is answered in OpenAI's error shape
-            status, message = error_parts(exc)
-            return _JSON(error_body(status, message), status_code=status)
-
-    wrapped.__name__ = handler.__name__
-    return wrapped
+    return answering_errors(handler, error_body)
 
 
 async def _parse(request: Request, schema: type[BaseModel]) -> Any:
-    raw = await request.body()
-    if not raw.strip():
-        raise BadRequest("missing request body")
-    try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequest(f"invalid JSON in the request body: {exc}") from exc
-    return parse_request(schema, body)
+    return parse_request(schema, await read_json_body(request))
 
 
 class OpenAIAPI:
@@ -189,12 +165,12 @@ class OpenAIAPI:
         return WatchedResponse(work)
 
     async def models(self, request: Request) -> Response:
-        return _JSON(model_list(await anyio.to_thread.run_sync(self.source.engine.list)))
+        return CompactJSON(model_list(await anyio.to_thread.run_sync(self.source.engine.list)))
 
     async def model(self, request: Request) -> Response:
         name = request.path_params["model"]
         shown = await anyio.to_thread.run_sync(self.source.engine.show, name)
-        return _JSON(model_object(name, shown.get("modified_at")))
+        return CompactJSON(model_object(name, shown.get("modified_at")))
 
     def routes(self) -> list[Route]:
         return [
