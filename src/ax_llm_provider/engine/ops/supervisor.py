@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ... import process
-from ...model.loader import LoadedModel, check_model_dir, load_model
+from ...model.errors import ModelTooLargeError
+from ...model.loader import LoadedModel, check_model_dir, load_model, weight_file_bytes
 from ...observability import metrics
 from ...runtime import axcl_codes as codes
 from ...runtime.errors import DeviceError, DeviceMemoryError, DeviceOfflineError, DeviceTimeoutError
@@ -94,8 +95,18 @@ class Supervisor:
         return progress
 
     def check(self, path: Path) -> None:
-        """The load's file checks alone, before anything is evicted for it."""
+        """The load's file checks alone, before anything is evicted for it, and on a card whether the model
+        can fit at all: one larger than the whole CMM pool fails here, with the resident model still loaded."""
         check_model_dir(path, backend=self.backend)
+        reading = self.probe()
+        if reading is None or reading.cmm_total_mb is None:
+            return  # no card reading now: the load's own CMM check runs after the eviction
+        need_mb = weight_file_bytes(path) / (1 << 20)
+        if need_mb > reading.cmm_total_mb:
+            raise ModelTooLargeError(
+                f"{path}: the model's weights need {need_mb:.0f} MB but the card's CMM pool is "
+                f"{reading.cmm_total_mb:.0f} MB in all; the loaded model was kept. Use a smaller or more "
+                "strongly quantized model (see `ax-llm pull --help` for the registry's bundles)")
 
     def load(self, path: Path, name: str) -> LoadedModel:
         """load_model with the lock, a critical section, progress and the load retry policy."""
