@@ -90,6 +90,12 @@ class ExtraMetadata:
         return out
 
 
+def mark_degraded(chunk: Chunk, degraded: dict[str, Any]) -> Chunk:
+    """A final chunk answered by the CPU fallback model while the card is lost (engine/fallback.py): `ax.degraded`
+    names the fallback model, why and since when (unix time)."""
+    return {**chunk, "ax": {**chunk.get("ax", {}), "degraded": dict(degraded)}}
+
+
 def final_fields(timings: Timings, done_reason: str, now_ns: int) -> dict[str, Any]:
     """done:true fields; Ollama omits zero counters."""
     fields: dict[str, Any] = {

@@ -238,6 +238,7 @@ class RecoveryLadder:
         self._unconfirmed: Rung | None = None  # the last recovery's rung, until a request succeeds
         self.counts = {r.name.lower(): 0 for r in Rung}
         self.fatal: DeviceFatalError | None = None
+        self.on_fatal: Callable[[DeviceFatalError], None] | None = None  # degraded mode's switch (ops/degraded.py)
         self.active = False
         self.last_error: str | None = None
         self.last_recovery_at: float | None = None
@@ -299,7 +300,14 @@ class RecoveryLadder:
             f"the NPU card could not be recovered ({why}; last error: {exc}). Exit the process so systemd "
             "restarts it; if this repeats, reboot the host (a full power cycle if the card stays dead)", exc)
         log.critical("%s", str(self.fatal))
+        if self.on_fatal is not None:
+            self.on_fatal(self.fatal)
         return self.fatal
+
+    def revive(self) -> None:
+        """The card works again (degraded mode's probe reloaded its models): forget the loss and the history."""
+        self.fatal, self._unconfirmed = None, None
+        self._history.clear()
 
     def give_up(self, exc: BaseException, why: str) -> DeviceFatalError:
         """Declare the device lost from outside the ladder (a hang that never ends)."""

@@ -264,7 +264,7 @@ class Supervisor:
         """Health and doctor in other processes read this file instead of opening the card we hold."""
         publish_status(self, lock)
 
-    def health(self, *, closed: bool) -> HealthSnapshot:
+    def health(self, *, closed: bool, degraded: dict[str, Any] | None = None) -> HealthSnapshot:
         entries = self.slots.entries()
         backends = {e.runner.model.backend for _, e in entries}
         monitor, stats = self.monitor, self.worker.stats()
@@ -273,7 +273,8 @@ class Supervisor:
             hung=monitor.hung, paused=monitor.paused, device=self.card.label(backends),
             models=[name for name, _ in entries], backends=backends, reading=monitor.reading, queued=stats.queued,
             running=stats.running, recoveries=self.ladder.counts, last_error=self.ladder.last_error,
-            watchdog={"interval_s": monitor.watchdog_s, "pings": monitor.pings, "live": monitor.live()})
+            watchdog={"interval_s": monitor.watchdog_s, "pings": monitor.pings, "live": monitor.live()},
+            degraded=degraded)
         return health_snapshot(state, self.config, host_figures())
 
     def close(self, timeout: float | None, cancel_running: bool) -> None:
