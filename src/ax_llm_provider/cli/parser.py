@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="request headers must arrive within this time, else the connection is closed (default 10)")
     p.add_argument("--keep-alive-timeout", type=int, default=5, metavar="SECONDS",
                    help="an idle keep-alive connection is closed after this time (default 5)")
+    p.add_argument("--fallback-model", metavar="MODEL", default=None,
+                   help="degraded mode: answer from this CPU model while the card is lost, and move back once it "
+                        "answers (default $AX_LLM_FALLBACK_MODEL; off when unset)")
     _backend(p)
     p.set_defaults(func="device:cmd_serve")
 
