@@ -23,6 +23,7 @@ from ax_llm_provider.engine.ops.degraded import FallbackConfig
 from ax_llm_provider.engine.ops.health import HealthConfig
 from ax_llm_provider.engine.ops.recovery import DeviceFatalError, RecoveryPolicy
 from ax_llm_provider.model.store import ModelStore
+from ax_llm_provider.runtime.errors import DeviceTimeoutError
 from ax_llm_provider.runtime.simcard import SimCard
 
 from .conftest import WORDS, report
@@ -231,3 +232,44 @@ def test_degraded_mode_is_off_by_default(tmp_path: Path, card: SimCard, reliabil
         with pytest.raises(DeviceFatalError):
             send(engine, "chat", reliability_twin, PROMPTS[0])
         assert engine.health().state == "failed" and engine.health().degraded is None
+
+
+def test_a_stream_cut_by_the_loss_ends_typed_and_the_next_request_is_answered(
+        tmp_path: Path, card: SimCard, reliability_twin: str, fallback_twin: str,
+        expected: dict[str, dict[str, str]]) -> None:
+    with degraded_engine(tmp_path, card, fallback_twin) as engine:
+        long = {**body("stream", reliability_twin, PROMPTS[0]), "options": {**OPTIONS, "num_predict": 40}}
+        stream = engine.chat(long)
+        first = next(stream)
+        assert not first["done"]
+        lose_card(card)
+        with pytest.raises(DeviceFatalError) as info:
+            list(stream)  # part of it reached the caller: not re-run, not answered twice
+        assert "degraded mode now answers" in "".join(info.value.__notes__)
+        chunks = send(engine, "chat", reliability_twin, PROMPTS[0])
+        assert text(chunks) == expected["cpu"][key("chat", PROMPTS[0])] and chunks[-1]["ax"]["degraded"]
+
+
+def test_a_hang_that_never_ends_degrades_and_says_a_restart_brings_the_card_back(
+        tmp_path: Path, card: SimCard, reliability_twin: str, fallback_twin: str,
+        expected: dict[str, dict[str, str]]) -> None:
+    health = HealthConfig(period_s=0.05, execute_timeout_s=0.2, hang_reboot_s=None, hang_fatal_s=0.6)
+    engine = Engine(ModelStore(tmp_path), backend="simulated", card=card, auto_pull=False, health=health,
+                    recovery=POLICY, fallback_model=FallbackConfig(fallback_twin, probe_interval_s=0.05))
+    hang = card.faults.hang_execute(after=1, timeout_s=30)
+    try:
+        queued: list[list[dict[str, Any]]] = []
+        with pytest.raises(DeviceTimeoutError):  # cut at the execute timeout, before the card was declared lost
+            send(engine, "chat", reliability_twin, PROMPTS[0])
+        waiter = threading.Thread(target=lambda: queued.append(send(engine, "chat", reliability_twin, PROMPTS[1])))
+        waiter.start()  # queued behind the hung execute: failed by the worker's stop, answered by the fallback
+        waiter.join(30)
+        assert not waiter.is_alive() and text(queued[0]) == expected["cpu"][key("chat", PROMPTS[1])]
+        assert engine.health().state == "degraded"
+        chunks = send(engine, "generate", reliability_twin, PROMPTS[2])
+        assert text(chunks) == expected["cpu"][key("generate", PROMPTS[2])]
+        assert until(lambda: "restart of the service" in
+                     ((engine.health().degraded or {}).get("last_probe_error") or ""))
+    finally:
+        hang.released.set()
+        engine.close()

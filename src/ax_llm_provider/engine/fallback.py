@@ -14,6 +14,7 @@ The switching state, the prober and the probe are in engine/ops/degraded.py. Her
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Protocol
 
@@ -63,6 +64,7 @@ class CardFallback:
         self.max_models = max_models
         self._engine: FallbackEngine | None = None
         self._wanted: dict[str, None] = {}  # models the requests asked for, most recent last
+        self._wanted_lock = threading.Lock()  # request threads note, the prober reads
         self.prober = CardProber(mode, lambda: probe(self.wanted()), self._serving, poll_s=poll_s,
                                  on_back=self._back_on_card)
         self.closed = False
@@ -87,11 +89,15 @@ class CardFallback:
         return not self.closed and (self._engine is None or self._engine.worker.alive)
 
     def wanted(self) -> list[str]:
-        return list(self._wanted)[-self.max_models:]
+        with self._wanted_lock:
+            return list(self._wanted)[-self.max_models:]
 
     def _note(self, model: str) -> None:
-        self._wanted.pop(model, None)
-        self._wanted[model] = None
+        with self._wanted_lock:
+            self._wanted.pop(model, None)
+            self._wanted[model] = None
+            while len(self._wanted) > self.max_models:  # bounded, whatever names the requests use
+                del self._wanted[next(iter(self._wanted))]
 
     # ---- sync ----------------------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from ...process import sd_notify, watchdog_interval
 from ...runtime import axcl_codes as codes
 from ...runtime.errors import DeviceOfflineError
+from ..errors import EngineError
 
 if TYPE_CHECKING:
     from .supervisor import Supervisor
@@ -193,6 +194,9 @@ class CardProber:
 
 def probe_card(supervisor: Supervisor, names: list[str]) -> None:
     """Raise while the card is unavailable; once it answers, reload `names` on it and revive the ladder."""
+    if not supervisor.worker.alive:
+        raise EngineError("the device thread has stopped (an execute that never returned): the card can only be "
+                          "used again after a restart of the service")
     card = supervisor.card
     if card.card_backend is not None and card.device_id is not None:  # it was opened once: ask it first
         with card.mutex:
