@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -273,3 +274,32 @@ def test_a_hang_that_never_ends_degrades_and_says_a_restart_brings_the_card_back
     finally:
         hang.released.set()
         engine.close()
+
+
+def test_the_installation_app_keeps_answering_instead_of_exiting(app: ModuleType, tmp_path: Path, card: SimCard,
+                                                                 reliability_twin: str, fallback_twin: str,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AX_LLM_FALLBACK_MODEL", fallback_twin)
+    assert app.parse_args([]).fallback_model == fallback_twin  # the unit file's Environment= line reaches it
+    assert app.parse_args(["--fallback-model", ""]).fallback_model == ""
+    with degraded_engine(tmp_path, card, fallback_twin) as engine:
+        engine.load(reliability_twin)
+        respond = app.make_responder(engine, reliability_twin, app.SYSTEM, {**app.OPTIONS, "num_predict": 8})
+        replies: list[tuple[str, str]] = []
+
+        def prompts() -> Iterator[tuple[str, str]]:
+            yield "a", "hello there"
+            card.faults.fail_execute(after=0, times=-1)  # every execute fails now, and the reboot does not help
+            card.lib_rt.axclrtRebootDevice = lambda device_id: 0  # type: ignore[method-assign]
+            yield "b", "and now?"
+            yield "c", "still there?"
+
+        code = app.serve(engine, respond, prompts(), lambda name, reply: replies.append((name, reply)), "FALLBACK")
+        assert code == app.EXIT_OK and engine.health().state == "degraded"  # no exit 3: the fallback answers
+        assert [name for name, _ in replies] == ["a", "b", "c"]
+        assert all(reply and reply != "FALLBACK" for _, reply in replies)
+        # the card still loads but cannot execute: the probes see it (one token each) and do not switch back
+        assert until(lambda: (engine.health().degraded or {}).get("probes", 0) >= 3)
+        status = engine.health().degraded
+        assert status is not None and status["switches"] == {"to_fallback": 1, "to_card": 0}, status
+        assert "EXECUTE_FAIL" in (status["last_probe_error"] or "") and engine.ps()["models"] == []

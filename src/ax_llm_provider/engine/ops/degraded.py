@@ -7,8 +7,9 @@ holds the switching state (`DegradedMode`), the background prober (`CardProber`)
 
 The switch to the fallback happens where the recovery ladder declares the card lost (RecoveryLadder.on_fatal).
 The way back: every `probe_interval_s` the prober asks the card for its properties (no reboot, nothing loaded
-while it does not answer) and, once it answers, reloads the models the requests asked for on the card; only
-when that worked is the ladder revived and are requests sent to the card again.
+while it does not answer) and, once it answers, reloads the models the requests asked for on the card and
+generates one token with each (a card that loads but cannot execute is not back); only when that worked is the
+ladder revived and are requests sent to the card again.
 """
 
 from __future__ import annotations
@@ -26,8 +27,11 @@ from ...process import sd_notify, watchdog_interval
 from ...runtime import axcl_codes as codes
 from ...runtime.errors import DeviceOfflineError
 from ..errors import EngineError
+from ..options import parse_options
+from ..worker.cancel import CancelToken
 
 if TYPE_CHECKING:
+    from ..runner import ModelRunner
     from .supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -192,6 +196,13 @@ class CardProber:
             thread.join(timeout)
 
 
+def run_one_token(runner: ModelRunner) -> None:
+    """One greedy token after a short prompt: a prefill and a decode on the card."""
+    opts, _ = parse_options({"num_predict": 1, "temperature": 0})
+    for _ in runner.run(runner.model.tokenizer.encode("ping"), opts, CancelToken(), window=runner.capacity):
+        pass
+
+
 def probe_card(supervisor: Supervisor, names: list[str]) -> None:
     """Raise while the card is unavailable; once it answers, reload `names` on it and revive the ladder."""
     if not supervisor.worker.alive:
@@ -207,11 +218,17 @@ def probe_card(supervisor: Supervisor, names: list[str]) -> None:
     if not names:
         raise LookupError("no request has named a model to load on the card yet")
 
-    def reload() -> None:
-        for name in names:
-            supervisor.slots.ensure_loaded(name)
+    def reload_and_step() -> None:
+        try:
+            for name in names:
+                entry, _ = supervisor.slots.ensure_loaded(name)
+                run_one_token(entry.runner)  # a card that loads but cannot execute is not back
+        except BaseException:
+            with card.mutex:  # the next probe starts from a clean card
+                supervisor.slots.unload_all()
+            raise
 
-    supervisor.worker.call(reload, timeout=None)
+    supervisor.worker.call(reload_and_step, timeout=None)
     supervisor.ladder.revive()
     supervisor.monitor.device_answered()
 
