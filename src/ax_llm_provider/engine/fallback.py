@@ -65,6 +65,7 @@ class CardFallback:
         self._engine: FallbackEngine | None = None
         self._wanted: dict[str, None] = {}  # models the requests asked for, most recent last
         self._wanted_lock = threading.Lock()  # request threads note, the prober reads
+        self._engine_lock = threading.Lock()
         self.prober = CardProber(mode, lambda: probe(self.wanted()), self._serving, poll_s=poll_s,
                                  on_back=self._back_on_card)
         self.closed = False
@@ -215,9 +216,10 @@ class CardFallback:
     def _engine_now(self) -> FallbackEngine:
         if self.closed:
             raise EngineError("the engine is closed; create a new Engine")
-        if self._engine is None:
-            self._engine = self._make_engine()
-        return self._engine
+        with self._engine_lock:  # two requests meeting a lost card at once make one fallback engine
+            if self._engine is None:
+                self._engine = self._make_engine()
+            return self._engine
 
     def close(self) -> None:
         self.closed = True
