@@ -27,7 +27,7 @@ from ax_llm_provider.model.store import ModelStore
 from ax_llm_provider.runtime.errors import DeviceTimeoutError
 from ax_llm_provider.runtime.simcard import SimCard
 
-from .conftest import WORDS, report
+from .conftest import WORDS, assert_no_leaks, report, resources
 
 HEALTH = HealthConfig(period_s=0.05, execute_timeout_s=5.0, hang_reboot_s=None, hang_fatal_s=None)
 POLICY = RecoveryPolicy(step_wait_s=0.001, step_wait_max_s=0.002, cmm_retry_wait_s=0.01, reboot_wait_s=0.3,
@@ -146,6 +146,7 @@ def expected(tmp_path_factory: pytest.TempPathFactory, reliability_twin: str, fa
 def test_card_lost_fallback_answers_card_returns_nothing_lost(tmp_path: Path, card: SimCard, reliability_twin: str,
                                                               fallback_twin: str,
                                                               expected: dict[str, dict[str, str]]) -> None:
+    before = resources()
     engine = degraded_engine(tmp_path, card, fallback_twin)
     outcomes: list[Outcome] = []
     stop = threading.Event()
@@ -172,6 +173,7 @@ def test_card_lost_fallback_answers_card_returns_nothing_lost(tmp_path: Path, ca
             thread.join(60)
         engine.close()
     assert not any(thread.is_alive() for thread in clients)
+    leaks = assert_no_leaks(before)  # the prober and the fallback engine's threads end with the engine
 
     # every request is accounted for: one final answer from one model, or a typed error after streaming
     sources: list[str] = []
@@ -200,7 +202,7 @@ def test_card_lost_fallback_answers_card_returns_nothing_lost(tmp_path: Path, ca
     status = engine.health().degraded
     assert status is not None and status["switches"] == {"to_fallback": 1, "to_card": 1}
     report("degraded_mode", requests=len(outcomes), card=sources.count("card"), cpu=sources.count("cpu"),
-           errors_after_streaming=sources.count("error"), probes=status["probes"])
+           errors_after_streaming=sources.count("error"), probes=status["probes"], **leaks)
 
 
 def test_a_card_absent_at_start_serves_the_fallback_then_the_card(tmp_path: Path, card: SimCard,
