@@ -84,7 +84,12 @@ def test_the_prober_switches_back_calls_on_back_and_feeds_the_watchdog_only_whil
     mode = mode_with(clock, interval=30.0)
     pings: list[str] = []
     monkeypatch.setattr(degraded_module, "watchdog_interval", lambda: 9.0)
-    monkeypatch.setattr(degraded_module, "sd_notify", lambda *lines: pings.append(lines[0]) or True)
+
+    def notify(*lines: str) -> bool:
+        pings.append(lines[0])
+        return True
+
+    monkeypatch.setattr(degraded_module, "sd_notify", notify)
     serving = [True]
     back: list[bool] = []
     probe = Probe(OSError("offline"))
@@ -129,7 +134,7 @@ def state(fatal: bool, degraded: dict[str, Any] | None) -> EngineState:
 
 def test_health_says_degraded_while_the_fallback_serves() -> None:
     mode = mode_with(Clock())
-    config, host = HealthConfig(), {}
+    config, host = HealthConfig(), dict[str, Any]()
     assert health_snapshot(state(True, None), config, host).state == "failed"  # not configured: lost is lost
     assert health_snapshot(state(True, mode.status()), config, host).state == "failed"  # configured, not active
     mode.enter("lost")
@@ -139,7 +144,7 @@ def test_health_says_degraded_while_the_fallback_serves() -> None:
 
 
 def test_a_final_chunk_from_the_fallback_carries_ax_degraded() -> None:
-    chunk = {"model": "m", "done": True, "ax": {"backend": "onnx"}}
+    chunk: dict[str, Any] = {"model": "m", "done": True, "ax": {"backend": "onnx"}}
     marked = mark_degraded(chunk, {"fallback_model": "f", "reason": "r", "since": 1.0})
     assert marked["ax"] == {"backend": "onnx", "degraded": {"fallback_model": "f", "reason": "r", "since": 1.0}}
     assert "degraded" not in chunk["ax"]  # the engine's own chunk is not changed in place
