@@ -9,6 +9,7 @@ from a plain CPU engine), never a mix, and exactly one final chunk per request.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +24,8 @@ from ax_llm_provider.engine.engine import Engine
 from ax_llm_provider.engine.ops.degraded import FallbackConfig
 from ax_llm_provider.engine.ops.health import HealthConfig
 from ax_llm_provider.engine.ops.recovery import DeviceFatalError, RecoveryPolicy
+from ax_llm_provider.model.embedding_model import EMBED_FORMAT
+from ax_llm_provider.model.errors import ModelNotFoundError
 from ax_llm_provider.model.store import ModelStore
 from ax_llm_provider.runtime.errors import DeviceTimeoutError
 from ax_llm_provider.runtime.simcard import SimCard
@@ -305,3 +308,16 @@ def test_the_installation_app_keeps_answering_instead_of_exiting(app: ModuleType
         status = engine.health().degraded
         assert status is not None and status["switches"] == {"to_fallback": 1, "to_card": 0}, status
         assert "EXECUTE_FAIL" in (status["last_probe_error"] or "") and engine.ps()["models"] == []
+
+
+def test_a_fallback_that_cannot_answer_fails_the_start(tmp_path: Path) -> None:
+    before = resources()
+    with pytest.raises(ModelNotFoundError, match="fallback model 'no-such:1b' is not in the store.*AX_LLM_FALLBACK"):
+        Engine(ModelStore(tmp_path), backend="simulated", auto_pull=False, fallback_model="no-such:1b")
+    embedding = tmp_path / "embedder"  # an embedding model's manifest (model/embedding_model.py)
+    embedding.mkdir()
+    (embedding / "ax_model.json").write_text(json.dumps({"format": EMBED_FORMAT, "dimension": 8,
+                                                          "max_seq_length": 16}), encoding="utf-8")
+    with pytest.raises(ModelNotFoundError, match="is an embedding model"):
+        Engine(ModelStore(tmp_path), backend="simulated", auto_pull=False, fallback_model=str(embedding))
+    assert_no_leaks(before)  # refused before any thread started

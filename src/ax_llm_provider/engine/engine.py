@@ -41,7 +41,7 @@ from .errors import (
     EngineError,
     InvalidRequestError,
 )
-from .fallback import CardFallback
+from .fallback import CardFallback, check_fallback_model
 from .idle_prefill import IdlePrefill, idle_prefill_from_env
 from .keepalive import parse_keep_alive
 from .ops.degraded import DegradedMode, FallbackConfig, probe_card
@@ -127,6 +127,9 @@ class Engine:
         fallback_model: degraded mode, the CPU model that answers while the card is lost (engine/fallback.py;
         default: AX_LLM_FALLBACK_MODEL, off when unset or "")."""
         self.store = store if isinstance(store, ModelStore) else ModelStore(store)
+        fallback = FallbackConfig.resolve(fallback_model)
+        if fallback is not None:  # before any thread starts: a typo fails the start, not the first card loss
+            check_fallback_model(self.store, fallback.model, auto_pull=auto_pull)
         self.backend, self.device = backend, device
         self.default_keep_alive = parse_keep_alive(keep_alive, default=_default_keep_alive())
         self.request_timeout, self.stall_timeout = request_timeout, stall_timeout
@@ -142,7 +145,6 @@ class Engine:
         self._closed = False
         self._supervisor = Supervisor(self.slots, self.worker, self, backend=backend, device=device, card=card,
                                       health=health, recovery=recovery, device_lock=device_lock)
-        fallback = FallbackConfig.resolve(fallback_model)
         self.fallback = None if fallback is None else CardFallback(
             DegradedMode(fallback), self.store, lambda: Engine(
                 self.store, backend="onnx", keep_alive=keep_alive, max_queue=max_queue, request_timeout=request_timeout,

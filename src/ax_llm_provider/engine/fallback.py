@@ -19,7 +19,10 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Protocol
 
 from ..model import derived as derived_models
-from ..model.store import ModelStore
+from ..model.embedding_model import is_embedding_model_dir
+from ..model.errors import ModelNotFoundError
+from ..model.registry import lookup
+from ..model.store import ModelStore, is_path_like, normalize_name
 from ..runtime.errors import DeviceError
 from .errors import EngineError
 from .ops.degraded import CardProber, DegradedMode
@@ -228,6 +231,22 @@ class CardFallback:
             self._engine.close()
 
 
+def check_fallback_model(store: ModelStore, model: str, *, auto_pull: bool) -> None:
+    """At start, not when the card is lost: the fallback must be an LLM in the store, or one `pull` knows."""
+    try:
+        stored = store.resolve(derived_models.base_name(store, model))
+    except ModelNotFoundError as exc:
+        if auto_pull and not is_path_like(model) and lookup(normalize_name(model)) is not None:
+            log.warning("degraded mode's fallback model %s is not in the store yet: it will be pulled when the card "
+                        "is first lost; pull it now (`ax-llm pull %s`) so that needs no network", model, model)
+            return
+        raise ModelNotFoundError(f"degraded mode's fallback model {model!r} is not in the store {store.root} ({exc}): "
+                                 "pull or convert it first, or unset AX_LLM_FALLBACK_MODEL") from exc
+    if is_embedding_model_dir(stored.path):
+        raise ModelNotFoundError(f"degraded mode's fallback model {model!r} is an embedding model: it cannot answer "
+                                 "chat or generate; name an LLM (for example smollm2:135m)")
+
+
 def _marked(chunk: Chunk, asked: str, meta: dict[str, Any]) -> Chunk:
     chunk = {**chunk, "model": asked}
     return mark_degraded(chunk, meta) if chunk.get("done") else chunk
@@ -245,4 +264,4 @@ async def _aclose(chunks: AsyncIterator[Chunk]) -> None:
         await aclose()
 
 
-__all__ = ["CardFallback", "FallbackEngine"]
+__all__ = ["CardFallback", "FallbackEngine", "check_fallback_model"]
