@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from ax_llm_provider import Client
 from ax_llm_provider.engine.engine import Engine
 from ax_llm_provider.engine.ops.degraded import FallbackConfig
 from ax_llm_provider.engine.ops.health import HealthConfig
@@ -219,6 +220,10 @@ def test_a_card_absent_at_start_serves_the_fallback_then_the_card(tmp_path: Path
         chunks = send(engine, "generate", reliability_twin, PROMPTS[1])
         assert text(chunks) == expected["cpu"][key("generate", PROMPTS[1])]
         assert chunks[-1]["ax"]["degraded"]["fallback_model"] == fallback_twin
+        reply = Client(engine=engine).chat(reliability_twin, [{"role": "user", "content": PROMPTS[1]}],
+                                           options=OPTIONS)
+        assert reply.model == reliability_twin and reply.ax["degraded"]["fallback_model"] == fallback_twin
+        assert reply.message.content == expected["cpu"][key("chat", PROMPTS[1])]
         card_returns(card)
         assert until(lambda: engine.health().state == "ok")
         assert len(engine.ps()["models"]) == 1  # reloaded on the card by the probe, before the switch
