@@ -10,7 +10,8 @@ Rungs, tried in order within one recovery, each only when the one before failed:
 2. RESET   unload every model (engine unload, free, context reset, axclFinalize) and load them again.
 3. REBOOT  the card's firmware (`axclrtRebootDevice`), wait until it answers, then load again.
 4. FATAL   `DeviceFatalError`: every request fails fast with it; a service exits non-zero on it and
-           systemd restarts the process (deploy/ax-llm.service).
+           systemd restarts the process (deploy/ax-llm.service). With degraded mode on, `on_fatal` switches
+           the engine to its CPU fallback model instead (ops/degraded.py, engine/fallback.py).
 
 Where a recovery starts: an offline card goes straight to REBOOT (a dead heartbeat needs a firmware
 reboot: docs/sdk-notes.md, "Operational facts"); anything else starts at RESET. It starts one rung higher
