@@ -28,8 +28,10 @@ from ax_llm_provider.engine.ops.recovery import DeviceFatalError, RecoveryPolicy
 from ax_llm_provider.model.embedding_model import EMBED_FORMAT
 from ax_llm_provider.model.errors import ModelNotFoundError
 from ax_llm_provider.model.store import ModelStore
+from ax_llm_provider.runtime import axcl_codes as codes
 from ax_llm_provider.runtime.errors import DeviceTimeoutError
 from ax_llm_provider.runtime.simcard import SimCard
+from ax_llm_provider.runtime.simcard.memory import Fail
 
 from .conftest import WORDS, assert_no_leaks, report, resources
 
@@ -49,8 +51,9 @@ def fallback_twin(tiny_twin: Callable[..., Path]) -> str:
 
 
 def body(kind: str, model: str, prompt: str) -> dict[str, Any]:
+    """Only the "stream" kind streams; the others are non-streamed requests (as the Client sends them)."""
     if kind == "generate":
-        return {"model": model, "prompt": prompt, "options": OPTIONS}
+        return {"model": model, "prompt": prompt, "options": OPTIONS, "stream": False}
     return {"model": model, "messages": [{"role": "user", "content": prompt}], "options": OPTIONS,
             "stream": kind == "stream"}
 
@@ -198,8 +201,9 @@ def test_card_lost_fallback_answers_card_returns_nothing_lost(tmp_path: Path, ca
         if degraded:
             assert degraded["fallback_model"] == fallback_twin and finals[0]["ax"]["backend"] == "onnx"
         sources.append(source)
-    indexes = sorted(o.index for o in outcomes)
-    assert indexes == list(range(len(indexes)))  # none lost: each client's requests 0, 2, 4... all came back
+    for start in (0, 1):  # none lost: each client's requests (start, start + 2, ...) all came back, once
+        indexes = sorted(o.index for o in outcomes if o.index % 2 == start)
+        assert indexes == list(range(start, start + 2 * len(indexes), 2))
     assert "cpu" in sources and sources[0] == "card" and sources[-1] == "card"
     first_cpu, last_cpu = sources.index("cpu"), len(sources) - 1 - sources[::-1].index("cpu")
     assert "cpu" not in sources[:first_cpu] and "card" in sources[last_cpu:]
@@ -326,3 +330,25 @@ def test_a_fallback_that_cannot_answer_fails_the_start(tmp_path: Path) -> None:
     with pytest.raises(ModelNotFoundError, match="is an embedding model"):
         Engine(ModelStore(tmp_path), backend="simulated", auto_pull=False, fallback_model=str(embedding))
     assert_no_leaks(before)  # refused before any thread started
+
+
+def test_a_non_streamed_request_cut_mid_generation_is_answered_whole_by_the_fallback(
+        tmp_path: Path, card: SimCard, reliability_twin: str, fallback_twin: str,
+        expected: dict[str, dict[str, str]]) -> None:
+    with degraded_engine(tmp_path, card, fallback_twin) as engine:
+        send(engine, "chat", reliability_twin, PROMPTS[3])
+        target = card.counters.executes + 4  # the prefill and a few decode steps run, then the heartbeat dies
+        original = card.inject_execute_faults
+
+        def inject() -> None:
+            if card.counters.executes >= target and not card.faults.offline:
+                lose_card(card)
+                raise Fail(codes.ERR_DEVICE_NO_CONNECT, "injected: heartbeat dead mid-generation")
+            original()
+
+        card.inject_execute_faults = inject  # type: ignore[method-assign]
+        chunks = send(engine, "chat", reliability_twin, PROMPTS[3])  # "stream": false, as the Client sends it
+        assert card.faults.offline and card.counters.executes >= target
+        finals = [c for c in chunks if c.get("done")]
+        assert len(finals) == 1 and finals[0]["ax"]["degraded"]["fallback_model"] == fallback_twin
+        assert text(chunks) == expected["cpu"][key("chat", PROMPTS[3])]  # the fallback's whole answer, nothing else

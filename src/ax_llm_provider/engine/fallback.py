@@ -6,8 +6,9 @@ The switching state, the prober and the probe are in engine/ops/degraded.py. Her
   with backend "onnx" and the same store, made on first need); its chunks name the model that was asked for and
   its final chunk carries `ax.degraded` (which model answered, since when, why);
 * a request sent to the card that fails because the card was just lost (the ladder went FATAL while it was
-  queued or running) is answered by the fallback when nothing of it had reached the caller yet; one that had
-  streamed chunks ends with its typed error, with a note that degraded mode now answers;
+  queued or running) is answered by the fallback when nothing of it had reached the caller yet (a non-streamed
+  request's chunks are held until it is done, so it always qualifies); a stream that had delivered chunks ends
+  with its typed error, with a note that degraded mode now answers;
 * embeddings are not routed (the embedding models run on the CPU already).
 """
 
@@ -45,6 +46,13 @@ class FallbackEngine(Protocol):
     def agenerate(self, request: GenerateRequest) -> AsyncIterator[Chunk]: ...
     def unload(self, model: str) -> bool: ...
     def close(self) -> None: ...
+
+
+def _held(request: Any) -> list[Chunk] | None:
+    """A list that holds a non-streamed request's chunks until it is done (its caller sees only the whole answer,
+    so a card lost mid-generation can still re-run it); None for a stream."""
+    stream = request.get("stream", True) if isinstance(request, dict) else getattr(request, "stream", True)
+    return None if stream is not False else []
 
 
 def _requested_model(request: Any) -> str | None:
@@ -108,29 +116,36 @@ class CardFallback:
     def stream(self, endpoint: str, request: Any, primary: Callable[[], Iterator[Chunk]]) -> Iterator[Chunk]:
         """`primary` (the card's request, started here) unless degraded; the fallback's answer otherwise."""
         if not self.mode.active:
+            losses = self.mode.losses
             try:
                 chunks = primary()
             except DeviceFatalError as exc:  # refused at admission: the card is lost
                 self.card_lost(exc)
             else:
                 self._note_asked(request)
-                return self._watched(endpoint, request, chunks)
+                return self._watched(endpoint, request, chunks, primary, losses)
         return self._answer(endpoint, request)
 
-    def _watched(self, endpoint: str, request: Any, chunks: Iterator[Chunk]) -> Iterator[Chunk]:
-        emitted = False
+    def _watched(self, endpoint: str, request: Any, chunks: Iterator[Chunk], primary: Callable[[], Iterator[Chunk]],
+                 losses: int) -> Iterator[Chunk]:
+        emitted, held = False, _held(request)
         try:
             try:
                 for chunk in chunks:
-                    emitted = True
-                    yield chunk
-                return
+                    if held is None:
+                        emitted = True
+                        yield chunk
+                    else:
+                        held.append(chunk)
             except (EngineError, DeviceError) as exc:
-                if not self._rerun(exc, emitted):
+                if not self._rerun(exc, emitted, losses):
                     raise
+            else:
+                yield from held or ()
+                return
         finally:
             _close(chunks)
-        yield from self._answer(endpoint, request)
+        yield from self._answer(endpoint, request) if self.mode.active else primary()  # the card may be back
 
     def _answer(self, endpoint: str, request: Any) -> Iterator[Chunk]:
         asked, req = self._fallback_request(endpoint, request)
@@ -150,29 +165,37 @@ class CardFallback:
     def astream(self, endpoint: str, request: Any, primary: Callable[[], AsyncIterator[Chunk]]
                 ) -> AsyncIterator[Chunk]:
         if not self.mode.active:
+            losses = self.mode.losses
             try:
                 chunks = primary()
             except DeviceFatalError as exc:
                 self.card_lost(exc)
             else:
                 self._note_asked(request)
-                return self._awatched(endpoint, request, chunks)
+                return self._awatched(endpoint, request, chunks, primary, losses)
         return self._aanswer(endpoint, request)
 
-    async def _awatched(self, endpoint: str, request: Any, chunks: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
-        emitted = False
+    async def _awatched(self, endpoint: str, request: Any, chunks: AsyncIterator[Chunk],
+                        primary: Callable[[], AsyncIterator[Chunk]], losses: int) -> AsyncIterator[Chunk]:
+        emitted, held = False, _held(request)
         try:
             try:
                 async for chunk in chunks:
-                    emitted = True
+                    if held is None:
+                        emitted = True
+                        yield chunk
+                    else:
+                        held.append(chunk)
+            except (EngineError, DeviceError) as exc:
+                if not self._rerun(exc, emitted, losses):
+                    raise
+            else:
+                for chunk in held or ():
                     yield chunk
                 return
-            except (EngineError, DeviceError) as exc:
-                if not self._rerun(exc, emitted):
-                    raise
         finally:
             await _aclose(chunks)
-        async for chunk in self._aanswer(endpoint, request):
+        async for chunk in self._aanswer(endpoint, request) if self.mode.active else primary():
             yield chunk
 
     def _aanswer(self, endpoint: str, request: Any) -> AsyncIterator[Chunk]:
@@ -190,16 +213,18 @@ class CardFallback:
 
     # ---- shared --------------------------------------------------------------------------------------
 
-    def _rerun(self, exc: BaseException, emitted: bool) -> bool:
-        """Whether a request that failed on the card is answered by the fallback instead."""
-        if not self.mode.active:
-            return False  # the card is not lost: the request's own error stands
+    def _rerun(self, exc: BaseException, emitted: bool, losses: int) -> bool:
+        """Whether a request that failed on the card is run again: on the fallback, or on the card when it came
+        back before the failure was seen here (the loss and the way back both happened while it waited)."""
+        if not self.mode.active and self.mode.losses == losses:
+            return False  # the card was not lost meanwhile: the request's own error stands
         if emitted:
             exc.add_note(f"the NPU card was lost while this request streamed; degraded mode now answers from the "
                          f"CPU fallback model {self.mode.config.model}: send the request again")
             return False
         log.warning("a request failed because the NPU card was lost before anything of it was streamed (%s: %s): "
-                    "answering it from the CPU fallback model %s", type(exc).__name__, exc, self.mode.config.model)
+                    "running it again (on the CPU fallback model %s while the card is lost)", type(exc).__name__, exc,
+                    self.mode.config.model)
         return True
 
     def _note_asked(self, request: Any) -> None:

@@ -110,6 +110,12 @@ class DegradedMode:
                     "the card again (%.0f s on the CPU fallback %s)", lasted, self.config.model)
         return True
 
+    @property
+    def losses(self) -> int:
+        """How many times the card was lost so far: a request compares it before and after (engine/fallback.py)."""
+        with self._lock:
+            return self.switches["to_fallback"]
+
     def probe_due(self) -> bool:
         with self._lock:
             return self.active and self.clock() >= self.next_probe_at
@@ -147,8 +153,9 @@ class DegradedMode:
 
 
 class CardProber:
-    """The background thread while degraded: tries the card when a probe is due, and feeds systemd's watchdog
-    while the fallback serves (the health monitor stops feeding it once the card is lost)."""
+    """While degraded: a thread that feeds systemd's watchdog while the fallback serves (the health monitor stops
+    feeding it once the card is lost) and starts a probe when one is due. The probe runs on a thread of its own,
+    so a long reload on the card (minutes for a large model) does not starve the watchdog."""
 
     def __init__(self, mode: DegradedMode, probe: Callable[[], None], serving: Callable[[], bool], *,
                  poll_s: float | None = None, on_back: Callable[[], None] | None = None) -> None:
@@ -160,6 +167,7 @@ class CardProber:
         self.poll_s = poll_s if poll_s is not None else min(limits)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._probing: threading.Thread | None = None
         self._lock = threading.Lock()
         self._last_ping = -math.inf
 
@@ -168,32 +176,42 @@ class CardProber:
             if self._thread is not None and self._thread.is_alive():
                 return
             self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name="ax-llm-card-probe", daemon=True)
+            self._thread = threading.Thread(target=self._run, name="ax-llm-degraded", daemon=True)
             self._thread.start()
 
     def tick(self) -> bool:
-        """One round: the probe when due, the watchdog when due. False once back on the card."""
-        if self.mode.try_card(self.probe):
-            if self.on_back is not None:
-                self.on_back()
-            return False
-        if not self.mode.active:
-            return False
+        """One round on the caller's thread (tests): the watchdog, then the probe when due. False once back on
+        the card (or no longer degraded)."""
+        self.feed_watchdog()
+        return self.probe_once()
+
+    def feed_watchdog(self) -> None:
         now = self.mode.clock()
         if self.watchdog_s and now - self._last_ping >= self.watchdog_s / 3 and self.serving():
             sd_notify("WATCHDOG=1")
             self._last_ping = now
-        return True
+
+    def probe_once(self) -> bool:
+        if self.mode.try_card(self.probe):
+            if self.on_back is not None:
+                self.on_back()
+            return False
+        return self.mode.active
 
     def _run(self) -> None:
-        while not self._stop.is_set() and self.tick():
+        while not self._stop.is_set() and self.mode.active:
+            self.feed_watchdog()
+            probing = self._probing
+            if self.mode.probe_due() and (probing is None or not probing.is_alive()):
+                self._probing = threading.Thread(target=self.probe_once, name="ax-llm-card-probe", daemon=True)
+                self._probing.start()
             self._stop.wait(self.poll_s)
 
     def stop(self, timeout: float | None = 5.0) -> None:
         self._stop.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
+        for thread in (self._thread, self._probing):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(timeout)
 
 
 def run_one_token(runner: ModelRunner) -> None:
