@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -149,3 +152,38 @@ def test_a_final_chunk_from_the_fallback_carries_ax_degraded() -> None:
     assert marked["ax"] == {"backend": "onnx", "degraded": {"fallback_model": "f", "reason": "r", "since": 1.0}}
     assert "degraded" not in chunk["ax"]  # the engine's own chunk is not changed in place
     assert mark_degraded({"done": True}, {"fallback_model": "f"})["ax"] == {"degraded": {"fallback_model": "f"}}
+
+
+def test_a_long_probe_does_not_starve_the_watchdog(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = Clock()
+    mode = mode_with(clock, interval=30.0)
+    pings: list[float] = []
+    monkeypatch.setattr(degraded_module, "watchdog_interval", lambda: 9.0)
+    monkeypatch.setattr(degraded_module, "sd_notify", lambda *lines: bool(pings.append(clock.now)) or True)
+    probing, release = threading.Event(), threading.Event()
+
+    def slow_probe() -> None:  # a reload on the card that takes minutes
+        probing.set()
+        release.wait(30)
+
+    prober = CardProber(mode, slow_probe, lambda: True, poll_s=0.001)
+    mode.enter("lost")
+    prober.start()
+    try:
+        clock.now += 30  # the probe is due
+        assert probing.wait(30)
+        seen = len(pings)
+        clock.now += 3  # a third of the watchdog interval later, the probe still running
+        assert until(lambda: len(pings) > seen)
+        release.set()
+        assert until(lambda: not mode.active)  # the slow probe worked: back on the card
+    finally:
+        release.set()
+        prober.stop()
+
+
+def until(predicate: Callable[[], bool], timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.001)
+    return predicate()
