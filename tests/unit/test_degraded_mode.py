@@ -159,7 +159,12 @@ def test_a_long_probe_does_not_starve_the_watchdog(monkeypatch: pytest.MonkeyPat
     mode = mode_with(clock, interval=30.0)
     pings: list[float] = []
     monkeypatch.setattr(degraded_module, "watchdog_interval", lambda: 9.0)
-    monkeypatch.setattr(degraded_module, "sd_notify", lambda *lines: bool(pings.append(clock.now)) or True)
+
+    def notify(*lines: str) -> bool:
+        pings.append(clock.now)
+        return True
+
+    monkeypatch.setattr(degraded_module, "sd_notify", notify)
     probing, release = threading.Event(), threading.Event()
 
     def slow_probe() -> None:  # a reload on the card that takes minutes
