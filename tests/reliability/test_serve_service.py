@@ -4,6 +4,7 @@ and exit 0, and a card the recovery ladder cannot bring back ($AX_LLM_SIM_FAULTS
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -80,14 +81,20 @@ def notifications(tmp_path: Path) -> Iterator[tuple[Path, Notifications]]:
 
 
 MODEL = "tiny-llama:0"
+CHILD = Path(__file__).with_name("serve_child.py")
+
+
+def linked_store(twin: str, tmp_path: Path) -> Path:
+    store = tmp_path / "store"
+    (store / "tiny-llama").mkdir(parents=True)
+    (store / "tiny-llama" / "0").symlink_to(twin, target_is_directory=True)
+    return store
 
 
 def start_serve(twin: str, tmp_path: Path, notify: Path, port: int, **env: str) -> subprocess.Popen[str]:
     """`ax-llm serve --preload tiny-llama:0` on a simulated card (the twin is linked into a store: over HTTP a
     model is a store name)."""
-    store = tmp_path / "store"
-    (store / "tiny-llama").mkdir(parents=True)
-    (store / "tiny-llama" / "0").symlink_to(twin, target_is_directory=True)
+    store = linked_store(twin, tmp_path)
     environment = {**os.environ, "NOTIFY_SOCKET": str(notify), "WATCHDOG_USEC": "1500000",
                    "AX_LLM_HEALTH_PERIOD": "0.2", "AX_LLM_SIM_PRESET": "qwen2.5-0.5b-w4a16", "PYTHONUNBUFFERED": "1",
                    "AX_LLM_LOCK_DIR": str(tmp_path / "locks"), **env}
@@ -169,6 +176,47 @@ def test_serve_exits_3_when_the_card_cannot_be_recovered(reliability_twin: str, 
     assert "cannot serve any more" in err and "device finalized" in err, err[-3000:]
     report("serve[card lost]", exit_code=code, http_status=status,
            notify=[line for line in lines if line != "WATCHDOG=1"][:6])
+
+
+@pytest.mark.parametrize(("grace", "num_predict"), [(60.0, 40), (0.5, 100_000)], ids=["finishes", "cancelled"])
+def test_sigterm_gives_requests_in_flight_a_bounded_grace(reliability_twin: str, tmp_path: Path,
+                                                         notifications: tuple[Path, Notifications], grace: float,
+                                                         num_predict: int) -> None:
+    """A stream in flight at SIGTERM ends within the grace (finished, or cut and its request cancelled), then the
+    engine is closed and the exit status is 0."""
+    path, received = notifications
+    port = free_port()
+    env = {**os.environ, "NOTIFY_SOCKET": str(path), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, str(CHILD), str(linked_store(reliability_twin, tmp_path)), MODEL,
+                             str(port), str(grace)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    chunks: list[dict[str, object]] = []
+    try:
+        received.wait_for("READY=1", proc)
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        connection.request("POST", "/api/generate", json.dumps({
+            "model": MODEL, "prompt": "tell me everything", "stream": True,
+            "options": {"num_predict": num_predict, "temperature": 0.9, "seed": 1}}),
+            {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        chunks.append(json.loads(response.readline()))  # the stream is running
+        proc.send_signal(signal.SIGTERM)
+        try:
+            while line := response.readline():
+                chunks.append(json.loads(line))
+        except (http.client.IncompleteRead, ConnectionError):
+            pass  # the grace ran out: the server cut the stream
+        code, err = finish(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 0, err[-3000:]
+    assert "device finalized" in err and "SIGTERM received" in err, err[-3000:]
+    done = bool(chunks[-1].get("done"))
+    if grace > 5:
+        assert done, chunks[-3:]  # finished within the grace
+    else:
+        assert not done and "timeout graceful shutdown exceeded" in err, (chunks[-3:], err[-3000:])
+    report(f"serve[SIGTERM, grace {grace:g} s]", exit_code=code, chunks=len(chunks), finished=done)
 
 
 def test_fault_plan_from_the_environment() -> None:
