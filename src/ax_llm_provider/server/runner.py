@@ -12,7 +12,7 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -49,8 +49,10 @@ class ServiceServer(GuardedServer):
         self.lifecycle = lifecycle
         lifecycle.attach(self)
 
-    def capture_signals(self) -> contextlib.AbstractContextManager[None]:
-        return self.lifecycle.signals()
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with self.lifecycle.signals():
+            yield
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
