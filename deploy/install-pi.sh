@@ -165,6 +165,7 @@ run "$PREFIX/venv/bin/python" -c "import axcl; print('pyaxcl', axcl.__file__)"
 # ---- 5. the service ----------------------------------------------------------------------------------
 say "installing the service"
 run install -m 0755 "$HERE/installation_app.py" "$PREFIX/installation_app.py"
+run install -m 0644 "$HERE/installation_io.py" "$PREFIX/installation_io.py"
 run install -m 0644 "$HERE/ax-llm.service" /etc/systemd/system/ax-llm.service
 if [[ $PREFIX != /opt/ax-llm ]]; then
     run sed -i "s#/opt/ax-llm#$PREFIX#g" /etc/systemd/system/ax-llm.service
