@@ -194,7 +194,8 @@ class Supervisor:
 
     def _on_fatal(self, error: DeviceFatalError) -> None:
         """The card is lost: the ladder calls this once, whichever rung or hang got there."""
-        process.sd_notify("STATUS=failed: the NPU card could not be recovered")
+        cause = type(error.cause).__name__ if error.cause is not None else "unknown"
+        process.sd_notify(f"STATUS=failed: the NPU card could not be recovered (last error: {cause})")
 
     # ---- requests ------------------------------------------------------------------------------------
 
