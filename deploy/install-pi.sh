@@ -179,6 +179,7 @@ run "$PREFIX/venv/bin/python" -c "import axcl; print('pyaxcl', axcl.__file__)"
 say "installing the service $UNIT"
 if [[ $SERVE -eq 0 ]]; then
     run install -m 0755 "$HERE/installation_app.py" "$PREFIX/installation_app.py"
+    run install -m 0644 "$HERE/installation_io.py" "$PREFIX/installation_io.py"
 fi
 run install -m 0644 "$HERE/$UNIT.service" "/etc/systemd/system/$UNIT.service"
 if [[ $PREFIX != /opt/ax-llm ]]; then
