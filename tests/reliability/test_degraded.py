@@ -311,7 +311,9 @@ def test_the_installation_app_keeps_answering_instead_of_exiting(app: ModuleType
         code = app.serve(engine, respond, prompts(), lambda name, reply: replies.append((name, reply)), "FALLBACK")
         assert code == app.EXIT_OK and engine.health().state == "degraded"  # no exit 3: the fallback answers
         assert [name for name, _ in replies] == ["a", "b", "c"]
-        assert all(reply and reply != "FALLBACK" for _, reply in replies)
+        # b may end with its own error (a fault the ladder recovered from, then one more) before the card is
+        # declared lost; from then on the CPU model answers
+        assert replies[0][1] != "FALLBACK" and replies[2][1] and replies[2][1] != "FALLBACK"
         # the card still loads but cannot execute: the probes see it (one token each) and do not switch back
         assert until(lambda: (engine.health().degraded or {}).get("probes", 0) >= 3)
         status = engine.health().degraded

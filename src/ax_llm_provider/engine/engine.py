@@ -45,6 +45,7 @@ from .fallback import CardFallback, check_fallback_model
 from .idle_prefill import IdlePrefill, idle_prefill_from_env
 from .keepalive import parse_keep_alive
 from .ops.degraded import DegradedMode, FallbackConfig, probe_card
+from .ops.guard import whole_reply
 from .ops.health import HealthConfig, HealthSnapshot
 from .ops.recovery import RecoveryPolicy
 from .ops.supervisor import Supervisor
@@ -153,7 +154,7 @@ class Engine:
             resolve=self.resolve, probe=lambda names: probe_card(self._supervisor, [self.resolve(n) for n in names]),
             max_models=max_loaded_models)
         if self.fallback is not None:
-            self._supervisor.ladder.on_fatal = self.fallback.card_lost
+            self._supervisor.on_card_lost = self.fallback.card_lost
 
     def _load_model(self, path: Path, name: str) -> LoadedModel:
         return self._supervisor.load(path, name)  # lock, retries, progress, recovery hooks
@@ -353,7 +354,7 @@ class Engine:
                 final["context"] = stats.tokens
             yield final
 
-        return job
+        return job if req.stream else whole_reply(job)  # nothing reaches the caller before done: re-runnable
 
     @staticmethod
     def _final(chunk: Chunk, timings: Timings, stats: RunStats, meta: ExtraMetadata) -> Chunk:
