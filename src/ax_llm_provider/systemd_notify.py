@@ -29,6 +29,9 @@ def sd_notify(*lines: str) -> bool:
         return False
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            # bounded: a notify socket nobody reads must not stop the thread that reports (the main thread, the
+            # health monitor); systemd reads at once, so a full queue means something is wrong on its side
+            sock.settimeout(1.0)
             sock.connect(address)
             sock.sendall("\n".join(lines).encode())
     except OSError as exc:
