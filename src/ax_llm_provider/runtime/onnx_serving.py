@@ -29,13 +29,19 @@ log = logging.getLogger(__name__)
 
 
 class ServingOnnxDecoderStack:
-    """DecoderStack over the CPU serving graph: fused operators, every layer and the post graph in one session."""
+    """DecoderStack over the CPU serving graph: fused operators, every layer and the post graph in one session.
+
+    Two sessions of the same graph share the KV arrays: prefill chunks run the 4-bit projections on
+    onnxruntime's fp32-compute kernel (the faster one for many rows), decode steps on its int8-compute kernel
+    over grid/remainder rows (about 4x faster for one row; runtime/onnx_serving_graph.py). Which one runs
+    depends only on the call (prefill or decode), so a prompt's KV rows come out the same whether it is
+    prefilled at once or in pieces after a prefix-cache restore.
+    """
 
     planner = None  # plain chunks: the CPU's cost grows with the tokens, no plan beats them
     exact_shapes = False  # trimmed shapes only; the card's exact shapes run on the per-layer layout
 
-    def __init__(self, layer_paths: Sequence[Path], post_path: Path, *, threads: int | None = None,
-                 int8: str = "split") -> None:
+    def __init__(self, layer_paths: Sequence[Path], post_path: Path, *, threads: int | None = None) -> None:
         import onnx
 
         from .onnx_serving_graph import build_serving_graph
@@ -49,49 +55,27 @@ class ServingOnnxDecoderStack:
         post = onnx.load(str(post_path))
         vocab = int(post.graph.output[0].type.tensor_type.shape.dim[-1].dim_value)
         capacity = max(g.history for g in groups if g.is_decode)
-        graph, geo = build_serving_graph(layers, post, capacity, int8)
-        self.spec = StackSpec(layers=len(layers), hidden=geo.hidden, kv_dim=geo.kv_heads * geo.head_dim,
-                              vocab=vocab, groups=groups, io_dtype="float32")
+        sessions = []
+        for int8_rows in (False, True):
+            graph, geo = build_serving_graph(layers, post, capacity, int8_rows)
+            sessions.append(ort.InferenceSession(graph.SerializeToString(), session_options(ort, threads),
+                                                 providers=["CPUExecutionProvider"]))
+            del graph
         del layers, post
-        self._session = ort.InferenceSession(graph.SerializeToString(), session_options(ort, threads),
-                                             providers=["CPUExecutionProvider"])
-        del graph
-        shape = (1, geo.kv_heads, self.spec.decode_capacity, geo.head_dim)
+        self.spec = StackSpec(layers=len(layer_paths), hidden=geo.hidden, kv_dim=geo.kv_heads * geo.head_dim,
+                              vocab=vocab, groups=groups, io_dtype="float32")
+        shape = (1, geo.kv_heads, capacity, geo.head_dim)
         self._k = [np.zeros(shape, dtype=np.float32) for _ in range(self.spec.layers)]
         self._v = [np.zeros(shape, dtype=np.float32) for _ in range(self.spec.layers)]
         self._seqlens = np.zeros(1, dtype=np.int32)  # start + rows - 1
         self._total = np.zeros((), dtype=np.int32)  # start + rows
         self._logits = np.zeros((1, 1, vocab), dtype=np.float32)
-        self._rows: np.ndarray | None = None  # the bound input rows [1, S, H]
-        self._binding = self._bind_fixed()
+        self._chunk, self._step = (_Bound(s, self) for s in sessions)
         self._closed = False
-
-    def _bind_fixed(self) -> Any:
-        binding = self._session.io_binding()
-        binding.bind_cpu_input("seqlens_k", self._seqlens)
-        binding.bind_cpu_input("total_sequence_length", self._total)
-        binding.bind_output("logits", "cpu", 0, np.float32, list(self._logits.shape), self._logits.ctypes.data)
-        for layer in range(self.spec.layers):
-            for kind, cache in (("key", self._k[layer]), ("value", self._v[layer])):
-                binding.bind_cpu_input(f"past_{kind}_{layer}", cache)  # read in place...
-                binding.bind_output(f"present_{kind}_{layer}", "cpu", 0, np.float32, list(cache.shape),
-                                    cache.ctypes.data)  # ...and appended to in place
-        return binding
 
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("this decoder stack is closed; load the model again")
-
-    def _run(self, rows: np.ndarray, start: int) -> None:
-        """Evaluate rows [n, H] at positions start..start+n-1; the logits of the last land in self._logits."""
-        n = len(rows)
-        if self._rows is None or self._rows.shape[1] != n:
-            self._rows = np.empty((1, n, self.spec.hidden), dtype=np.float32)
-            self._binding.bind_cpu_input("input", self._rows)
-        self._rows[0] = rows
-        self._seqlens[0] = start + n - 1
-        self._total[()] = start + n
-        self._session.run_with_iobinding(self._binding)
 
     def prefill(self, embeds: np.ndarray, start: int, want_logits: bool = True) -> np.ndarray | None:
         self._check_open()
@@ -103,13 +87,13 @@ class ServingOnnxDecoderStack:
             plan_prefill(self.spec, start, count)  # raises the capacity error every backend raises
         size = self.spec.prefill_chunk
         for offset in range(0, count, size):
-            self._run(embeds[offset:offset + size], start + offset)
+            self._chunk.run(embeds[offset:offset + size], start + offset)
         return self._logits.reshape(-1).copy() if want_logits else None
 
     def decode(self, embed: np.ndarray, pos: int) -> np.ndarray:
         self._check_open()
         select_decode_group(self.spec, pos)  # raises beyond the capacity, as every backend does
-        self._run(np.asarray(embed, dtype=np.float32).reshape(1, -1), pos)
+        self._step.run(np.asarray(embed, dtype=np.float32).reshape(1, -1), pos)
         return self._logits.reshape(-1).copy()
 
     # -- prefix cache support: rows by position, [length, kv_heads * head_dim] ---------------------
@@ -131,8 +115,37 @@ class ServingOnnxDecoderStack:
         if self._closed:
             return
         self._closed = True
-        self._binding = None
-        self._session = None  # releases the session and its thread pool even while the stack object lives on
+        self._chunk = self._step = None  # releases the sessions and their thread pools while the stack lives on
         self._k.clear()
         self._v.clear()
         log.debug("onnx serving stack closed")
+
+
+class _Bound:
+    """One session with the stack's arrays bound: the KV caches (past and present: appended in place), the
+    two sequence-length scalars and the logits once; the input rows when their count changes."""
+
+    def __init__(self, session: Any, stack: ServingOnnxDecoderStack) -> None:
+        self._session, self._stack = session, stack
+        self._rows: np.ndarray | None = None
+        binding = self._binding = session.io_binding()
+        binding.bind_cpu_input("seqlens_k", stack._seqlens)
+        binding.bind_cpu_input("total_sequence_length", stack._total)
+        logits = stack._logits
+        binding.bind_output("logits", "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
+        for layer in range(stack.spec.layers):
+            for kind, cache in (("key", stack._k[layer]), ("value", stack._v[layer])):
+                binding.bind_cpu_input(f"past_{kind}_{layer}", cache)
+                binding.bind_output(f"present_{kind}_{layer}", "cpu", 0, np.float32, list(cache.shape),
+                                    cache.ctypes.data)
+
+    def run(self, rows: np.ndarray, start: int) -> None:
+        """Evaluate rows [n, H] at positions start..start+n-1; the logits of the last land in the stack's array."""
+        n = len(rows)
+        if self._rows is None or self._rows.shape[1] != n:
+            self._rows = np.empty((1, n, self._stack.spec.hidden), dtype=np.float32)
+            self._binding.bind_cpu_input("input", self._rows)
+        self._rows[0] = rows
+        self._stack._seqlens[0] = start + n - 1
+        self._stack._total[()] = start + n
+        self._session.run_with_iobinding(self._binding)
