@@ -57,13 +57,15 @@ class Geometry:
 class _Editable:
     """A graph's nodes and initializers, with producer/consumer look-ups rebuilt on demand."""
 
-    def __init__(self, graph: onnx.GraphProto) -> None:
+    def __init__(self, nodes: Iterable[onnx.NodeProto], inits: Iterable[TensorProto], copy: bool = True) -> None:
         self.nodes: list[onnx.NodeProto] = []
-        for node in graph.node:  # copies: the rewrites edit nodes in place, the source graph stays as it was
-            copy = onnx.NodeProto()
-            copy.CopyFrom(node)
-            self.nodes.append(copy)
-        self.inits: dict[str, TensorProto] = {t.name: t for t in graph.initializer}
+        for node in nodes:  # copies: the rewrites edit nodes in place, the source graph stays as it was
+            if copy:
+                node_copy = onnx.NodeProto()
+                node_copy.CopyFrom(node)
+                node = node_copy
+            self.nodes.append(node)
+        self.inits: dict[str, TensorProto] = {t.name: t for t in inits}  # not copied: never edited
 
     def producer(self, name: str) -> onnx.NodeProto | None:
         return next((n for n in self.nodes if name in n.output), None)
@@ -114,11 +116,14 @@ def _fuse_rms_norms(g: _Editable) -> None:
 
 def _fuse_skip_norms(g: _Editable) -> None:
     """Add(a, b) feeding SimplifiedLayerNormalization => SkipSimplifiedLayerNormalization (the sum is output 3)."""
+    producers = {o: n for n in g.nodes for o in n.output}
+    norms_of: dict[str, int] = {}
+    for node in g.nodes:
+        if node.op_type == "SimplifiedLayerNormalization":
+            norms_of[node.input[0]] = norms_of.get(node.input[0], 0) + 1
     for norm in [n for n in g.nodes if n.op_type == "SimplifiedLayerNormalization"]:
-        add = g.producer(norm.input[0])
-        if add is None or add.op_type != "Add" or any(i in g.inits for i in add.input):
-            continue
-        if any(n.op_type == "SimplifiedLayerNormalization" and n is not norm for n in g.consumers(add.output[0])):
+        add = producers.get(norm.input[0])
+        if add is None or add.op_type != "Add" or any(i in g.inits for i in add.input) or norms_of[add.output[0]] > 1:
             continue
         eps = next(a.f for a in norm.attribute if a.name == "epsilon")
         fused = helper.make_node("SkipSimplifiedLayerNormalization", [add.input[0], add.input[1], norm.input[1]],
@@ -136,7 +141,7 @@ def _by_pattern(g: _Editable, pattern: str, what: str) -> onnx.NodeProto:
 
 def read_geometry(model: onnx.ModelProto) -> Geometry:
     """Heads, kv heads, head dim, hidden width and rotary frequencies of a twin layer graph."""
-    g = _Editable(model.graph)
+    g = _Editable(model.graph.node, model.graph.initializer, copy=False)
     shapes = {}
     for flat in ("q_flat", "k_flat"):
         reshape = _only_consumer(g, flat, "Reshape")
@@ -320,7 +325,7 @@ def build_serving_graph(layers: Sequence[onnx.ModelProto], post: onnx.ModelProto
     for i, model in enumerate(layers):
         if not np.array_equal(read_geometry(model).inv_freq, geo.inv_freq):
             raise ServingGraphError(f"layer {i} has other rotary frequencies than layer 0")
-        g = _Editable(model.graph)
+        g = _Editable(model.graph.node, model.graph.initializer)
         _fuse_rms_norms(g)
         _attention(g, geo)
         if int8_rows:
@@ -334,7 +339,7 @@ def build_serving_graph(layers: Sequence[onnx.ModelProto], post: onnx.ModelProto
         nodes += layer_nodes
         inits += layer_inits
     # The post graph reads the last row of the final hidden state only.
-    p = _Editable(post.graph)
+    p = _Editable(post.graph.node, post.graph.initializer)
     _fuse_rms_norms(p)
     post_nodes, post_inits = _renamed(
         p, lambda n: {"input": "last_row", "output": "logits"}.get(n, f"post.{n}"))
@@ -346,7 +351,7 @@ def build_serving_graph(layers: Sequence[onnx.ModelProto], post: onnx.ModelProto
     inits += post_inits
     cos, sin = rotary_tables(geo.inv_freq, capacity)
     inits += [numpy_helper.from_array(cos, "cos_cache"), numpy_helper.from_array(sin, "sin_cache")]
-    whole = _Editable(helper.make_graph(nodes, "serving", [], [], initializer=inits))
+    whole = _Editable(nodes, inits, copy=False)
     _fuse_skip_norms(whole)
     vocab = post.graph.output[0].type.tensor_type.shape.dim[-1].dim_value
     cache = [1, geo.kv_heads, "C", geo.head_dim]
@@ -359,8 +364,13 @@ def build_serving_graph(layers: Sequence[onnx.ModelProto], post: onnx.ModelProto
         inputs += [helper.make_tensor_value_info(f"past_{kind}_{i}", f32, cache) for kind in ("key", "value")]
         outputs += [helper.make_tensor_value_info(f"present_{kind}_{i}", f32, cache) for kind in ("key", "value")]
     _prune(whole, [o.name for o in outputs])
-    graph = helper.make_graph(whole.nodes, "serving", inputs, outputs, initializer=list(whole.inits.values()))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(CONTRIB, 1)],
-                              producer_name="ax_llm_provider.runtime")
+    model = onnx.ModelProto()  # filled in place: make_graph / make_model would copy the weights again
     model.ir_version = layers[0].ir_version
+    model.producer_name = "ax_llm_provider.runtime"
+    model.opset_import.extend([helper.make_opsetid("", OPSET), helper.make_opsetid(CONTRIB, 1)])
+    model.graph.name = "serving"
+    model.graph.node.extend(whole.nodes)
+    model.graph.initializer.extend(whole.inits.values())
+    model.graph.input.extend(inputs)
+    model.graph.output.extend(outputs)
     return model, geo
