@@ -100,7 +100,8 @@ class ServingOnnxDecoderStack:
 
     def kv_save(self, length: int) -> KVSnapshot:
         def rows(cache: np.ndarray) -> np.ndarray:
-            return np.ascontiguousarray(cache[0, :, :length].transpose(1, 0, 2)).reshape(length, self.spec.kv_dim)
+            # a copy always: with one KV head the transposed view is already contiguous and would alias the cache
+            return cache[0, :, :length].transpose(1, 0, 2).reshape(length, self.spec.kv_dim).copy()
 
         return KVSnapshot(length=length, k=tuple(rows(k) for k in self._k), v=tuple(rows(v) for v in self._v))
 
