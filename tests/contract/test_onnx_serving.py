@@ -95,7 +95,7 @@ def test_serving_graph_is_few_fused_nodes(tiny_twin: Callable[..., Path]) -> Non
         layers = [onnx.load(str(p)) for p in model.files.layers]
         post = onnx.load(str(model.files.post))
     for int8_rows in (False, True):
-        graph, geo = build_serving_graph(layers, post, 127, int8_rows)
+        graph, geo, _ = build_serving_graph(layers, post, 127, int8_rows, {})
         ops = [n.op_type for n in graph.graph.node]
         assert ops.count("GroupQueryAttention") == len(layers)
         assert (geo.heads, geo.kv_heads, geo.head_dim) == (4, 2, 16)

@@ -56,9 +56,15 @@ class ServingOnnxDecoderStack:
         vocab = int(post.graph.output[0].type.tensor_type.shape.dim[-1].dim_value)
         capacity = max(g.history for g in groups if g.is_decode)
         sessions = []
+        self._weights: dict[str, np.ndarray] = {}  # shared by both sessions; must outlive them
+        self._weight_values: list[Any] = []
         for int8_rows in (False, True):
-            graph, geo = build_serving_graph(layers, post, capacity, int8_rows)
-            sessions.append(ort.InferenceSession(graph.SerializeToString(), session_options(ort, threads),
+            graph, geo, names = build_serving_graph(layers, post, capacity, int8_rows, self._weights)
+            values = [ort.OrtValue.ortvalue_from_numpy(self._weights[n]) for n in names]
+            self._weight_values += values
+            options = session_options(ort, threads)
+            options.add_external_initializers(names, values)
+            sessions.append(ort.InferenceSession(graph.SerializeToString(), options,
                                                  providers=["CPUExecutionProvider"]))
             del graph
         del layers, post
@@ -117,6 +123,8 @@ class ServingOnnxDecoderStack:
             return
         self._closed = True
         self._chunk = self._step = None  # releases the sessions and their thread pools while the stack lives on
+        self._weight_values.clear()
+        self._weights.clear()
         self._k.clear()
         self._v.clear()
         log.debug("onnx serving stack closed")

@@ -37,6 +37,7 @@ from onnx import TensorProto, helper, numpy_helper
 CONTRIB = "com.microsoft"
 OPSET = 17
 SHARED = ("seqlens_k", "total_sequence_length", "cos_cache", "sin_cache")
+EXTERNAL_BYTES = 4096  # initializers this large stay out of the model proto (build_serving_graph)
 
 
 class ServingGraphError(ValueError):
@@ -285,7 +286,8 @@ def _prune(g: _Editable, outputs: Iterable[str]) -> None:
     g.inits = {k: v for k, v in g.inits.items() if k in needed}
 
 
-def _renamed(g: _Editable, rename: Any) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
+def _renamed(g: _Editable, rename: Any) -> tuple[list[onnx.NodeProto], dict[str, TensorProto]]:
+    """The nodes with renamed tensors, and the initializers under their new names (the source tensors, uncopied)."""
     nodes = []
     for node in g.nodes:
         copy = onnx.NodeProto()
@@ -294,13 +296,7 @@ def _renamed(g: _Editable, rename: Any) -> tuple[list[onnx.NodeProto], list[Tens
         copy.input[:] = [rename(n) if n else "" for n in node.input]
         copy.output[:] = [rename(n) if n else "" for n in node.output]
         nodes.append(copy)
-    inits = []
-    for name, tensor in g.inits.items():
-        copy_t = TensorProto()
-        copy_t.CopyFrom(tensor)
-        copy_t.name = rename(name)
-        inits.append(copy_t)
-    return nodes, inits
+    return nodes, {rename(name): tensor for name, tensor in g.inits.items()}
 
 
 def rotary_tables(inv_freq: np.ndarray, capacity: int) -> tuple[np.ndarray, np.ndarray]:
@@ -309,9 +305,14 @@ def rotary_tables(inv_freq: np.ndarray, capacity: int) -> tuple[np.ndarray, np.n
     return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
 
-def build_serving_graph(layers: Sequence[onnx.ModelProto], post: onnx.ModelProto,
-                        capacity: int, int8_rows: bool) -> tuple[onnx.ModelProto, Geometry]:
+def build_serving_graph(layers: Sequence[onnx.ModelProto], post: onnx.ModelProto, capacity: int, int8_rows: bool,
+                        store: dict[str, np.ndarray]) -> tuple[onnx.ModelProto, Geometry, list[str]]:
     """One ModelProto running every layer and the post graph (see the module docstring).
+
+    The weights (initializers of 4 kB or more) are not in it: they go into `store` (graph name -> array; names
+    already there are reused), the model keeps external-data placeholders, and the names come back third. The
+    sessions take the arrays with `SessionOptions.add_external_initializers`, which uses the memory as it is,
+    so two sessions of the serving graph share one copy of the weights and no weight is serialized.
 
     int8_rows: run the 4-bit projections at int8 compute on grid/remainder rows (`_int8_compute`): the
     faster form for one row (decode); the fp32-compute kernel is the faster one for prefill chunks.
@@ -320,7 +321,7 @@ def build_serving_graph(layers: Sequence[onnx.ModelProto], post: onnx.ModelProto
         raise ServingGraphError("no layer graphs to build a serving graph from")
     geo = read_geometry(layers[0])
     nodes: list[onnx.NodeProto] = []
-    inits: list[TensorProto] = []
+    inits: dict[str, TensorProto] = {}  # graph name -> source tensor (named as in its source graph)
     last = len(layers) - 1
     for i, model in enumerate(layers):
         if not np.array_equal(read_geometry(model).inv_freq, geo.inv_freq):
@@ -337,21 +338,23 @@ def build_serving_graph(layers: Sequence[onnx.ModelProto], post: onnx.ModelProto
         layer_nodes, layer_inits = _renamed(
             g, lambda n, i=i, names=names: names.get(n, n if n in SHARED else f"l{i}.{n}"))
         nodes += layer_nodes
-        inits += layer_inits
+        inits |= layer_inits
     # The post graph reads the last row of the final hidden state only.
     p = _Editable(post.graph.node, post.graph.initializer)
     _fuse_rms_norms(p)
     post_nodes, post_inits = _renamed(
         p, lambda n: {"input": "last_row", "output": "logits"}.get(n, f"post.{n}"))
     ends = {"last_start": [-1], "last_end": [np.iinfo(np.int64).max], "last_axis": [1]}
-    inits += [numpy_helper.from_array(np.array(v, dtype=np.int64), k) for k, v in ends.items()]
+    inits |= {k: numpy_helper.from_array(np.array(v, dtype=np.int64), k) for k, v in ends.items()}
     nodes.append(helper.make_node("Slice", [f"hidden_{last}", "last_start", "last_end", "last_axis"], ["last_row"],
                                   name="last_row"))
     nodes += post_nodes
-    inits += post_inits
+    inits |= post_inits
     cos, sin = rotary_tables(geo.inv_freq, capacity)
-    inits += [numpy_helper.from_array(cos, "cos_cache"), numpy_helper.from_array(sin, "sin_cache")]
-    whole = _Editable(nodes, inits, copy=False)
+    inits |= {"cos_cache": numpy_helper.from_array(cos, "cos_cache"),
+              "sin_cache": numpy_helper.from_array(sin, "sin_cache")}
+    whole = _Editable(nodes, [], copy=False)
+    whole.inits = inits
     _fuse_skip_norms(whole)
     vocab = post.graph.output[0].type.tensor_type.shape.dim[-1].dim_value
     cache = [1, geo.kv_heads, "C", geo.head_dim]
@@ -370,7 +373,22 @@ def build_serving_graph(layers: Sequence[onnx.ModelProto], post: onnx.ModelProto
     model.opset_import.extend([helper.make_opsetid("", OPSET), helper.make_opsetid(CONTRIB, 1)])
     model.graph.name = "serving"
     model.graph.node.extend(whole.nodes)
-    model.graph.initializer.extend(whole.inits.values())
+    external = []
+    for name, tensor in whole.inits.items():
+        placeholder = model.graph.initializer.add()
+        if len(tensor.raw_data) < EXTERNAL_BYTES:
+            placeholder.CopyFrom(tensor)
+        else:
+            if name not in store:
+                store[name] = numpy_helper.to_array(tensor)
+            placeholder.data_type = tensor.data_type
+            placeholder.dims.extend(tensor.dims)
+            placeholder.data_location = TensorProto.EXTERNAL
+            entry = placeholder.external_data.add()
+            entry.key, entry.value = "location", "in-memory"
+            external.append(name)
+        placeholder.name = name
     model.graph.input.extend(inputs)
     model.graph.output.extend(outputs)
-    return model, geo
+    return model, geo, external
+
