@@ -150,12 +150,14 @@ def make_responder(engine: Engine, model: str, system: str, options: dict[str, A
 
 
 def is_fatal(exc: BaseException | None, engine: Engine) -> bool:
+    """True when the app must exit 3: the card is lost and no CPU fallback answers (degraded mode)."""
+    state = engine.health().state
     seen = 0
     while exc is not None and seen < 10:  # the chain wraps engine errors in ollama.ResponseError
         if isinstance(exc, DeviceFatalError):
-            return True
+            return state != "degraded"  # a reply cut by the loss; the next prompt goes to the fallback
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
-    return engine.health().state == "failed"
+    return state == "failed"
 
 
 # ---- the loop ----------------------------------------------------------------------------------------------

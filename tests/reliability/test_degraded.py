@@ -321,6 +321,29 @@ def test_the_installation_app_keeps_answering_instead_of_exiting(app: ModuleType
         assert "EXECUTE_FAIL" in (status["last_probe_error"] or "") and engine.ps()["models"] == []
 
 
+def test_a_reply_cut_by_the_loss_does_not_end_the_app_when_the_fallback_answers(app: ModuleType) -> None:
+    """Sentence mode streams, so a reply cut by the card's loss ends with DeviceFatalError: with degraded mode
+    on, the app goes on (the next prompt reaches the fallback); without it, the app exits 3."""
+    from ax_llm_provider.engine.ops.recovery import DeviceFatalError
+
+    class Health:
+        def __init__(self, state: str) -> None:
+            self.state = state
+
+    class EngineInState:
+        def __init__(self, state: str) -> None:
+            self._state = state
+
+        def health(self) -> Health:
+            return Health(self._state)
+
+    cut = RuntimeError("stream ended")
+    cut.__cause__ = DeviceFatalError("the NPU card could not be recovered")
+    assert not app.is_fatal(cut, EngineInState("degraded"))
+    assert app.is_fatal(cut, EngineInState("failed"))
+    assert not app.is_fatal(RuntimeError("a prompt the model refused"), EngineInState("ok"))
+
+
 def test_a_fallback_that_cannot_answer_fails_the_start(tmp_path: Path) -> None:
     before = resources()
     with pytest.raises(ModelNotFoundError, match="fallback model 'no-such:1b' is not in the store.*AX_LLM_FALLBACK"):
