@@ -12,7 +12,6 @@ from __future__ import annotations
 import runpy
 import sys
 from pathlib import Path
-from typing import Any
 
 from ax_llm_provider.engine.engine import Engine
 from ax_llm_provider.runtime import simcard
@@ -21,10 +20,14 @@ APP = Path(__file__).resolve().parents[2] / "deploy" / "installation_app.py"
 cards: list[simcard.SimCard] = []
 
 
-class RecordedCard(simcard.SimCard):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        cards.append(self)
+card_from_env = simcard.card_from_env
+
+
+def recorded_card_from_env() -> simcard.SimCard:
+    """The engine's simulated card (made by simcard.card_from_env, as for `--backend simulated`), kept here."""
+    card = card_from_env()
+    cards.append(card)
+    return card
 
 
 preload = Engine.load
@@ -37,7 +40,7 @@ def load_then_lose_the_card(self: Engine, model: str, keep_alive: float | str | 
         card.faults.fail_load(after=0, times=-1)
 
 
-simcard.SimCard = RecordedCard  # type: ignore[misc]  # the engine creates its card from this name
+simcard.card_from_env = recorded_card_from_env  # the engine imports it from the package when it needs a card
 Engine.load = load_then_lose_the_card  # type: ignore[method-assign]
 sys.argv = [str(APP), *sys.argv[1:]]
 runpy.run_path(str(APP), run_name="__main__")
