@@ -11,7 +11,7 @@ import logging
 import math
 import os
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Generator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from .ops.recovery import RecoveryPolicy
 from .ops.supervisor import Supervisor
 from .options import InvalidOptionError, parse_options
 from .requests import ChatRequest, EmbedRequest, GenerateRequest, parse_request
-from .responses import Chunk
+from .responses import ChatChunk, ChunkT, GenerateChunk
 from .slots import ModelSlots
 from .state import ModelInfo
 from .worker.scheduler import DeviceWorker, SchedulerError
@@ -106,7 +106,7 @@ class Engine:
             pull(name, self.store)
         return self.store.resolve(name).name
 
-    def _submit(self, job: Job, asynchronous: bool) -> Any:
+    def _submit(self, job: Job[ChunkT], asynchronous: bool) -> Any:
         if self._closed:
             raise EngineError("the engine is closed; create a new Engine")
         if self.idle is not None:
@@ -118,11 +118,11 @@ class Engine:
         except SchedulerError as exc:  # a full queue, a stopped worker: mapped where every scheduler error is
             raise engine_error(exc) from exc
 
-    def _stream(self, job: Job) -> Iterator[Chunk]:
-        """Run a job on the device worker; map scheduler errors to Ollama-like ones; close frees the device."""
+    def _stream(self, job: Job[ChunkT]) -> Generator[ChunkT, None, None]:
+        """Run a job on the device worker; map scheduler errors to the engine's; close() cancels the request."""
         return mapped(self._submit(job, asynchronous=False))
 
-    def _astream(self, job: Job) -> AsyncIterator[Chunk]:
+    def _astream(self, job: Job[ChunkT]) -> AsyncGenerator[ChunkT, None]:
         return amapped(self._submit(job, asynchronous=True))
 
     def _options(self, raw: dict[str, Any] | None) -> tuple[Any, list[str]]:
@@ -139,26 +139,26 @@ class Engine:
 
     # ---- /api/chat and /api/generate ----------------------------------------------------------
 
-    def chat(self, request: ChatRequest | dict[str, Any]) -> Iterator[Chunk]:
+    def chat(self, request: ChatRequest | dict[str, Any]) -> Generator[ChatChunk, None, None]:
         """Ollama's /api/chat, streamed as response dicts (the last one has done=True)."""
         return self._stream(self._chat_job(request))
 
-    def achat(self, request: ChatRequest | dict[str, Any]) -> AsyncIterator[Chunk]:
+    def achat(self, request: ChatRequest | dict[str, Any]) -> AsyncGenerator[ChatChunk, None]:
         return self._astream(self._chat_job(request))
 
-    def generate(self, request: GenerateRequest | dict[str, Any]) -> Iterator[Chunk]:
+    def generate(self, request: GenerateRequest | dict[str, Any]) -> Generator[GenerateChunk, None, None]:
         """Ollama's /api/generate, streamed as response dicts."""
         return self._stream(self._generate_job(request))
 
-    def agenerate(self, request: GenerateRequest | dict[str, Any]) -> AsyncIterator[Chunk]:
+    def agenerate(self, request: GenerateRequest | dict[str, Any]) -> AsyncGenerator[GenerateChunk, None]:
         return self._astream(self._generate_job(request))
 
-    def _chat_job(self, request: ChatRequest | dict[str, Any]) -> Job:
+    def _chat_job(self, request: ChatRequest | dict[str, Any]) -> Job[ChatChunk]:
         req = parse_request(ChatRequest, request)
         req, shown_as = derived_models.apply_derived(self.store, req)  # derived-model hook: base + defaults
         return derived_models.renamed(chat_job(req, self._edge(req), self.slots, self.idle), shown_as)
 
-    def _generate_job(self, request: GenerateRequest | dict[str, Any]) -> Job:
+    def _generate_job(self, request: GenerateRequest | dict[str, Any]) -> Job[GenerateChunk]:
         req = parse_request(GenerateRequest, request)
         req, shown_as = derived_models.apply_derived(self.store, req)  # derived-model hook: base + defaults
         return derived_models.renamed(generate_job(req, self._edge(req), self.slots), shown_as)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic
 
 from .context import fit_messages, truncate_tokens
 from .decoding.constraints import GrammarSpec
@@ -30,12 +30,22 @@ from .idle_prefill import IdlePrefill
 from .options import GenerationOptions
 from .prompt_limit import check_prompt_size, prompt_byte_limit
 from .requests import ChatRequest, GenerateRequest
-from .responses import Chunk, ExtraMetadata, Timings, chat_chunk, final_fields, generate_chunk
+from .responses import (
+    ChatChunk,
+    ChunkT,
+    ExtraMetadata,
+    FinalFields,
+    GenerateChunk,
+    Timings,
+    chat_chunk,
+    final_fields,
+    generate_chunk,
+)
 from .runner import ModelRunner, RunStats
 from .slots import ModelSlots
 from .worker.scheduler import CancelToken
 
-Job = Callable[[CancelToken], Iterator[Chunk]]
+Job = Callable[[CancelToken], Iterator[ChunkT]]  # Job[ChatChunk] or Job[GenerateChunk]
 
 
 @dataclass(frozen=True)
@@ -60,18 +70,30 @@ class Prepared:
 
 
 @dataclass(frozen=True)
-class Endpoint:
-    """How chat and generate differ in the shared job: the empty chunk and the content chunks."""
+class Endpoint(Generic[ChunkT]):
+    """How chat and generate differ in the shared job: the empty chunk, the content chunks, and what the
+    final chunk carries of the run's tokens (generate's `context`)."""
 
-    empty: Callable[[str], Chunk]
-    chunks: Callable[[str, list[Part], list[dict[str, Any]] | None], Iterator[Chunk]]
-
-
-CHAT = Endpoint(chat_chunk, chat_chunks)
-GENERATE = Endpoint(generate_chunk, generate_chunks)
+    empty: Callable[[str], ChunkT]
+    chunks: Callable[[str, list[Part], list[dict[str, Any]] | None], Iterator[ChunkT]]
+    with_tokens: Callable[[ChunkT, list[int]], None]
 
 
-def chat_job(req: ChatRequest, edge: RequestEdge, slots: ModelSlots, idle: IdlePrefill | None) -> Job:
+def _no_tokens(chunk: ChunkT, tokens: list[int]) -> None:
+    """Chat's final chunk and a raw generate's carry no context."""
+
+
+def _context(chunk: GenerateChunk, tokens: list[int]) -> None:
+    chunk["context"] = tokens  # Ollama's /api/generate: the conversation so far, to send back as `context`
+
+
+CHAT: Endpoint[ChatChunk] = Endpoint(chat_chunk, chat_chunks, _no_tokens)
+GENERATE: Endpoint[GenerateChunk] = Endpoint(generate_chunk, generate_chunks, _context)
+GENERATE_RAW: Endpoint[GenerateChunk] = Endpoint(generate_chunk, generate_chunks, _no_tokens)
+
+
+def chat_job(req: ChatRequest, edge: RequestEdge, slots: ModelSlots,
+             idle: IdlePrefill | None) -> Job[ChatChunk]:
     """/api/chat's device half; with `idle`, the next turn's known start is prefilled after the reply."""
 
     def prepare(runner: ModelRunner) -> Prepared:
@@ -95,13 +117,14 @@ def chat_job(req: ChatRequest, edge: RequestEdge, slots: ModelSlots, idle: IdleP
     return job
 
 
-def _then_idle_prefill(job: Job, idle: IdlePrefill, name: str, planned: dict[str, Any]) -> Job:
+def _then_idle_prefill(job: Job[ChatChunk], idle: IdlePrefill, name: str,
+                       planned: dict[str, Any]) -> Job[ChatChunk]:
     """Run a chat job; once its reply has ended (stop or length), queue the idle prefill of the next turn."""
 
-    def then(cancel: CancelToken) -> Iterator[Chunk]:
+    def then(cancel: CancelToken) -> Iterator[ChatChunk]:
         content: list[str] = []
         for chunk in job(cancel):
-            message = chunk.get("message") or {}
+            message = chunk.get("message", {})
             if message.get("tool_calls"):
                 planned.clear()  # a tool round: the next message is the tool's, not the visitor's
             content.append(message.get("content") or "")
@@ -115,7 +138,7 @@ def _then_idle_prefill(job: Job, idle: IdlePrefill, name: str, planned: dict[str
     return then
 
 
-def generate_job(req: GenerateRequest, edge: RequestEdge, slots: ModelSlots) -> Job:
+def generate_job(req: GenerateRequest, edge: RequestEdge, slots: ModelSlots) -> Job[GenerateChunk]:
     """/api/generate's device half; the final chunk carries `context` unless the prompt is raw."""
 
     def prepare(runner: ModelRunner) -> Prepared:
@@ -137,18 +160,20 @@ def generate_job(req: GenerateRequest, edge: RequestEdge, slots: ModelSlots) -> 
         return Prepared(tokens, window, decoding, truncation)
 
     load_only = not (req.prompt or req.suffix or req.context)
-    return device_job(req, edge, slots, GENERATE, load_only=load_only, prepare=prepare, with_context=not req.raw)
+    return device_job(req, edge, slots, GENERATE_RAW if req.raw else GENERATE, load_only=load_only, prepare=prepare)
 
 
-def device_job(req: ChatRequest | GenerateRequest, edge: RequestEdge, slots: ModelSlots, endpoint: Endpoint, *,
-               load_only: bool, prepare: Callable[[ModelRunner], Prepared], with_context: bool = False) -> Job:
+def device_job(req: ChatRequest | GenerateRequest, edge: RequestEdge, slots: ModelSlots, endpoint: Endpoint[ChunkT],
+               *, load_only: bool, prepare: Callable[[ModelRunner], Prepared]) -> Job[ChunkT]:
     """The device half shared by chat and generate: load (or only load / unload), run, stream, finish."""
     name, keep_alive = edge.name, edge.keep_alive
 
-    def job(cancel: CancelToken) -> Iterator[Chunk]:
+    def job(cancel: CancelToken) -> Iterator[ChunkT]:
         started = time.perf_counter_ns()
         if load_only and keep_alive <= 0 and name not in slots:  # unload: nothing to load
-            yield {**endpoint.empty(name), **final_fields(Timings(started), "unload", time.perf_counter_ns())}
+            chunk = endpoint.empty(name)
+            chunk.update(final_fields(Timings(started), "unload", time.perf_counter_ns()))
+            yield chunk
             return
         entry, load_ns = slots.ensure_loaded(name)
         timings = Timings(started_ns=started, load_ns=load_ns)
@@ -157,7 +182,9 @@ def device_job(req: ChatRequest | GenerateRequest, edge: RequestEdge, slots: Mod
         if load_only:  # Ollama: an empty request loads (or unloads with keep_alive 0)
             slots.after_request(entry, keep_alive)
             reason = "unload" if keep_alive <= 0 else "load"
-            yield {**endpoint.empty(model_name), **final_fields(timings, reason, time.perf_counter_ns())}
+            chunk = endpoint.empty(model_name)
+            chunk.update(final_fields(timings, reason, time.perf_counter_ns()))
+            yield chunk
             return
         run = prepare(runner)
         meta = ExtraMetadata(warnings=edge.warnings + run.decoding.warnings, backend=runner.model.backend,
@@ -174,19 +201,21 @@ def device_job(req: ChatRequest | GenerateRequest, edge: RequestEdge, slots: Mod
         finally:
             slots.after_request(entry, keep_alive)
         assert stats is not None  # a run that ends without raising ends with its stats
-        final = _final(endpoint.empty(model_name), timings, stats, meta)
-        if with_context:
-            final["context"] = stats.tokens
+        final = endpoint.empty(model_name)
+        final.update(_final_fields(timings, stats, meta))
+        endpoint.with_tokens(final, stats.tokens)
         yield final
 
     return job
 
 
-def _final(chunk: Chunk, timings: Timings, stats: RunStats, meta: ExtraMetadata) -> Chunk:
+def _final_fields(timings: Timings, stats: RunStats, meta: ExtraMetadata) -> FinalFields:
     if stats.closing_tokens:
         meta.warnings.append(f"the JSON was closed early to fit the token budget ({stats.closing_tokens} "
                              "tokens chosen by the closing policy); raise num_predict for a full answer")
     timings.prompt_eval_count, timings.prompt_eval_ns = stats.prompt_tokens, stats.prompt_ns
     timings.eval_count, timings.eval_ns = stats.eval_count, stats.eval_ns
     meta.reused_tokens = stats.reused_tokens
-    return {**chunk, **final_fields(timings, stats.done_reason, time.perf_counter_ns()), "ax": meta.as_dict()}
+    fields = final_fields(timings, stats.done_reason, time.perf_counter_ns())
+    fields["ax"] = meta.as_dict()
+    return fields

@@ -26,12 +26,15 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ModelDirectoryError
 from .store import ModelStore, is_path_like, normalize_name
+
+if TYPE_CHECKING:
+    from ..engine.responses import ChunkT
 
 log = logging.getLogger(__name__)
 DERIVED_DIR = "_derived"
@@ -190,18 +193,15 @@ def _chat_messages(derived: DerivedModel, request: BaseModel) -> list[Any]:
     return prefix + messages
 
 
-Chunk = dict[str, Any]
-Job = Callable[[Any], Iterator[Chunk]]
-
-
-def renamed(job: Job, name: str | None) -> Job:
+def renamed(job: Callable[[Any], Iterator[ChunkT]], name: str | None) -> Callable[[Any], Iterator[ChunkT]]:
     """A job whose chunks name the derived model (Ollama answers with the model the request named)."""
     if name is None:
         return job
 
-    def wrapped(cancel: Any) -> Iterator[Chunk]:
+    def wrapped(cancel: Any) -> Iterator[ChunkT]:
         for chunk in job(cancel):
-            yield {**chunk, "model": name}
+            chunk["model"] = name  # each chunk is built afresh for this request
+            yield chunk
 
     return wrapped
 

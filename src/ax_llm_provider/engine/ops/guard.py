@@ -16,14 +16,14 @@ from collections.abc import Callable, Iterator
 from ... import process
 from ...observability import metrics, request_fields, set_request_id
 from ...runtime.errors import DeviceError
-from ..responses import Chunk
+from ..responses import Chunk, ChunkT
 from ..worker.scheduler import CancelToken, SchedulerError
 from .health import HealthMonitor
 from .recovery import DeviceFatalError, HangCancelled, RecoveryLadder, RecoveryPolicy
 
 log = logging.getLogger(__name__)
 
-Job = Callable[[CancelToken], Iterator[Chunk]]
+Job = Callable[[CancelToken], Iterator[ChunkT]]  # a chat or a generate job
 _ids = itertools.count(1)
 
 
@@ -51,13 +51,13 @@ class RequestGuard:
         if fatal is not None:
             raise DeviceFatalError(str(fatal), fatal.cause)
 
-    def guard(self, job: Job) -> tuple[Job, str]:
+    def guard(self, job: Job[ChunkT]) -> tuple[Job[ChunkT], str]:
         """Wrap a chat/generate job; returns it with its request id."""
         self.check_admission()
         request_id = new_request_id()
         submitted = time.monotonic()
 
-        def guarded(cancel: CancelToken) -> Iterator[Chunk]:
+        def guarded(cancel: CancelToken) -> Iterator[ChunkT]:
             set_request_id(request_id)
             self.current = (cancel, request_id)
             try:
@@ -80,7 +80,8 @@ class RequestGuard:
 
         return guarded, request_id
 
-    def _run(self, job: Job, cancel: CancelToken, request_id: str, submitted: float) -> Iterator[Chunk]:
+    def _run(self, job: Job[ChunkT], cancel: CancelToken, request_id: str,
+             submitted: float) -> Iterator[ChunkT]:
         self.monitor.wait_until_cool(cancel, submitted)
         self.check_admission()
         started = time.monotonic()

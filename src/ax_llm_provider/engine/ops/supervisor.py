@@ -28,6 +28,7 @@ from ...observability import metrics
 from ...runtime import axcl_codes as codes
 from ...runtime.errors import DeviceError, DeviceMemoryError, DeviceOfflineError, DeviceTimeoutError
 from ...status_channel import publish_status
+from ..responses import ChunkT
 from ..worker.scheduler import CancelToken, DeviceWorker, RequestStream
 from .device import CardAccess
 from .guard import Job, RequestGuard, mark_load_failure
@@ -169,7 +170,7 @@ class Supervisor:
     def check_admission(self) -> None:
         self.guard.check_admission()
 
-    def wrap(self, job: Job) -> tuple[Job, str]:
+    def wrap(self, job: Job[ChunkT]) -> tuple[Job[ChunkT], str]:
         """The job wrapped by the request guard, and its request id."""
         return self.guard.guard(job)
 
