@@ -21,7 +21,8 @@ from .output import ReplyPrinter, verbose_stats
 if TYPE_CHECKING:
     from ..engine.engine import Engine
 
-THINK_VALUES = {"true": True, "false": False, "low": "low", "medium": "medium", "high": "high", "max": "max"}
+THINK_VALUES: dict[str, bool | str] = {"true": True, "false": False, "low": "low", "medium": "medium", "high": "high",
+                                       "max": "max"}
 
 
 def parse_value(raw: str) -> Any:

@@ -19,6 +19,7 @@ The `_derived` directory starts with `_`, so the base-model listing of the store
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import logging
@@ -26,7 +27,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 DERIVED_DIR = "_derived"
-FORMAT = "ax-llm-derived/1"
+FORMAT: Final = "ax-llm-derived/1"
 
 
 class DerivedModel(BaseModel):
@@ -145,7 +146,7 @@ class DerivedStore:
             path.parent.rmdir()
         return True
 
-    def dependents(self, base: str) -> list[str]:
+    def dependents(self, base: str) -> builtins.list[str]:  # `list` here is the method above
         """Derived models whose base is `base` (a stored name)."""
         return [m.name for m in self.list() if m.base == base]
 
