@@ -27,6 +27,7 @@ from .decoding.thinking import think_requested
 from .decoding.toolcalls import request_key
 from .errors import InvalidRequestError
 from .idle_prefill import IdlePrefill
+from .ops.guard import whole_reply
 from .options import GenerationOptions
 from .prompt_limit import check_prompt_size, prompt_byte_limit
 from .requests import ChatRequest, GenerateRequest
@@ -206,7 +207,7 @@ def device_job(req: ChatRequest | GenerateRequest, edge: RequestEdge, slots: Mod
         endpoint.with_tokens(final, stats.tokens)
         yield final
 
-    return job
+    return job if req.stream else whole_reply(job)  # nothing reaches the caller before done: re-runnable
 
 
 def _final_fields(timings: Timings, stats: RunStats, meta: ExtraMetadata) -> FinalFields:
