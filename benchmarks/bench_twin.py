@@ -1,11 +1,12 @@
 """The CPU twin of SmolLM2-135M on the onnx backend, side by side with llama.cpp on the same GGUF.
 
-Prints decode tok/s (context 64, and 1024 for ours) and prefill tok/s (512 tokens) for the fused CPU
-serving layout and the per-layer vendor-contract layout (trimmed shapes), and host RSS
-after load. With --llama-cpp PYTHON (an interpreter with llama-cpp-python), llama.cpp runs the same GGUF
-with the same thread count on the same token ids; the measurements alternate round by round (llama.cpp's
-threads spin, so its rate collapses whenever anything else runs: alternating spreads the load over both)
-and the medians over rounds and their ratio are printed with the load average during the run.
+Prints decode tok/s (context 64, and 1024 for ours) and prefill tok/s (512 tokens) for the CPU serving
+layout (the onnx default), the per-layer vendor-contract layout (trimmed shapes) and, with --layouts, the
+fused layout, and host RSS after load. With --llama-cpp PYTHON (an interpreter with llama-cpp-python),
+llama.cpp runs the same GGUF with the same thread count on the same token ids; the measurements alternate
+round by round (llama.cpp's threads spin, so its rate collapses whenever anything else runs: alternating
+spreads the load over both) and the medians over rounds and their ratio are printed with the load average
+during the run.
 --vendor-shapes adds the exact vendor-shape path the card uses (128-row padded chunks, full windows).
 """
 
@@ -26,12 +27,14 @@ from _common import mapped_rss_mb, median_ms, model_dir, rss_mb
 from ax_llm_provider.model.loader import load_model
 from ax_llm_provider.runtime.onnx_backend import OnnxDecoderStack
 from ax_llm_provider.runtime.onnx_fused import FusedOnnxDecoderStack
+from ax_llm_provider.runtime.onnx_serving import ServingOnnxDecoderStack
+from ax_llm_provider.runtime.protocol import DecoderStack
 
 PREFILL_IDS = list(range(200, 712))  # 512 token ids, the same for every engine
 DECODE_CONTEXT = 64
 
 
-def decode_tok_s(stack: OnnxDecoderStack, lookup: Callable, context: int, steps: int) -> float:
+def decode_tok_s(stack: DecoderStack, lookup: Callable, context: int, steps: int) -> float:
     rng = np.random.default_rng(0)
     prompt = [int(t) for t in rng.integers(100, 40000, size=context)]
     stack.prefill(lookup(prompt), 0, want_logits=False)
@@ -44,7 +47,7 @@ def decode_tok_s(stack: OnnxDecoderStack, lookup: Callable, context: int, steps:
     return 1000.0 / median_ms(step, steps)
 
 
-def decode_cpu_ms(stack: OnnxDecoderStack, lookup: Callable, context: int, steps: int) -> float:
+def decode_cpu_ms(stack: DecoderStack, lookup: Callable, context: int, steps: int) -> float:
     """Process CPU time per decode step (all threads): the work a token costs, whatever the machine's load."""
     stack.prefill(lookup(list(range(100, 100 + context))), 0, want_logits=False)
     embed = lookup([500])[0]
@@ -54,7 +57,7 @@ def decode_cpu_ms(stack: OnnxDecoderStack, lookup: Callable, context: int, steps
     return (time.process_time() - started) / steps * 1000
 
 
-def prefill_tok_s(stack: OnnxDecoderStack, lookup: Callable, n: int = len(PREFILL_IDS), repeat: int = 1) -> float:
+def prefill_tok_s(stack: DecoderStack, lookup: Callable, n: int = len(PREFILL_IDS), repeat: int = 1) -> float:
     ids = PREFILL_IDS[:n]
     ms = median_ms(lambda: stack.prefill(lookup(ids), 0), repeat)
     return n / (ms / 1000)
@@ -107,20 +110,26 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="threads for every engine")
     parser.add_argument("--llama-cpp", metavar="PYTHON", help="interpreter with llama-cpp-python installed")
     parser.add_argument("--vendor-shapes", action="store_true", help="also time the card's exact shapes")
+    parser.add_argument("--layouts", default="serving,per-layer",
+                        help="onnx layouts to time, comma-separated (serving, per-layer, fused)")
     args = parser.parse_args()
     path = model_dir()
     before = rss_mb()
     started = time.perf_counter()
-    model = load_model(path, backend="onnx", threads=args.threads, onnx_layout="fused")
+    model = load_model(path, backend="onnx", threads=args.threads, onnx_layout="serving")
     results: dict[str, object] = {"model": str(path), "threads": args.threads, "load_s": round(time.perf_counter() -
                                   started, 2), "rss_mb_before_load": round(before),
                                   "rss_mb_after_load": round(rss_mb())}
     results |= memory_figures(model)
-    assert isinstance(model.stack, FusedOnnxDecoderStack)
+    assert isinstance(model.stack, ServingOnnxDecoderStack)
     engines: dict[str, Callable[[], dict[str, float]]] = {}
     lookup = model.embeddings.lookup
-    stacks = {"fused": model.stack, "per_layer": OnnxDecoderStack(model.files.layers, model.files.post,
-                                                                  threads=args.threads)}
+    layouts = args.layouts.split(",")
+    stacks: dict[str, DecoderStack] = {"serving": model.stack}
+    if "per-layer" in layouts:
+        stacks["per_layer"] = OnnxDecoderStack(model.files.layers, model.files.post, threads=args.threads)
+    if "fused" in layouts:
+        stacks["fused"] = FusedOnnxDecoderStack(model.files.layers, model.files.post, threads=args.threads)
     for label, stack in stacks.items():
         engines[label] = lambda s=stack: {"decode": decode_tok_s(s, lookup, DECODE_CONTEXT, args.steps),
                                           "prefill": prefill_tok_s(s, lookup),
@@ -147,18 +156,20 @@ def main() -> None:
             name = f"{label}_{key}" if key.endswith("_ms") else f"{label}_{key}_tok_s"
             results[name] = round(statistics.median(values), 1)
             results[f"{name}_rounds"] = [round(v, 1) for v in values]
-    results["fused_decode_tok_s_ctx1024"] = round(decode_tok_s(model.stack, lookup, 1024, args.steps), 1)
+    results["serving_decode_tok_s_ctx1024"] = round(decode_tok_s(model.stack, lookup, 1024, args.steps), 1)
     if "llama_cpp" in rounds:
         for key in ("decode", "prefill"):
-            results[f"ratio_fused_to_llama_cpp_{key}"] = round(
-                float(results[f"fused_{key}_tok_s"]) / float(results[f"llama_cpp_{key}_tok_s"]), 2)
+            results[f"ratio_serving_to_llama_cpp_{key}"] = round(
+                float(results[f"serving_{key}_tok_s"]) / float(results[f"llama_cpp_{key}_tok_s"]), 2)
     results["load_average_1min_during_rounds"] = [round(v, 1) for v in loads]
     if args.vendor_shapes:
         exact = OnnxDecoderStack(model.files.layers, model.files.post, threads=args.threads, exact_shapes=True)
         results["vendor_shapes_decode_tok_s_ctx64"] = round(decode_tok_s(exact, lookup, DECODE_CONTEXT, args.steps), 1)
         results["vendor_shapes_prefill_tok_s_512"] = round(prefill_tok_s(exact, lookup), 1)
         exact.close()
-    stacks["per_layer"].close()
+    for label, stack in stacks.items():
+        if label != "serving":
+            stack.close()
     model.close()
     print(json.dumps(results, indent=2))
 

@@ -206,6 +206,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--source", default=env("AX_LLM_SOURCE", "stdin"), help="stdin or dir:PATH")
     parser.add_argument("--system", default=env("AX_LLM_SYSTEM", SYSTEM))
     parser.add_argument("--fallback", default=env("AX_LLM_FALLBACK", FALLBACK))
+    parser.add_argument("--fallback-model", default=env("AX_LLM_FALLBACK_MODEL", ""),
+                        help="degraded mode: this CPU model answers while the card is lost (off when empty)")
     parser.add_argument("--max-prompt-bytes", type=int,
                         default=int(env("AX_LLM_MAX_PROMPT_BYTES", str(MAX_PROMPT_BYTES))),
                         help="longer prompts (files or stdin lines) are refused")
@@ -228,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     options = {**OPTIONS, **(json.loads(args.options) if args.options else {})}
     clean_stale_partials(ModelStore(args.store).root)  # what a crash or power cut left in the store
     engine = Engine(args.store, backend=args.backend, keep_alive=-1, request_timeout=args.request_timeout,
-                    health=HealthConfig.from_env(), idle_prefill=os.environ.get("AX_LLM_IDLE_PREFILL", "1") != "0")
+                    health=HealthConfig.from_env(), idle_prefill=os.environ.get("AX_LLM_IDLE_PREFILL", "1") != "0",
+                    fallback_model=args.fallback_model)
     lifecycle.install(engine)  # SIGTERM/SIGINT: finish a load, cancel the generation, finalize, exit 0
     lifecycle.sd_notify(f"STATUS=loading {args.model}")
     try:

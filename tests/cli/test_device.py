@@ -121,3 +121,13 @@ def test_serve_without_the_server_module(cli: Cli, monkeypatch: pytest.MonkeyPat
     monkeypatch.setitem(__import__("sys").modules, "ax_llm_provider.server.runner", None)
     code, _, err = cli("serve")
     assert code == 1 and "pip install 'ax-llm-provider[server]'" in err
+
+
+def test_serve_passes_the_fallback_model_to_the_engine(store: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = pytest.importorskip("ax_llm_provider.server.runner", reason="the server module is not in this tree")
+    engines: list[object] = []
+    monkeypatch.setattr(runner, "serve", lambda host, port, *, engine, **rest: engines.append(engine))
+    code, _, err = cli("serve", "--fallback-model", TINY)
+    assert code == 0, err
+    fallback = engines[0].fallback  # type: ignore[attr-defined]
+    assert fallback is not None and fallback.mode.config.model == TINY and not fallback.mode.active

@@ -30,7 +30,8 @@ def greedy(model, prompt: list[int], steps: int) -> list[int]:  # noqa: ANN001 -
 def test_simulated_backend_runs_the_axcl_stack_and_agrees_with_onnx(tiny_twin: Callable[..., Path]) -> None:
     twin = tiny_twin("qwen2", decode_capacity=127, prefill_chunk=16, prefill_histories=HISTORIES)
     prompt = list(range(3, 50))
-    with load_model(twin, backend="simulated") as sim, load_model(twin, backend="onnx") as cpu:
+    with load_model(twin, backend="simulated") as sim, \
+            load_model(twin, backend="onnx", onnx_layout="per-layer") as cpu:  # the card path's reference
         assert isinstance(sim.stack, AxclDecoderStack) and isinstance(cpu.stack, OnnxDecoderStack)
         assert sim.stack.spec.io_dtype == "bfloat16" and sim.backend == "simulated"
         assert greedy(sim, prompt, 6) == greedy(cpu, prompt, 6)

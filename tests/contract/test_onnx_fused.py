@@ -77,7 +77,8 @@ def test_layout_is_selectable_by_argument_and_environment(tiny_twin: Callable[..
     twin = tiny_twin("llama")
     monkeypatch.delenv(ONNX_LAYOUT_ENV, raising=False)
     with load_model(twin, backend="onnx") as model:
-        assert type(model.stack) is (FusedOnnxDecoderStack if DEFAULT_ONNX_LAYOUT == "fused" else OnnxDecoderStack)
+        assert type(model.stack).__name__ == {"fused": "FusedOnnxDecoderStack", "per-layer": "OnnxDecoderStack",
+                                              "serving": "ServingOnnxDecoderStack"}[DEFAULT_ONNX_LAYOUT]
     with load_model(twin, backend="onnx", onnx_layout="fused") as model:
         assert isinstance(model.stack, FusedOnnxDecoderStack)
     monkeypatch.setenv(ONNX_LAYOUT_ENV, "fused")

@@ -68,7 +68,8 @@ def engine_for(args: argparse.Namespace) -> Engine:
         engine = _engines.get(key)
         if engine is None:
             max_queue = int(os.environ.get("AX_LLM_MAX_QUEUE", "512"))
-            engine = _engines[key] = Engine(store, backend=backend, device=device, max_queue=max_queue)
+            engine = _engines[key] = Engine(store, backend=backend, device=device, max_queue=max_queue,
+                                            fallback_model=getattr(args, "fallback_model", None))
         return engine
 
 

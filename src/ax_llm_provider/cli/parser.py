@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grace", type=float, default=10.0, metavar="SECONDS",
                    help="at SIGTERM/SIGINT, requests in flight get this long to finish before they are cancelled "
                         "(default 10); then the engine is closed and serve exits 0")
+    p.add_argument("--fallback-model", metavar="MODEL", default=None,
+                   help="degraded mode: answer from this CPU model while the card is lost, and move back once it "
+                        "answers (default $AX_LLM_FALLBACK_MODEL; off when unset)")
     _backend(p)
     p.set_defaults(func="device:cmd_serve")
 

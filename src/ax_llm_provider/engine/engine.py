@@ -11,7 +11,7 @@ import logging
 import math
 import os
 import threading
-from collections.abc import AsyncGenerator, Callable, Generator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +25,11 @@ from ..model.store import ModelStore, is_path_like, normalize_name
 from .consume import amapped, engine_error, mapped
 from .decoding.constraints import format_grammar
 from .errors import EngineError, InvalidRequestError
+from .fallback import CardFallback, check_fallback_model
 from .idle_prefill import IdlePrefill, idle_prefill_from_env
 from .jobs import Job, RequestEdge, chat_job, generate_job
 from .keepalive import parse_keep_alive
+from .ops.degraded import DegradedMode, FallbackConfig, probe_card
 from .ops.health import HealthConfig, HealthSnapshot
 from .ops.recovery import RecoveryPolicy
 from .ops.supervisor import Supervisor
@@ -55,13 +57,18 @@ class Engine:
                  snapshot_bytes: int = 256 << 20, max_loaded_models: int = 1, auto_pull: bool = True,
                  card: Any | None = None, health: HealthConfig | None = None,
                  recovery: RecoveryPolicy | None = None, device_lock: bool | None = None,
-                 idle_prefill: bool | None = None) -> None:
+                 idle_prefill: bool | None = None, fallback_model: str | FallbackConfig | None = None) -> None:
         """card: the `axcl` module or SimCard to drive (default: `import axcl`, or a new SimCard for the
         simulated backend); health / recovery: monitor thresholds and the recovery ladder's bounds
         (engine/ops/health.py, engine/ops/recovery.py); device_lock: take the single-owner card lock (default: for
         the axcl and axengine backends); idle_prefill: after a chat reply, evaluate the next prompt's known
-        start while the device is idle (engine/idle_prefill.py; default: on when AX_LLM_IDLE_PREFILL=1)."""
+        start while the device is idle (engine/idle_prefill.py; default: on when AX_LLM_IDLE_PREFILL=1);
+        fallback_model: degraded mode, the CPU model that answers while the card is lost (engine/fallback.py;
+        default: AX_LLM_FALLBACK_MODEL, off when unset or "")."""
         self.store = store if isinstance(store, ModelStore) else ModelStore(store)
+        fallback = FallbackConfig.resolve(fallback_model)
+        if fallback is not None:  # before any thread starts: a typo fails the start, not the first card loss
+            check_fallback_model(self.store, fallback.model, auto_pull=auto_pull)
         self.backend, self.device = backend, device
         self.default_keep_alive = parse_keep_alive(keep_alive, default=_default_keep_alive())
         self.request_timeout, self.stall_timeout = request_timeout, stall_timeout
@@ -77,6 +84,15 @@ class Engine:
         self._closed = False
         self._supervisor = Supervisor(self.slots, self.worker, self, backend=backend, device=device, card=card,
                                       health=health, recovery=recovery, device_lock=device_lock)
+        self.fallback = None if fallback is None else CardFallback(
+            DegradedMode(fallback), self.store, lambda: Engine(
+                self.store, backend="onnx", keep_alive=keep_alive, max_queue=max_queue, request_timeout=request_timeout,
+                stall_timeout=stall_timeout, snapshot_bytes=snapshot_bytes, auto_pull=auto_pull, device_lock=False,
+                idle_prefill=False, fallback_model=""),
+            resolve=self.resolve, probe=lambda names: probe_card(self._supervisor, [self.resolve(n) for n in names]),
+            max_models=max_loaded_models)
+        if self.fallback is not None:
+            self._supervisor.on_card_lost = self.fallback.card_lost
 
     def _load_model(self, path: Path, name: str) -> LoadedModel:
         return self._supervisor.load(path, name)  # lock, retries, progress, recovery hooks
@@ -141,17 +157,21 @@ class Engine:
 
     def chat(self, request: ChatRequest | dict[str, Any]) -> Generator[ChatChunk, None, None]:
         """Ollama's /api/chat, streamed as response dicts (the last one has done=True)."""
-        return self._stream(self._chat_job(request))
+        primary = lambda: self._stream(self._chat_job(request))  # noqa: E731
+        return primary() if self.fallback is None else self.fallback.stream("chat", request, primary)
 
-    def achat(self, request: ChatRequest | dict[str, Any]) -> AsyncGenerator[ChatChunk, None]:
-        return self._astream(self._chat_job(request))
+    def achat(self, request: ChatRequest | dict[str, Any]) -> AsyncIterator[ChatChunk]:
+        primary = lambda: self._astream(self._chat_job(request))  # noqa: E731
+        return primary() if self.fallback is None else self.fallback.astream("chat", request, primary)
 
     def generate(self, request: GenerateRequest | dict[str, Any]) -> Generator[GenerateChunk, None, None]:
         """Ollama's /api/generate, streamed as response dicts."""
-        return self._stream(self._generate_job(request))
+        primary = lambda: self._stream(self._generate_job(request))  # noqa: E731
+        return primary() if self.fallback is None else self.fallback.stream("generate", request, primary)
 
-    def agenerate(self, request: GenerateRequest | dict[str, Any]) -> AsyncGenerator[GenerateChunk, None]:
-        return self._astream(self._generate_job(request))
+    def agenerate(self, request: GenerateRequest | dict[str, Any]) -> AsyncIterator[GenerateChunk]:
+        primary = lambda: self._astream(self._generate_job(request))  # noqa: E731
+        return primary() if self.fallback is None else self.fallback.astream("generate", request, primary)
 
     def _chat_job(self, request: ChatRequest | dict[str, Any]) -> Job[ChatChunk]:
         req = parse_request(ChatRequest, request)
@@ -233,7 +253,8 @@ class Engine:
 
     def health(self) -> HealthSnapshot:
         """The card's and the engine's health now (engine/ops/health.py); `.to_dict()` for JSON."""
-        return self._supervisor.health(closed=self._closed)
+        return self._supervisor.health(closed=self._closed,
+                                       degraded=self.fallback.mode.status() if self.fallback else None)
 
     def close(self, timeout: float | None = 30.0, *, cancel_running: bool = False) -> None:
         """Fail queued work, let the running request finish (cancel it with cancel_running; a model load
@@ -241,6 +262,8 @@ class Engine:
         if self._closed:
             return
         self._closed = True
+        if self.fallback is not None:
+            self.fallback.close()
         self.slots.close()
         self._supervisor.close(timeout, cancel_running=cancel_running)
 

@@ -89,6 +89,14 @@ class ExtraMetadata:
         return out
 
 
+def mark_degraded(chunk: ChunkT, degraded: dict[str, Any]) -> ChunkT:
+    """A final chunk answered by the CPU fallback model while the card is lost (engine/fallback.py): `ax.degraded`
+    names the fallback model, why and since when (unix time)."""
+    marked = chunk.copy()
+    marked["ax"] = {**chunk.get("ax", {}), "degraded": dict(degraded)}
+    return marked
+
+
 def final_fields(timings: Timings, done_reason: str, now_ns: int) -> FinalFields:
     """done:true fields; Ollama omits zero counters."""
     fields: FinalFields = {"done": True, "done_reason": done_reason,

@@ -106,7 +106,7 @@ def load_model(path: str | Path, *, name: str | None = None, backend: str = "aut
     """Validate and load a model directory. Errors name the file and the expected layout.
 
     axcl, progress, cmm_floor_mb: passed to the card backends (runtime/backends.py `open_stack`);
-    onnx_layout: "fused" or "per-layer" for the onnx backend (default $AX_LLM_ONNX_LAYOUT, else per-layer).
+    onnx_layout: "serving", "fused" or "per-layer" for the onnx backend (default $AX_LLM_ONNX_LAYOUT, else serving).
     """
     started = time.perf_counter()
     root = Path(path).expanduser()

@@ -18,12 +18,13 @@ if TYPE_CHECKING:
 
 BackendName = Literal["auto", "onnx", "axcl", "axengine", "simulated"]
 BACKENDS: tuple[str, ...] = ("auto", "onnx", "axcl", "axengine", "simulated")
-# The onnx backend's layouts: "per-layer" (one session per vendor-contract layer graph, as the card runs them;
-# the default) or "fused" (all layers in one session, KV bound in place). The default stays per-layer because
-# the fused layout measured no faster in wall time with 2 threads (docs/performance.md); flip it when it is.
-ONNX_LAYOUTS: tuple[str, ...] = ("fused", "per-layer")
+# The onnx backend's layouts: "serving" (the CPU serving graph: fused onnxruntime operators, every layer and the
+# lm head in one session; the default, measured ~2x faster per decoded token than the others, docs/cpu-twin.md),
+# "per-layer" (one session per vendor-contract layer graph, as the card runs them) or "fused" (the unchanged
+# layer graphs composed into one session).
+ONNX_LAYOUTS: tuple[str, ...] = ("serving", "fused", "per-layer")
 ONNX_LAYOUT_ENV = "AX_LLM_ONNX_LAYOUT"
-DEFAULT_ONNX_LAYOUT = "per-layer"
+DEFAULT_ONNX_LAYOUT = "serving"
 
 
 class BackendUnavailableError(RuntimeError):
@@ -76,17 +77,7 @@ def open_stack(files: ModelFiles, backend: str = "auto", device: int = 0, thread
     name = resolve_backend(files, backend)
     check_backend(files, name)
     if name == "onnx":
-        layout = onnx_layout or os.environ.get(ONNX_LAYOUT_ENV) or DEFAULT_ONNX_LAYOUT
-        if layout not in ONNX_LAYOUTS:
-            raise ValueError(f"unknown onnx layout {layout!r} (from {ONNX_LAYOUT_ENV} or onnx_layout); "
-                             f"choose one of {', '.join(ONNX_LAYOUTS)}")
-        if layout == "per-layer":
-            from .onnx_backend import OnnxDecoderStack
-
-            return OnnxDecoderStack(files.layers, files.post, threads=threads)
-        from .onnx_fused import FusedOnnxDecoderStack
-
-        return FusedOnnxDecoderStack(files.layers, files.post, threads=threads)
+        return _open_onnx(files, threads, onnx_layout or os.environ.get(ONNX_LAYOUT_ENV))
     card_options: dict[str, Any] = {"device_index": device, "progress": progress}
     if cmm_floor_mb is not None:
         card_options["cmm_floor_mb"] = cmm_floor_mb
@@ -115,6 +106,34 @@ def open_stack(files: ModelFiles, backend: str = "auto", device: int = 0, thread
     if prefill_planner:
         stack.planner = _card_planner(stack, name, card, lambda: load_calibration(files.root, name, card))
     return stack
+
+
+def _open_onnx(files: ModelFiles, threads: int | None, asked: str | None) -> DecoderStack:
+    """The onnx stack in the asked layout; by default the serving layout, or per-layer (with a warning) for a
+    twin whose graphs the serving rewrite does not recognise."""
+    layout = asked or DEFAULT_ONNX_LAYOUT
+    if layout not in ONNX_LAYOUTS:
+        raise ValueError(f"unknown onnx layout {layout!r} (from {ONNX_LAYOUT_ENV} or onnx_layout); "
+                         f"choose one of {', '.join(ONNX_LAYOUTS)}")
+    from .onnx_backend import OnnxDecoderStack
+
+    if layout == "serving":
+        from .onnx_serving import ServingOnnxDecoderStack
+        from .onnx_serving_graph import ServingGraphError
+
+        try:
+            return ServingOnnxDecoderStack(files.layers, files.post, threads=threads)
+        except ServingGraphError as exc:
+            if asked:
+                raise
+            log.warning("%s: the CPU serving layout does not apply (%s); running the per-layer layout "
+                        "(set %s to choose one)", files.root, exc, ONNX_LAYOUT_ENV)
+            return OnnxDecoderStack(files.layers, files.post, threads=threads)
+    if layout == "per-layer":
+        return OnnxDecoderStack(files.layers, files.post, threads=threads)
+    from .onnx_fused import FusedOnnxDecoderStack
+
+    return FusedOnnxDecoderStack(files.layers, files.post, threads=threads)
 
 
 def _card_planner(stack: DecoderStack, name: str, card: Any, calibration: Callable[[], Any]) -> Planner | None:

@@ -157,7 +157,7 @@ def host_figures() -> dict[str, Any]:
 class HealthSnapshot:
     """engine.health(): one consistent picture. `state` is the summary an operator looks at first."""
 
-    state: str  # ok, warn, paused, loading, recovering, hung, offline, failed, idle, closed
+    state: str  # ok, warn, paused, loading, recovering, hung, offline, degraded, failed, idle, closed
     device: str  # "cpu", "card 0", "simulated card 0"
     backend: str | None
     online: bool | None
@@ -179,6 +179,7 @@ class HealthSnapshot:
     read_ms: float | None
     host: dict[str, Any]
     watchdog: dict[str, Any]
+    degraded: dict[str, Any] | None = None  # degraded mode (engine/ops/degraded.py); None: not configured
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

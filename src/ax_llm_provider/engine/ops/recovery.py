@@ -13,7 +13,8 @@ Rungs, tried in order within one recovery, each only when the one before failed:
 3. REBOOT  the card's firmware (`axclrtRebootDevice`), wait until it answers, then load again.
 4. FATAL   `DeviceFatalError`: every request fails fast with it; a service exits non-zero on it and
            systemd restarts the process (deploy/ax-llm.service). The ladder's `on_fatal` callback is the
-           one place that learns of it.
+           one place that learns of it (degraded mode's switch to the CPU fallback hooks there:
+           ops/degraded.py, engine/fallback.py).
 
 What climbs: execute failures, and load failures on the device's side. A load the card refuses because
 of the model itself (`runtime.errors.model_refused`: not enough CMM for it, a file the runtime rejects as
@@ -313,6 +314,11 @@ class RecoveryLadder:
             except Exception:  # noqa: BLE001 -- a failing listener must not hide the fatal error itself
                 log.exception("the fatal-error callback failed")
         return self.fatal
+
+    def revive(self) -> None:
+        """The card works again (degraded mode's probe reloaded its models): forget the loss and the history."""
+        self.fatal, self._unconfirmed = None, None
+        self._history.clear()
 
     def give_up(self, exc: BaseException, why: str) -> DeviceFatalError:
         """Declare the device lost from outside the ladder (a hang that never ends)."""

@@ -27,12 +27,14 @@ class EngineState:
     recoveries: dict[str, int]
     last_error: str | None
     watchdog: dict[str, Any]
+    degraded: dict[str, Any] | None = None  # degraded mode's status (ops/degraded.py); None: not configured
 
 
 def _state(s: EngineState, online: bool | None, warnings: list[str]) -> str:
     """The one-word state, most serious first."""
     checks = (
-        (s.closed, "closed"), (s.fatal, "failed"), (s.recovering, "recovering"), (bool(s.loading), "loading"),
+        (s.closed, "closed"), (bool(s.degraded and s.degraded["active"]), "degraded"), (s.fatal, "failed"),
+        (s.recovering, "recovering"), (bool(s.loading), "loading"),
         (s.hung, "hung"), (online is False, "offline"), (s.paused, "paused"), (bool(warnings), "warn"),
         (not s.models, "idle"),
     )
@@ -68,5 +70,5 @@ def health_snapshot(s: EngineState, config: HealthConfig, host: dict[str, Any]) 
         paused=s.paused, warnings=warnings, models=s.models, loading=s.loading, queue=s.queued,
         running=s.running, recoveries=dict(s.recoveries), last_error=s.last_error,
         read_at=reading.at if reading else None, read_ms=reading.read_ms if reading else None,
-        host=host, watchdog=s.watchdog,
+        host=host, watchdog=s.watchdog, degraded=s.degraded,
     )

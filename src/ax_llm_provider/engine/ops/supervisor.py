@@ -77,6 +77,7 @@ class Supervisor:
         self.ladder = RecoveryLadder(self.policy, self._reset_and_reload, self._reboot_and_reload,
                                      on_fatal=self._on_fatal)
         self.loading: str | None = None
+        self.on_card_lost: Callable[[DeviceFatalError], None] | None = None  # degraded mode's switch (ops/degraded.py)
         self._wanted: list[str] = []  # what the next recovery loads again (oldest first)
         self.closing = False  # set by close(): the status channel stops publishing
         self._progress_at = 0.0
@@ -208,6 +209,8 @@ class Supervisor:
         """The card is lost: the ladder calls this once, whichever rung or hang got there."""
         cause = type(error.cause).__name__ if error.cause is not None else "unknown"
         process.sd_notify(f"STATUS=failed: the NPU card could not be recovered (last error: {cause})")
+        if self.on_card_lost is not None:
+            self.on_card_lost(error)
 
     # ---- requests ------------------------------------------------------------------------------------
 
@@ -297,7 +300,7 @@ class Supervisor:
         """Health and doctor in other processes read this file instead of opening the card we hold."""
         publish_status(self, lock)
 
-    def health(self, *, closed: bool) -> HealthSnapshot:
+    def health(self, *, closed: bool, degraded: dict[str, Any] | None = None) -> HealthSnapshot:
         entries = self.slots.entries()
         backends = {e.runner.model.backend for _, e in entries}
         monitor, stats = self.monitor, self.worker.stats()
@@ -306,7 +309,8 @@ class Supervisor:
             hung=monitor.hung, paused=monitor.paused, device=self.card.label(backends),
             models=[name for name, _ in entries], backends=backends, reading=monitor.reading, queued=stats.queued,
             running=stats.running, recoveries=self.ladder.counts, last_error=self.ladder.last_error,
-            watchdog={"interval_s": monitor.watchdog_s, "pings": monitor.pings, "live": monitor.live()})
+            watchdog={"interval_s": monitor.watchdog_s, "pings": monitor.pings, "live": monitor.live()},
+            degraded=degraded)
         return health_snapshot(state, self.config, host_figures())
 
     def close(self, timeout: float | None, cancel_running: bool) -> None:
