@@ -19,6 +19,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
 _local = threading.local()
@@ -72,7 +73,7 @@ def configure_logging(level: int | str = "INFO", json_format: bool = True, strea
     return handler
 
 
-def request_fields(chunk: dict[str, Any], endpoint: str, request_id: str, queued_ms: float) -> dict[str, Any]:
+def request_fields(chunk: Mapping[str, Any], endpoint: str, request_id: str, queued_ms: float) -> dict[str, Any]:
     """The `extra` fields of a "request done" line, from the final response chunk."""
     ax = chunk.get("ax") or {}
     eval_count = chunk.get("eval_count") or 0

@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 from ..model.store import ModelStore
 
@@ -166,10 +166,10 @@ def human_until(timestamp: float | None, now: float | None = None) -> str:
     return _ago(max(0.0, timestamp - (now or time.time())), future=True)
 
 
-def table(rows: list[list[str]], out: object = None) -> None:
+def table(rows: list[list[str]], out: TextIO | None = None) -> None:
     """Left-aligned columns separated by at least three spaces, as the ollama CLI prints them."""
     stream = out or sys.stdout
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         line = "   ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip()
-        print(line, file=stream)  # type: ignore[call-overload]
+        print(line, file=stream)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import shutil
-from typing import Any, TextIO
+from typing import TextIO
 
+from ..engine.responses import FinalFields
 from .common import human_duration_ns
 
 
@@ -110,7 +111,7 @@ def _rate(count: int, ns: int) -> str:
     return f"{count / (ns / 1e9):.2f} tokens/s" if ns else "n/a"
 
 
-def verbose_stats(final: dict[str, Any]) -> str:
+def verbose_stats(final: FinalFields) -> str:
     """The block `ollama run --verbose` prints after a reply, plus the prefix-reuse and truncation figures."""
     ax = final.get("ax") or {}
     prompt_n, prompt_ns = final.get("prompt_eval_count", 0), final.get("prompt_eval_duration", 0)

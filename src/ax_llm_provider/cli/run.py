@@ -14,13 +14,15 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from ..engine.keepalive import parse_keep_alive
 from ..engine.options import OPTION_NAMES, InvalidOptionError, parse_options
+from ..engine.responses import ChatChunk
 from .common import UsageError, engine_for
 from .output import ReplyPrinter, verbose_stats
 
 if TYPE_CHECKING:
     from ..engine.engine import Engine
 
-THINK_VALUES = {"true": True, "false": False, "low": "low", "medium": "medium", "high": "high", "max": "max"}
+THINK_VALUES: dict[str, bool | str] = {"true": True, "false": False, "low": "low", "medium": "medium", "high": "high",
+                                       "max": "max"}
 
 
 def parse_value(raw: str) -> Any:
@@ -98,7 +100,7 @@ class ChatSession:
     verbose: bool = False
     wordwrap: bool = False
     messages: list[dict[str, Any]] = field(default_factory=list)
-    last_final: dict[str, Any] | None = None
+    last_final: ChatChunk | None = None
 
     def request(self) -> dict[str, Any]:
         messages = ([{"role": "system", "content": self.system}] if self.system else []) + self.messages
@@ -109,7 +111,7 @@ class ChatSession:
                 body[key] = value
         return body
 
-    def send(self, text: str) -> dict[str, Any]:
+    def send(self, text: str) -> ChatChunk:
         """One turn. On an error or Ctrl-C the turn is forgotten, as if it was never asked."""
         self.messages.append({"role": "user", "content": text})
         try:
@@ -120,10 +122,10 @@ class ChatSession:
         printer = ReplyPrinter(self.out, wordwrap=self.wordwrap, hide_thinking=self.hide_thinking)
         content: list[str] = []
         thinking: list[str] = []
-        final: dict[str, Any] = {}
+        final: ChatChunk = {}
         try:
             for chunk in stream:
-                message = chunk.get("message") or {}
+                message = chunk.get("message", {})
                 printer.thinking_delta(message.get("thinking") or "")
                 printer.content_delta(message.get("content") or "")
                 content.append(message.get("content") or "")

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Generator
+from typing import TypeVar
 
 from .errors import EngineBusyError, EngineError, RequestCanceledError, RequestTimedOutError
 from .ops.recovery import HangCancelled
-from .responses import Chunk
 from .worker.scheduler import (
     AsyncRequestStream,
     QueueFullError,
@@ -15,6 +15,8 @@ from .worker.scheduler import (
     RequestTimeoutError,
     SchedulerError,
 )
+
+T = TypeVar("T")
 
 
 def engine_error(exc: SchedulerError) -> Exception:
@@ -29,7 +31,7 @@ def engine_error(exc: SchedulerError) -> Exception:
     return EngineError(str(exc))
 
 
-def mapped(stream: RequestStream[Chunk]) -> Iterator[Chunk]:
+def mapped(stream: RequestStream[T]) -> Generator[T, None, None]:
     """Iterate a RequestStream, turning scheduler errors into the engine's; closing cancels the request."""
     try:
         yield from stream
@@ -39,7 +41,7 @@ def mapped(stream: RequestStream[Chunk]) -> Iterator[Chunk]:
         stream.close()
 
 
-async def amapped(stream: AsyncRequestStream[Chunk]) -> AsyncIterator[Chunk]:
+async def amapped(stream: AsyncRequestStream[T]) -> AsyncGenerator[T, None]:
     try:
         async for chunk in stream:
             yield chunk

@@ -11,9 +11,7 @@ import logging
 import math
 import os
 import threading
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator
 from pathlib import Path
 from typing import Any
 
@@ -25,84 +23,24 @@ from ..model.pull import pull
 from ..model.registry import lookup
 from ..model.store import ModelStore, is_path_like, normalize_name
 from .consume import amapped, engine_error, mapped
-from .context import fit_messages, truncate_tokens
-from .decoding.constraints import GrammarSpec, format_grammar
-from .decoding.response_parser import (
-    Decoding,
-    Part,
-    chat_chunks,
-    chat_decoding,
-    generate_chunks,
-    generate_decoding,
-)
-from .decoding.thinking import think_requested
-from .decoding.toolcalls import request_key
-from .errors import (
-    EngineError,
-    InvalidRequestError,
-)
+from .decoding.constraints import format_grammar
+from .errors import EngineError, InvalidRequestError
 from .fallback import CardFallback, check_fallback_model
 from .idle_prefill import IdlePrefill, idle_prefill_from_env
+from .jobs import Job, RequestEdge, chat_job, generate_job
 from .keepalive import parse_keep_alive
 from .ops.degraded import DegradedMode, FallbackConfig, probe_card
-from .ops.guard import whole_reply
 from .ops.health import HealthConfig, HealthSnapshot
 from .ops.recovery import RecoveryPolicy
 from .ops.supervisor import Supervisor
-from .options import GenerationOptions, InvalidOptionError, parse_options
-from .prompt_limit import check_prompt_size, prompt_byte_limit
+from .options import InvalidOptionError, parse_options
 from .requests import ChatRequest, EmbedRequest, GenerateRequest, parse_request
-from .responses import (
-    Chunk,
-    ExtraMetadata,
-    Timings,
-    chat_chunk,
-    final_fields,
-    generate_chunk,
-)
-from .runner import ModelRunner, RunStats
+from .responses import ChatChunk, ChunkT, GenerateChunk
 from .slots import ModelSlots
 from .state import ModelInfo
-from .worker.scheduler import (
-    CancelToken,
-    DeviceWorker,
-    SchedulerError,
-)
+from .worker.scheduler import DeviceWorker, SchedulerError
 
 log = logging.getLogger(__name__)
-Job = Callable[[CancelToken], Iterator[Chunk]]
-
-
-@dataclass(frozen=True)
-class RequestEdge:
-    """A chat or generate request's fields, validated once at the engine's edge (before queueing)."""
-
-    opts: GenerationOptions
-    warnings: list[str]
-    keep_alive: float
-    format_spec: GrammarSpec | None
-    name: str  # the stored model name
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """What the device half of a job runs: the fitted prompt, its window, decoding, and any truncation."""
-
-    tokens: list[int]
-    window: int
-    decoding: Decoding
-    truncation: dict[str, Any] | None
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """How chat and generate differ in the shared job: the empty chunk and the content chunks."""
-
-    empty: Callable[[str], Chunk]
-    chunks: Callable[[str, list[Part], list[dict[str, Any]] | None], Iterator[Chunk]]
-
-
-ENDPOINTS = {"chat": Endpoint(chat_chunk, chat_chunks), "generate": Endpoint(generate_chunk, generate_chunks)}
 
 
 def _default_keep_alive() -> float:
@@ -184,7 +122,7 @@ class Engine:
             pull(name, self.store)
         return self.store.resolve(name).name
 
-    def _submit(self, job: Job, asynchronous: bool) -> Any:
+    def _submit(self, job: Job[ChunkT], asynchronous: bool) -> Any:
         if self._closed:
             raise EngineError("the engine is closed; create a new Engine")
         if self.idle is not None:
@@ -196,11 +134,11 @@ class Engine:
         except SchedulerError as exc:  # a full queue, a stopped worker: mapped where every scheduler error is
             raise engine_error(exc) from exc
 
-    def _stream(self, job: Job) -> Iterator[Chunk]:
-        """Run a job on the device worker; map scheduler errors to Ollama-like ones; close frees the device."""
+    def _stream(self, job: Job[ChunkT]) -> Generator[ChunkT, None, None]:
+        """Run a job on the device worker; map scheduler errors to the engine's; close() cancels the request."""
         return mapped(self._submit(job, asynchronous=False))
 
-    def _astream(self, job: Job) -> AsyncIterator[Chunk]:
+    def _astream(self, job: Job[ChunkT]) -> AsyncGenerator[ChunkT, None]:
         return amapped(self._submit(job, asynchronous=True))
 
     def _options(self, raw: dict[str, Any] | None) -> tuple[Any, list[str]]:
@@ -217,154 +155,39 @@ class Engine:
 
     # ---- /api/chat and /api/generate ----------------------------------------------------------
 
-    def chat(self, request: ChatRequest | dict[str, Any]) -> Iterator[Chunk]:
+    def chat(self, request: ChatRequest | dict[str, Any]) -> Generator[ChatChunk, None, None]:
         """Ollama's /api/chat, streamed as response dicts (the last one has done=True)."""
         primary = lambda: self._stream(self._chat_job(request))  # noqa: E731
         return primary() if self.fallback is None else self.fallback.stream("chat", request, primary)
 
-    def achat(self, request: ChatRequest | dict[str, Any]) -> AsyncIterator[Chunk]:
+    def achat(self, request: ChatRequest | dict[str, Any]) -> AsyncIterator[ChatChunk]:
         primary = lambda: self._astream(self._chat_job(request))  # noqa: E731
         return primary() if self.fallback is None else self.fallback.astream("chat", request, primary)
 
-    def generate(self, request: GenerateRequest | dict[str, Any]) -> Iterator[Chunk]:
+    def generate(self, request: GenerateRequest | dict[str, Any]) -> Generator[GenerateChunk, None, None]:
         """Ollama's /api/generate, streamed as response dicts."""
         primary = lambda: self._stream(self._generate_job(request))  # noqa: E731
         return primary() if self.fallback is None else self.fallback.stream("generate", request, primary)
 
-    def agenerate(self, request: GenerateRequest | dict[str, Any]) -> AsyncIterator[Chunk]:
+    def agenerate(self, request: GenerateRequest | dict[str, Any]) -> AsyncIterator[GenerateChunk]:
         primary = lambda: self._astream(self._generate_job(request))  # noqa: E731
         return primary() if self.fallback is None else self.fallback.astream("generate", request, primary)
 
-    def _chat_job(self, request: ChatRequest | dict[str, Any]) -> Job:
+    def _chat_job(self, request: ChatRequest | dict[str, Any]) -> Job[ChatChunk]:
         req = parse_request(ChatRequest, request)
         req, shown_as = derived_models.apply_derived(self.store, req)  # derived-model hook: base + defaults
-        edge = self._edge(req)
+        return derived_models.renamed(chat_job(req, self._edge(req), self.slots, self.idle), shown_as)
 
-        def prepare(runner: ModelRunner) -> Prepared:
-            check_prompt_size((t for m in req.messages for t in (m.content, m.thinking)),
-                              prompt_byte_limit(runner.capacity), runner.capacity)
-            plan = runner.prompts.chat_plan(req)
-            window = edge.opts.context_size(runner.capacity)
-            fit = fit_messages(plan.messages, plan.render, window, num_keep=edge.opts.num_keep,
-                               truncate=req.truncate, cuts=runner.cuts)
-            key = request_key(runner.model.name, [m.model_dump(exclude_none=True) for m in req.messages], plan.tools)
-            decoding = chat_decoding(plan, fit.tokens, decode=runner.model.tokenizer.decode,
-                                     grammars=runner.grammars if plan.forced else None, format_spec=edge.format_spec,
-                                     call_key=key, builder_family=runner.prompts.family)
-            planned.update(runner=runner, render=plan.render, messages=fit.messages, window=window)
-            return Prepared(fit.tokens, window, decoding, fit.report.as_metadata() if fit.report.truncated else None)
-
-        planned: dict[str, Any] = {}  # what prepare decided, for the idle prefill after the reply
-        job = self._job(req, edge, ENDPOINTS["chat"], load_only=not req.messages, prepare=prepare)
-        if self.idle is not None and edge.opts.num_predict != 0:
-            job = self._then_idle_prefill(job, edge.name, planned)
-        return derived_models.renamed(job, shown_as)
-
-    def _then_idle_prefill(self, job: Job, name: str, planned: dict[str, Any]) -> Job:
-        """Run a chat job; once its reply has ended (stop or length), queue the idle prefill of the next turn."""
-        idle = self.idle
-        assert idle is not None
-
-        def then(cancel: CancelToken) -> Iterator[Chunk]:
-            content: list[str] = []
-            for chunk in job(cancel):
-                message = chunk.get("message") or {}
-                if message.get("tool_calls"):
-                    planned.clear()  # a tool round: the next message is the tool's, not the visitor's
-                content.append(message.get("content") or "")
-                if chunk.get("done") and chunk.get("done_reason") in ("stop", "length") and planned:
-                    reply = {"role": "assistant", "content": "".join(content)}  # as the client will resend it
-                    # queued before the last chunk is delivered, so the client's next request supersedes it
-                    idle.schedule(name, planned["runner"], planned["render"], planned["messages"], reply,
-                                  planned["window"])
-                yield chunk
-
-        return then
-
-    def _generate_job(self, request: GenerateRequest | dict[str, Any]) -> Job:
+    def _generate_job(self, request: GenerateRequest | dict[str, Any]) -> Job[GenerateChunk]:
         req = parse_request(GenerateRequest, request)
         req, shown_as = derived_models.apply_derived(self.store, req)  # derived-model hook: base + defaults
-        edge = self._edge(req)
-
-        def prepare(runner: ModelRunner) -> Prepared:
-            check_prompt_size((req.system, req.prompt, req.suffix), prompt_byte_limit(runner.capacity), runner.capacity)
-            window = edge.opts.context_size(runner.capacity)
-            tokens = runner.prompts.generate_tokens(req)
-            truncation = None
-            if len(tokens) > window:
-                if not req.truncate:
-                    raise InvalidRequestError(f"the prompt is {len(tokens)} tokens, "
-                                              f"longer than the context length {window}")
-                tokens, dropped = truncate_tokens(tokens, window, edge.opts.num_keep)
-                truncation = {"window": window, "prompt_tokens": len(tokens), "dropped_messages": 0,
-                              "truncated_tokens": dropped}
-            prompts = runner.prompts
-            decoding = generate_decoding(think=think_requested(req.think, prompts.thinking_model),
-                                         thinking_model=prompts.thinking_model, raw=req.raw, prompt=tokens,
-                                         decode=runner.model.tokenizer.decode, format_spec=edge.format_spec)
-            return Prepared(tokens, window, decoding, truncation)
-
-        load_only = not (req.prompt or req.suffix or req.context)
-        job = self._job(req, edge, ENDPOINTS["generate"], load_only=load_only, prepare=prepare,
-                        with_context=not req.raw)
-        return derived_models.renamed(job, shown_as)
+        return derived_models.renamed(generate_job(req, self._edge(req), self.slots), shown_as)
 
     def _edge(self, req: ChatRequest | GenerateRequest) -> RequestEdge:
         """Everything checked before queueing: options, keep_alive, the format's grammar, the model's name."""
         opts, warnings = self._options(req.options)
         return RequestEdge(opts, warnings, self._keep_alive(req.keep_alive), format_grammar(req.format),
                            self._resolve(req.model))  # model not found is raised here, before queueing
-
-    def _job(self, req: ChatRequest | GenerateRequest, edge: RequestEdge, endpoint: Endpoint, *, load_only: bool,
-             prepare: Callable[[ModelRunner], Prepared], with_context: bool = False) -> Job:
-        """The device half shared by chat and generate: load (or only load / unload), run, stream, finish."""
-        name, keep_alive = edge.name, edge.keep_alive
-
-        def job(cancel: CancelToken) -> Iterator[Chunk]:
-            started = time.perf_counter_ns()
-            if load_only and keep_alive <= 0 and name not in self.slots:  # unload: nothing to load
-                yield {**endpoint.empty(name), **final_fields(Timings(started), "unload", time.perf_counter_ns())}
-                return
-            entry, load_ns = self.slots.ensure_loaded(name)
-            timings = Timings(started_ns=started, load_ns=load_ns)
-            runner = entry.runner
-            model_name = runner.model.name
-            if load_only:  # Ollama: an empty request loads (or unloads with keep_alive 0)
-                self.slots.after_request(entry, keep_alive)
-                reason = "unload" if keep_alive <= 0 else "load"
-                yield {**endpoint.empty(model_name), **final_fields(timings, reason, time.perf_counter_ns())}
-                return
-            run = prepare(runner)
-            meta = ExtraMetadata(warnings=edge.warnings + run.decoding.warnings, backend=runner.model.backend,
-                                 truncation=run.truncation)
-            parser = run.decoding.parser
-            stats: RunStats | None = None
-            try:
-                for step in runner.run(run.tokens, edge.opts, cancel, window=run.window, logprobs=req.logprobs,
-                                       top_logprobs=req.top_logprobs, constraint=run.decoding.constraint):
-                    if step.text or step.logprobs:
-                        yield from endpoint.chunks(model_name, parser.feed(step.text), step.logprobs)
-                    stats = step.final or stats
-                yield from endpoint.chunks(model_name, parser.finish(), None)
-            finally:
-                self.slots.after_request(entry, keep_alive)
-            assert stats is not None  # a run that ends without raising ends with its stats
-            final = self._final(endpoint.empty(model_name), timings, stats, meta)
-            if with_context:
-                final["context"] = stats.tokens
-            yield final
-
-        return job if req.stream else whole_reply(job)  # nothing reaches the caller before done: re-runnable
-
-    @staticmethod
-    def _final(chunk: Chunk, timings: Timings, stats: RunStats, meta: ExtraMetadata) -> Chunk:
-        if stats.closing_tokens:
-            meta.warnings.append(f"the JSON was closed early to fit the token budget ({stats.closing_tokens} "
-                                 "tokens chosen by the closing policy); raise num_predict for a full answer")
-        timings.prompt_eval_count, timings.prompt_eval_ns = stats.prompt_tokens, stats.prompt_ns
-        timings.eval_count, timings.eval_ns = stats.eval_count, stats.eval_ns
-        meta.reused_tokens = stats.reused_tokens
-        return {**chunk, **final_fields(timings, stats.done_reason, time.perf_counter_ns()), "ax": meta.as_dict()}
 
     # ---- /api/embed -----------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from typing import Any, Protocol
 
 from ..model import derived as derived_models
@@ -29,7 +29,7 @@ from .errors import EngineError
 from .ops.degraded import CardProber, DegradedMode
 from .ops.recovery import DeviceFatalError
 from .requests import ChatRequest, GenerateRequest, parse_request
-from .responses import Chunk, mark_degraded
+from .responses import Chunk, ChunkT, mark_degraded
 
 log = logging.getLogger(__name__)
 REQUESTS: dict[str, type[ChatRequest] | type[GenerateRequest]] = {"chat": ChatRequest, "generate": GenerateRequest}
@@ -48,11 +48,11 @@ class FallbackEngine(Protocol):
     def close(self) -> None: ...
 
 
-def _held(request: Any) -> list[Chunk] | None:
-    """A list that holds a non-streamed request's chunks until it is done (its caller sees only the whole answer,
-    so a card lost mid-generation can still re-run it); None for a stream."""
+def _holds_until_done(request: Any) -> bool:
+    """Whether a request's chunks are held until it is done: a non-streamed one (its caller sees only the whole
+    answer, so a card lost mid-generation can still re-run it)."""
     stream = request.get("stream", True) if isinstance(request, dict) else getattr(request, "stream", True)
-    return None if stream is not False else []
+    return stream is False
 
 
 def _requested_model(request: Any) -> str | None:
@@ -113,7 +113,8 @@ class CardFallback:
 
     # ---- sync ----------------------------------------------------------------------------------------
 
-    def stream(self, endpoint: str, request: Any, primary: Callable[[], Iterator[Chunk]]) -> Iterator[Chunk]:
+    def stream(self, endpoint: str, request: Any,
+               primary: Callable[[], Iterator[ChunkT]]) -> Generator[ChunkT, None, None]:
         """`primary` (the card's request, started here) unless degraded; the fallback's answer otherwise."""
         if not self.mode.active:
             losses = self.mode.losses
@@ -126,9 +127,10 @@ class CardFallback:
                 return self._watched(endpoint, request, chunks, primary, losses)
         return self._answer(endpoint, request)
 
-    def _watched(self, endpoint: str, request: Any, chunks: Iterator[Chunk], primary: Callable[[], Iterator[Chunk]],
-                 losses: int) -> Iterator[Chunk]:
-        emitted, held = False, _held(request)
+    def _watched(self, endpoint: str, request: Any, chunks: Iterator[ChunkT], primary: Callable[[], Iterator[ChunkT]],
+                 losses: int) -> Generator[ChunkT, None, None]:
+        emitted = False
+        held: list[ChunkT] | None = [] if _holds_until_done(request) else None
         try:
             try:
                 for chunk in chunks:
@@ -145,15 +147,16 @@ class CardFallback:
                 return
         finally:
             _close(chunks)
-        yield from self._answer(endpoint, request) if self.mode.active else primary()  # the card may be back
+        rest: Iterator[ChunkT] = self._answer(endpoint, request) if self.mode.active else primary()  # card back?
+        yield from rest
 
-    def _answer(self, endpoint: str, request: Any) -> Iterator[Chunk]:
+    def _answer(self, endpoint: str, request: Any) -> Generator[ChunkT, None, None]:
         asked, req = self._fallback_request(endpoint, request)
-        chunks: Iterator[Chunk] = getattr(self._engine_now(), endpoint)(req)
+        chunks: Iterator[ChunkT] = getattr(self._engine_now(), endpoint)(req)
         return self._relabel(chunks, asked, self.mode.metadata())
 
     @staticmethod
-    def _relabel(chunks: Iterator[Chunk], asked: str, meta: dict[str, Any]) -> Iterator[Chunk]:
+    def _relabel(chunks: Iterator[ChunkT], asked: str, meta: dict[str, Any]) -> Generator[ChunkT, None, None]:
         try:
             for chunk in chunks:
                 yield _marked(chunk, asked, meta)
@@ -162,8 +165,8 @@ class CardFallback:
 
     # ---- async ---------------------------------------------------------------------------------------
 
-    def astream(self, endpoint: str, request: Any, primary: Callable[[], AsyncIterator[Chunk]]
-                ) -> AsyncIterator[Chunk]:
+    def astream(self, endpoint: str, request: Any, primary: Callable[[], AsyncIterator[ChunkT]]
+                ) -> AsyncIterator[ChunkT]:
         if not self.mode.active:
             losses = self.mode.losses
             try:
@@ -175,9 +178,10 @@ class CardFallback:
                 return self._awatched(endpoint, request, chunks, primary, losses)
         return self._aanswer(endpoint, request)
 
-    async def _awatched(self, endpoint: str, request: Any, chunks: AsyncIterator[Chunk],
-                        primary: Callable[[], AsyncIterator[Chunk]], losses: int) -> AsyncIterator[Chunk]:
-        emitted, held = False, _held(request)
+    async def _awatched(self, endpoint: str, request: Any, chunks: AsyncIterator[ChunkT],
+                        primary: Callable[[], AsyncIterator[ChunkT]], losses: int) -> AsyncIterator[ChunkT]:
+        emitted = False
+        held: list[ChunkT] | None = [] if _holds_until_done(request) else None
         try:
             try:
                 async for chunk in chunks:
@@ -195,16 +199,17 @@ class CardFallback:
                 return
         finally:
             await _aclose(chunks)
-        async for chunk in self._aanswer(endpoint, request) if self.mode.active else primary():
+        rest: AsyncIterator[ChunkT] = self._aanswer(endpoint, request) if self.mode.active else primary()
+        async for chunk in rest:
             yield chunk
 
-    def _aanswer(self, endpoint: str, request: Any) -> AsyncIterator[Chunk]:
+    def _aanswer(self, endpoint: str, request: Any) -> AsyncIterator[ChunkT]:
         asked, req = self._fallback_request(endpoint, request)
-        chunks: AsyncIterator[Chunk] = getattr(self._engine_now(), "a" + endpoint)(req)
+        chunks: AsyncIterator[ChunkT] = getattr(self._engine_now(), "a" + endpoint)(req)
         return self._arelabel(chunks, asked, self.mode.metadata())
 
     @staticmethod
-    async def _arelabel(chunks: AsyncIterator[Chunk], asked: str, meta: dict[str, Any]) -> AsyncIterator[Chunk]:
+    async def _arelabel(chunks: AsyncIterator[ChunkT], asked: str, meta: dict[str, Any]) -> AsyncIterator[ChunkT]:
         try:
             async for chunk in chunks:
                 yield _marked(chunk, asked, meta)
@@ -272,18 +277,19 @@ def check_fallback_model(store: ModelStore, model: str, *, auto_pull: bool) -> N
                                  "chat or generate; name an LLM (for example smollm2:135m)")
 
 
-def _marked(chunk: Chunk, asked: str, meta: dict[str, Any]) -> Chunk:
-    chunk = {**chunk, "model": asked}
-    return mark_degraded(chunk, meta) if chunk.get("done") else chunk
+def _marked(chunk: ChunkT, asked: str, meta: dict[str, Any]) -> ChunkT:
+    relabelled = chunk.copy()
+    relabelled["model"] = asked
+    return mark_degraded(relabelled, meta) if relabelled.get("done") else relabelled
 
 
-def _close(chunks: Iterator[Chunk]) -> None:
+def _close(chunks: Iterator[ChunkT]) -> None:
     close = getattr(chunks, "close", None)
     if close is not None:
         close()
 
 
-async def _aclose(chunks: AsyncIterator[Chunk]) -> None:
+async def _aclose(chunks: AsyncIterator[ChunkT]) -> None:
     aclose = getattr(chunks, "aclose", None)
     if aclose is not None:
         await aclose()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypedDict
+from typing import Any, TypedDict, TypeVar
 
 
 class Message(TypedDict, total=False):
@@ -14,9 +14,10 @@ class Message(TypedDict, total=False):
     tool_calls: list[dict[str, Any]]
 
 
-class _Final(TypedDict, total=False):
+class FinalFields(TypedDict, total=False):
     """The done:true fields (Ollama omits zero counters) and our `ax` metadata (ExtraMetadata.as_dict)."""
 
+    done: bool
     done_reason: str
     total_duration: int
     load_duration: int
@@ -27,32 +28,30 @@ class _Final(TypedDict, total=False):
     ax: dict[str, Any]
 
 
-class ChatChunk(_Final, total=False):
+class ChatChunk(FinalFields, total=False):
     """One /api/chat response object."""
 
     model: str
     created_at: str
     message: Message
-    done: bool
     logprobs: list[dict[str, Any]]
 
 
-class GenerateChunk(_Final, total=False):
+class GenerateChunk(FinalFields, total=False):
     """One /api/generate response object; the last carries `context` unless raw."""
 
     model: str
     created_at: str
     response: str
     thinking: str
-    done: bool
     logprobs: list[dict[str, Any]]
     context: list[int]
 
 
-# What the engine streams, whatever the endpoint: a JSON object whose keys ChatChunk / GenerateChunk name
-# (tests/unit/test_chunk_shapes.py holds the engine's output to them). Adapters and the server merge and
-# extend chunks as plain dicts, so the streams are typed with this alias.
-Chunk = dict[str, Any]
+# What the engine streams, whatever the endpoint (the worker, the request guard and the server's stream
+# writer handle both); code written for either endpoint's chunks is generic in ChunkT.
+Chunk = ChatChunk | GenerateChunk
+ChunkT = TypeVar("ChunkT", ChatChunk, GenerateChunk)
 
 
 def now_rfc3339() -> str:
@@ -90,43 +89,48 @@ class ExtraMetadata:
         return out
 
 
-def mark_degraded(chunk: Chunk, degraded: dict[str, Any]) -> Chunk:
+def mark_degraded(chunk: ChunkT, degraded: dict[str, Any]) -> ChunkT:
     """A final chunk answered by the CPU fallback model while the card is lost (engine/fallback.py): `ax.degraded`
     names the fallback model, why and since when (unix time)."""
-    return {**chunk, "ax": {**chunk.get("ax", {}), "degraded": dict(degraded)}}
+    marked = chunk.copy()
+    marked["ax"] = {**chunk.get("ax", {}), "degraded": dict(degraded)}
+    return marked
 
 
-def final_fields(timings: Timings, done_reason: str, now_ns: int) -> dict[str, Any]:
+def final_fields(timings: Timings, done_reason: str, now_ns: int) -> FinalFields:
     """done:true fields; Ollama omits zero counters."""
-    fields: dict[str, Any] = {
-        "done": True,
-        "done_reason": done_reason,
-        "total_duration": max(now_ns - timings.started_ns, 1),
-        "load_duration": timings.load_ns,
-        "prompt_eval_count": timings.prompt_eval_count,
-        "prompt_eval_duration": timings.prompt_eval_ns,
-        "eval_count": timings.eval_count,
-        "eval_duration": timings.eval_ns,
-    }
-    return {k: v for k, v in fields.items() if v not in (0, None) or k in ("done", "done_reason")}
+    fields: FinalFields = {"done": True, "done_reason": done_reason,
+                           "total_duration": max(now_ns - timings.started_ns, 1)}
+    if timings.load_ns:
+        fields["load_duration"] = timings.load_ns
+    if timings.prompt_eval_count:
+        fields["prompt_eval_count"] = timings.prompt_eval_count
+    if timings.prompt_eval_ns:
+        fields["prompt_eval_duration"] = timings.prompt_eval_ns
+    if timings.eval_count:
+        fields["eval_count"] = timings.eval_count
+    if timings.eval_ns:
+        fields["eval_duration"] = timings.eval_ns
+    return fields
 
 
 def chat_chunk(model: str, content: str = "", *, thinking: str | None = None,
-               tool_calls: list[dict[str, Any]] | None = None, logprobs: list[dict[str, Any]] | None = None) -> Chunk:
-    message: dict[str, Any] = {"role": "assistant", "content": content}
+               tool_calls: list[dict[str, Any]] | None = None,
+               logprobs: list[dict[str, Any]] | None = None) -> ChatChunk:
+    message: Message = {"role": "assistant", "content": content}
     if thinking:
         message["thinking"] = thinking
     if tool_calls:
         message["tool_calls"] = tool_calls
-    chunk: Chunk = {"model": model, "created_at": now_rfc3339(), "message": message, "done": False}
+    chunk: ChatChunk = {"model": model, "created_at": now_rfc3339(), "message": message, "done": False}
     if logprobs:
         chunk["logprobs"] = logprobs
     return chunk
 
 
 def generate_chunk(model: str, response: str = "", *, thinking: str | None = None,
-                   logprobs: list[dict[str, Any]] | None = None) -> Chunk:
-    chunk: Chunk = {"model": model, "created_at": now_rfc3339(), "response": response, "done": False}
+                   logprobs: list[dict[str, Any]] | None = None) -> GenerateChunk:
+    chunk: GenerateChunk = {"model": model, "created_at": now_rfc3339(), "response": response, "done": False}
     if thinking:
         chunk["thinking"] = thinking
     if logprobs:

@@ -9,7 +9,7 @@ unchanged, and ignored.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
@@ -56,6 +56,9 @@ def validate_model_name(model: str, engine: Engine | None) -> None:
 class EngineHolder:
     """The `engine=` constructor argument (tests, services with their own Engine), else the shared one."""
 
+    if TYPE_CHECKING:
+        model: str  # a field of every class that mixes this in (ChatAXOllama, AXOllamaLLM, AXOllamaEmbeddings)
+
     @property
     def engine(self) -> Engine:
         engine: Engine | None = getattr(self, "_engine", None)
@@ -66,7 +69,7 @@ class EngineHolder:
         self._engine = engine
         if getattr(self, "validate_model_on_init", False):
             try:
-                validate_model_name(self.model, engine)  # type: ignore[attr-defined]
+                validate_model_name(self.model, engine)
             except ValueError as exc:  # ChatOllama validates in a model validator: pydantic wraps the ValueError
                 raise ValidationError.from_exception_data(type(self).__name__, [
                     {"type": "value_error", "loc": (), "input": self.model, "ctx": {"error": exc}}]) from exc

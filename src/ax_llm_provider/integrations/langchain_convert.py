@@ -29,6 +29,8 @@ from langchain_core.messages.ai import InputTokenDetails, UsageMetadata
 from langchain_core.messages.tool import invalid_tool_call, tool_call
 from langchain_core.outputs import ChatGenerationChunk
 
+from ..engine.responses import ChatChunk
+
 log = logging.getLogger(__name__)
 
 MODEL_PROVIDER = "ollama"  # response_metadata["model_provider"], as ChatOllama reports it
@@ -257,9 +259,9 @@ def is_empty_load(response: Mapping[str, Any], text: str) -> bool:
     return False
 
 
-def chat_chunk_from_response(response: Mapping[str, Any], reasoning: bool | str | None) -> ChatGenerationChunk | None:
-    """One engine chat response dict -> one ChatGenerationChunk (None for a skipped load response)."""
-    message = response.get("message") or {}
+def chat_chunk_from_response(response: ChatChunk, reasoning: bool | str | None) -> ChatGenerationChunk | None:
+    """One engine chat response -> one ChatGenerationChunk (None for a skipped load response)."""
+    message = response.get("message", {})
     content = message.get("content") or ""
     if is_empty_load(response, content):
         return None

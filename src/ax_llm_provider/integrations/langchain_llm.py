@@ -12,7 +12,7 @@ Generate semantics: call kwargs `system`, `raw`, `context` (token ids from a pre
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -22,6 +22,7 @@ from pydantic import PrivateAttr
 from pydantic.json_schema import JsonSchemaValue
 
 from ..engine.engine import Engine
+from ..engine.responses import GenerateChunk
 from ..ollama.errors import aiterate, iterate
 from .langchain_common import (
     EngineHolder,
@@ -36,7 +37,7 @@ _REQUEST_KWARGS = frozenset({"system", "raw", "context", "images", "suffix", "te
                              "top_logprobs", "keep_alive", "truncate", "shift"})
 
 
-def _generation_chunk(response: Mapping[str, Any], reasoning: bool | str | None) -> GenerationChunk | None:
+def _generation_chunk(response: GenerateChunk, reasoning: bool | str | None) -> GenerationChunk | None:
     text = response.get("response") or ""
     if is_empty_load(response, text):
         return None

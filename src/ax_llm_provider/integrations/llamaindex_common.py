@@ -16,7 +16,7 @@ import ollama
 
 from ..engine.default import get_engine
 from ..engine.engine import Engine
-from ..engine.responses import Chunk
+from ..engine.responses import ChatChunk
 from ..model.errors import ModelNotFoundError
 from ..ollama.errors import aiterate, iterate, ollama_errors
 from ..ollama.merge import merge_chat
@@ -33,21 +33,21 @@ def resolve_engine(engine: Engine | None, client: Any, what: str) -> Engine | No
     return engine or getattr(client, "_engine", None)
 
 
-def chat_stream(engine: Engine, body: dict[str, Any]) -> Iterator[Chunk]:
+def chat_stream(engine: Engine, body: dict[str, Any]) -> Iterator[ChatChunk]:
     """The engine's /api/chat stream; closing it early cancels the request and frees the device."""
     return iterate(lambda: engine.chat(body))
 
 
-def achat_stream(engine: Engine, body: dict[str, Any]) -> AsyncIterator[Chunk]:
+def achat_stream(engine: Engine, body: dict[str, Any]) -> AsyncIterator[ChatChunk]:
     return aiterate(lambda: engine.achat(body))
 
 
-def chat_once(engine: Engine, body: dict[str, Any]) -> Chunk:
+def chat_once(engine: Engine, body: dict[str, Any]) -> ChatChunk:
     """A non-streaming /api/chat response: the stream's content, thinking and calls, the final counters."""
     return merge_chat(list(chat_stream(engine, body)))
 
 
-async def achat_once(engine: Engine, body: dict[str, Any]) -> Chunk:
+async def achat_once(engine: Engine, body: dict[str, Any]) -> ChatChunk:
     return merge_chat([chunk async for chunk in achat_stream(engine, body)])
 
 

@@ -27,7 +27,7 @@ from llama_index.core.base.llms.types import (
     ToolCallBlock,
 )
 
-from ..engine.responses import Chunk
+from ..engine.responses import ChatChunk
 
 
 def parse_arguments(kwargs: Any) -> Any:
@@ -117,18 +117,24 @@ def _blocks(text: str, thinking: str, calls: Sequence[Mapping[str, Any]]) -> lis
     return blocks
 
 
-def chat_response(raw: Chunk, *, parallel_tool_calls: bool = True) -> ChatResponse:
+def chat_response(merged: ChatChunk, *, parallel_tool_calls: bool = True) -> ChatResponse:
     """A merged (non-streaming) Ollama chat response as LlamaIndex's ChatResponse."""
-    raw = dict(raw)
-    message = raw.get("message") or {}
+    message = merged.get("message", {})
     calls = tool_calls_of(message)
     if not parallel_tool_calls:
         calls = calls[:1]
-    usage = token_counts(raw)
+    blocks = _blocks(message.get("content") or "", message.get("thinking") or "", calls)
+    return ChatResponse(message=ChatMessage(role=message.get("role") or MessageRole.ASSISTANT, blocks=blocks),
+                        raw=raw_with_usage(merged))
+
+
+def raw_with_usage(chunk: ChatChunk) -> dict[str, Any]:
+    """The reference's `raw`: the response as a plain dict, with `usage` when the counters are there."""
+    raw: dict[str, Any] = {**chunk}
+    usage = token_counts(chunk)
     if usage:
         raw["usage"] = usage
-    blocks = _blocks(message.get("content") or "", message.get("thinking") or "", calls)
-    return ChatResponse(message=ChatMessage(role=message.get("role") or MessageRole.ASSISTANT, blocks=blocks), raw=raw)
+    return raw
 
 
 class StreamAccumulator:
@@ -146,11 +152,10 @@ class StreamAccumulator:
         self.calls: list[dict[str, Any]] = []
         self._seen: set[tuple[str, str]] = set()
 
-    def feed(self, chunk: Chunk) -> ChatResponse | None:
-        message = chunk.get("message") or {}
+    def feed(self, chunk: ChatChunk) -> ChatResponse | None:
+        message = chunk.get("message", {})
         if message.get("content") is None:
             return None
-        raw = dict(chunk)
         self.text += message.get("content") or ""
         self.thinking += message.get("thinking") or ""
         for call in tool_calls_of(message):
@@ -160,13 +165,10 @@ class StreamAccumulator:
                 continue
             self._seen.add(key)
             self.calls.append(call)
-        usage = token_counts(raw)
-        if usage:
-            raw["usage"] = usage
         return ChatResponse(
             message=ChatMessage(role=message.get("role") or MessageRole.ASSISTANT,
                                 blocks=_blocks(self.text, self.thinking, self.calls)),
             delta=message.get("content") or "",
-            raw=raw,
+            raw=raw_with_usage(chunk),
             additional_kwargs={"thinking_delta": message.get("thinking")},
         )

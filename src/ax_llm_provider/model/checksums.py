@@ -22,7 +22,7 @@ import os
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -32,7 +32,7 @@ from .layout import MANIFEST_NAME, is_path_like
 log = logging.getLogger(__name__)
 
 CHECKSUMS_NAME = "ax_checksums.json"
-CHECKSUMS_FORMAT = "ax-llm-checksums/1"
+CHECKSUMS_FORMAT: Final = "ax-llm-checksums/1"
 SAMPLE_BYTES = 64 * 1024
 _BLOCK = 1 << 20
 _MIB = 1 << 20
@@ -54,7 +54,7 @@ class ChecksumRecord(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     format: Literal["ax-llm-checksums/1"] = CHECKSUMS_FORMAT
-    sample_bytes: int = Field(SAMPLE_BYTES, gt=0)
+    sample_bytes: int = Field(default=SAMPLE_BYTES, gt=0)
     files: dict[str, FileDigest]
 
     @field_validator("files")

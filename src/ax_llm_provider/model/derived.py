@@ -19,6 +19,7 @@ The `_derived` directory starts with `_`, so the base-model listing of the store
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import logging
@@ -26,16 +27,19 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ModelDirectoryError
 from .store import ModelStore, is_path_like, normalize_name
 
+if TYPE_CHECKING:
+    from ..engine.responses import ChunkT
+
 log = logging.getLogger(__name__)
 DERIVED_DIR = "_derived"
-FORMAT = "ax-llm-derived/1"
+FORMAT: Final = "ax-llm-derived/1"
 
 
 class DerivedModel(BaseModel):
@@ -142,7 +146,7 @@ class DerivedStore:
             path.parent.rmdir()
         return True
 
-    def dependents(self, base: str) -> list[str]:
+    def dependents(self, base: str) -> builtins.list[str]:  # `list` here is the method above
         """Derived models whose base is `base` (a stored name)."""
         return [m.name for m in self.list() if m.base == base]
 
@@ -190,18 +194,15 @@ def _chat_messages(derived: DerivedModel, request: BaseModel) -> list[Any]:
     return prefix + messages
 
 
-Chunk = dict[str, Any]
-Job = Callable[[Any], Iterator[Chunk]]
-
-
-def renamed(job: Job, name: str | None) -> Job:
+def renamed(job: Callable[[Any], Iterator[ChunkT]], name: str | None) -> Callable[[Any], Iterator[ChunkT]]:
     """A job whose chunks name the derived model (Ollama answers with the model the request named)."""
     if name is None:
         return job
 
-    def wrapped(cancel: Any) -> Iterator[Chunk]:
+    def wrapped(cancel: Any) -> Iterator[ChunkT]:
         for chunk in job(cancel):
-            yield {**chunk, "model": name}
+            chunk["model"] = name  # each chunk is built afresh for this request
+            yield chunk
 
     return wrapped
 

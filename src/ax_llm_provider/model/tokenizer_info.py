@@ -41,7 +41,8 @@ def tokenizer_arrays(model_dir: str | Path) -> dict[str, Any]:
     for token, index in pairs.items():
         tokens[index] = token
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
-    return {"tokenizer.ggml.model": _GGML_MODEL.get(model.get("type"), str(model.get("type") or "")),
+    kind = str(model.get("type") or "")
+    return {"tokenizer.ggml.model": _GGML_MODEL.get(kind, kind),
             "tokenizer.ggml.tokens": tokens,
             "tokenizer.ggml.token_type": [kinds.get(i, NORMAL) for i in range(size)],
             "tokenizer.ggml.merges": merges}

@@ -21,6 +21,7 @@ from ..engine.default import get_engine
 from ..engine.embedder import LegacyEmbeddingsRequest
 from ..engine.engine import Engine
 from ..engine.requests import parse_request
+from ..engine.responses import ChunkT
 from ..model.tokenizer_info import verbose_show
 from .errors import ClientClosedError, ollama_errors, public_api, public_errors
 from .management import AsyncManagementMethods, ManagementMethods
@@ -124,13 +125,13 @@ class Client(_Base, ManagementMethods):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _iterate(self, start: Callable[[], Iterator[dict[str, Any]]], cls: type[Any]) -> Iterator[Any]:
+    def _iterate(self, start: Callable[[], Iterator[ChunkT]], cls: type[Any]) -> Iterator[Any]:
         with public_errors():
             for chunk in start():
                 yield cls(**chunk)
 
-    def _collect(self, start: Callable[[], Iterator[dict[str, Any]]],
-                 merge: Callable[[list[dict[str, Any]]], dict[str, Any]], cls: type[Any]) -> Any:
+    def _collect(self, start: Callable[[], Iterator[ChunkT]], merge: Callable[[list[ChunkT]], ChunkT],
+                 cls: type[Any]) -> Any:
         with ollama_errors():
             return cls(**merge(list(start())))
 
@@ -200,13 +201,13 @@ class AsyncClient(_Base, AsyncManagementMethods):
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def _aiterate(self, chunks: AsyncIterator[dict[str, Any]], cls: type[Any]) -> AsyncIterator[Any]:
+    async def _aiterate(self, chunks: AsyncIterator[ChunkT], cls: type[Any]) -> AsyncIterator[Any]:
         with public_errors():
             async for chunk in chunks:
                 yield cls(**chunk)
 
-    async def _acollect(self, chunks: AsyncIterator[dict[str, Any]],
-                        merge: Callable[[list[dict[str, Any]]], dict[str, Any]], cls: type[Any]) -> Any:
+    async def _acollect(self, chunks: AsyncIterator[ChunkT], merge: Callable[[list[ChunkT]], ChunkT],
+                        cls: type[Any]) -> Any:
         with ollama_errors():
             return cls(**merge([c async for c in chunks]))
 

@@ -47,7 +47,10 @@ def _progress(records: Iterator[dict[str, Any]]) -> Iterator[ollama.ProgressResp
 class _Management:
     """The work both clients share; each method returns Ollama's records (checks done before any is made)."""
 
-    engine: Engine  # the client's engine: a property of ollama/client.py `_Base`, first in the clients' bases
+    if TYPE_CHECKING:  # declared for the type checker: the property of ollama/client.py `_Base`, first in the
+        # clients' bases, provides it (declared as a plain attribute, a read-only property could not override it)
+        @property
+        def engine(self) -> Engine: ...
 
     def _pull_records(self, model: str, insecure: bool) -> Iterator[dict[str, Any]]:
         try:

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from ..engine.responses import ChatChunk, GenerateChunk, Message
 
 
-def merge_chat(chunks: list[dict[str, Any]]) -> dict[str, Any]:
-    final = dict(chunks[-1])
-    content = "".join(c["message"].get("content") or "" for c in chunks)
-    thinking = "".join(c["message"].get("thinking") or "" for c in chunks)
-    calls = [call for c in chunks for call in c["message"].get("tool_calls") or []]
-    message: dict[str, Any] = {"role": "assistant", "content": content}
+def merge_chat(chunks: list[ChatChunk]) -> ChatChunk:
+    final = chunks[-1].copy()
+    messages = [c.get("message", {}) for c in chunks]
+    content = "".join(m.get("content") or "" for m in messages)
+    thinking = "".join(m.get("thinking") or "" for m in messages)
+    calls = [call for m in messages for call in m.get("tool_calls") or []]
+    message: Message = {"role": "assistant", "content": content}
     if thinking:
         message["thinking"] = thinking
     if calls:
@@ -22,8 +23,8 @@ def merge_chat(chunks: list[dict[str, Any]]) -> dict[str, Any]:
     return final
 
 
-def merge_generate(chunks: list[dict[str, Any]]) -> dict[str, Any]:
-    final = dict(chunks[-1])
+def merge_generate(chunks: list[GenerateChunk]) -> GenerateChunk:
+    final = chunks[-1].copy()
     final["response"] = "".join(c.get("response") or "" for c in chunks)
     thinking = "".join(c.get("thinking") or "" for c in chunks)
     if thinking:

@@ -35,6 +35,7 @@ from .contract import (
     prefill_mask,
     select_decode_group,
 )
+from .host_kv import HostKV, as_bf16_bits
 from .planner import Planner, make_plan
 from .protocol import KVSnapshot
 from .spec import ShapeGroup, StackSpec
@@ -114,6 +115,7 @@ class AxengineDecoderStack:
 
         self._layers: list[Any] = []
         self._post: Any = None
+        self._kv: HostKV | None = None  # bf16 bits; made once the spec is known
         self._closed = False
         try:
             with vendor_stdout_to_log("load"):
@@ -132,10 +134,9 @@ class AxengineDecoderStack:
         except BaseException:
             self.close()  # what was loaded stays in CMM otherwise (see close)
             raise
-        c, kv = self.spec.decode_capacity, self.spec.kv_dim
         self._bf16 = next(n.dtype for n in self._nodes[0][0] if n.name == "input")
-        self._k = [np.zeros((1, c, kv), np.uint16) for _ in self._layers]
-        self._v = [np.zeros((1, c, kv), np.uint16) for _ in self._layers]
+        self._kv = HostKV(len(self._layers), self.spec.decode_capacity, self.spec.kv_dim, np.uint16,
+                          adopt=as_bf16_bits)
         # the no-history group's placeholder: never read, fed as zeros of whatever shape the node declares
         self._placeholders = {g: {n.name: np.zeros(n.shape, n.dtype) for n in ins if n.name in ("K_cache", "V_cache")}
                               for g, (ins, _) in enumerate(self._nodes) if self.spec.groups[g].history == 0}
@@ -162,19 +163,19 @@ class AxengineDecoderStack:
         mask_bits = float32_to_bf16(mask)
         names = [n.name for n in self._nodes[g][1]]
         placeholder = self._placeholders.get(g)
+        kv = self._host_kv()
         for m, session in enumerate(self._layers):
             feed = {"input": self._feed(g, "input", x), "indices": self._feed(g, "indices", indices),
                     "mask": self._feed(g, "mask", mask_bits)}
             if placeholder is not None:
                 feed.update(placeholder)
             else:
-                feed["K_cache"] = self._feed(g, "K_cache", self._k[m][:, :rows])
-                feed["V_cache"] = self._feed(g, "V_cache", self._v[m][:, :rows])
+                k_cache, v_cache = kv.rows(m, rows)
+                feed["K_cache"] = self._feed(g, "K_cache", k_cache)
+                feed["V_cache"] = self._feed(g, "V_cache", v_cache)
             out = dict(zip(names, session.run(None, feed, shape_group=g), strict=True))
-            self._k[m][0, start:start + count] = out["K_cache_out"].view(np.uint16).reshape(
-                -1, self.spec.kv_dim)[:count]
-            self._v[m][0, start:start + count] = out["V_cache_out"].view(np.uint16).reshape(
-                -1, self.spec.kv_dim)[:count]
+            kv.write(m, start, out["K_cache_out"].view(np.uint16).reshape(-1, self.spec.kv_dim)[:count],
+                     out["V_cache_out"].view(np.uint16).reshape(-1, self.spec.kv_dim)[:count])
             x = out["output"].view(np.uint16)
         return x.reshape(-1, self.spec.hidden)
 
@@ -207,15 +208,15 @@ class AxengineDecoderStack:
     def decode(self, embed: np.ndarray, pos: int) -> np.ndarray:
         return self._logits(self._decode_hidden(embed, pos))
 
+    def _host_kv(self) -> HostKV:
+        assert self._kv is not None  # made in __init__ once the spec is read; a failed __init__ returns no stack
+        return self._kv
+
     def kv_save(self, length: int) -> KVSnapshot:
-        return KVSnapshot(length,
-                          tuple(k[0, :length].copy() for k in self._k), tuple(v[0, :length].copy() for v in self._v))
+        return self._host_kv().save(length)
 
     def kv_restore(self, snapshot: KVSnapshot) -> None:
-        n = snapshot.length
-        for layer in range(len(self._k)):
-            for dst, src in ((self._k[layer], snapshot.k[layer]), (self._v[layer], snapshot.v[layer])):
-                dst[0, :n] = src if src.dtype == np.uint16 else float32_to_bf16(src)
+        self._host_kv().restore(snapshot)
 
     def close(self) -> None:
         """Unload every session now: pyaxengine keeps them in a module-level list, so dropping frees nothing."""
@@ -227,8 +228,8 @@ class AxengineDecoderStack:
             _unload(session)
         self._layers.clear()
         self._post = None
-        for caches in (getattr(self, "_k", []), getattr(self, "_v", [])):
-            caches.clear()
+        if self._kv is not None:
+            self._kv.clear()
         log.debug("axengine decoder stack closed: %d sessions unloaded", len(sessions))
 
 

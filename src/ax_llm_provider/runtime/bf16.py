@@ -20,3 +20,8 @@ def float32_to_bf16(values: np.ndarray) -> np.ndarray:
     if nan.any():
         out[nan] = 0x7FC0
     return out
+
+
+def bf16_round(values: np.ndarray) -> np.ndarray:
+    """float32 values rounded to bf16 (as the card stores them), kept as float32."""
+    return bf16_to_float32(float32_to_bf16(np.asarray(values, dtype=np.float32)))

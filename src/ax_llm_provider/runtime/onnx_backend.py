@@ -30,6 +30,7 @@ from .contract import (
     prefill_mask,
     select_decode_group,
 )
+from .host_kv import HostKV
 from .planner import Planner, make_plan
 from .protocol import KVSnapshot
 from .spec import ShapeGroup, StackSpec
@@ -93,9 +94,7 @@ class OnnxDecoderStack:
         self._layers = [ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for p in layer_paths]
         self._post = ort.InferenceSession(str(post_path), options, providers=["CPUExecutionProvider"])
         self.spec = self._read_spec(layer_paths)
-        c, kv = self.spec.decode_capacity, self.spec.kv_dim
-        self._k = [np.zeros((1, c, kv), dtype=np.float32) for _ in self._layers]
-        self._v = [np.zeros((1, c, kv), dtype=np.float32) for _ in self._layers]
+        self._kv = HostKV(len(self._layers), self.spec.decode_capacity, self.spec.kv_dim, np.float32)
         self._closed = False
 
     def _read_spec(self, layer_paths: Sequence[Path]) -> StackSpec:
@@ -124,13 +123,10 @@ class OnnxDecoderStack:
                     start: int, count: int) -> np.ndarray:
         """Run all layers on x [1, S, H] against kv_rows cache rows; write the first `count` new K/V rows at `start`."""
         for layer, session in enumerate(self._layers):
+            k_cache, v_cache = self._kv.rows(layer, kv_rows)
             k_out, v_out, x = session.run(
-                LAYER_OUTPUTS,
-                {"input": x, "indices": indices, "mask": mask,
-                 "K_cache": self._k[layer][:, :kv_rows], "V_cache": self._v[layer][:, :kv_rows]},
-            )
-            self._k[layer][0, start:start + count] = k_out[0, :count]
-            self._v[layer][0, start:start + count] = v_out[0, :count]
+                LAYER_OUTPUTS, {"input": x, "indices": indices, "mask": mask, "K_cache": k_cache, "V_cache": v_cache})
+            self._kv.write(layer, start, k_out[0, :count], v_out[0, :count])
         return x
 
     def _run_chunk(self, chunk: Chunk, embeds: np.ndarray) -> np.ndarray:
@@ -193,17 +189,10 @@ class OnnxDecoderStack:
     # -- prefix cache support ----------------------------------------------------------------
 
     def kv_save(self, length: int) -> KVSnapshot:
-        return KVSnapshot(
-            length=length,
-            k=tuple(k[0, :length].copy() for k in self._k),
-            v=tuple(v[0, :length].copy() for v in self._v),
-        )
+        return self._kv.save(length)
 
     def kv_restore(self, snapshot: KVSnapshot) -> None:
-        n = snapshot.length
-        for layer in range(len(self._k)):
-            self._k[layer][0, :n] = snapshot.k[layer]
-            self._v[layer][0, :n] = snapshot.v[layer]
+        self._kv.restore(snapshot)
 
     def close(self) -> None:
         if self._closed:
@@ -211,6 +200,5 @@ class OnnxDecoderStack:
         self._closed = True
         self._layers.clear()
         self._post = None  # releases the session and its thread pool even while the stack object lives on
-        self._k.clear()
-        self._v.clear()
+        self._kv.clear()
         log.debug("onnx decoder stack closed")

@@ -7,7 +7,7 @@ each. For CPU serving the layer graphs are composed at load time, unchanged, int
 `K_cache_i` / `V_cache_i` inputs and `K_cache_out_i` / `V_cache_out_i` outputs. The arithmetic is the
 per-layer graphs' own, so the tokens are the same as on the per-layer path.
 
-The KV cache stays in the host arrays of `OnnxDecoderStack`, bound in place with onnxruntime's IOBinding:
+The KV cache stays in the host arrays (runtime/host_kv.py `HostKV`), bound in place with onnxruntime's IOBinding:
 each layer's whole cache array is bound once as its `K_cache_i` input (the graph reads the first
 Hc = M - S rows, M being the mask width), and each step binds the `K_cache_out_i` outputs to the cache
 rows of the new positions, so onnxruntime writes the new keys and values where they belong and no
@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from .host_kv import HostKV
 from .onnx_backend import (
     LAYER_INPUTS,
     LAYER_OUTPUTS,
@@ -121,13 +122,11 @@ class FusedOnnxDecoderStack(OnnxDecoderStack):
         self._session = ort.InferenceSession(fused.SerializeToString(), options, providers=["CPUExecutionProvider"])
         del fused
         self._layers: list[Any] = []  # no per-layer sessions on this layout
-        c, kv = self.spec.decode_capacity, self.spec.kv_dim
-        self._k = [np.zeros((1, c, kv), dtype=np.float32) for _ in range(self.spec.layers)]
-        self._v = [np.zeros((1, c, kv), dtype=np.float32) for _ in range(self.spec.layers)]
+        self._kv = HostKV(self.spec.layers, self.spec.decode_capacity, self.spec.kv_dim, np.float32)
         self._binding = self._session.io_binding()
         for layer in range(self.spec.layers):  # the whole cache, bound once; the graph reads its first Hc rows
-            self._binding.bind_cpu_input(f"K_cache_{layer}", self._k[layer])
-            self._binding.bind_cpu_input(f"V_cache_{layer}", self._v[layer])
+            self._binding.bind_cpu_input(f"K_cache_{layer}", self._kv.k[layer])
+            self._binding.bind_cpu_input(f"V_cache_{layer}", self._kv.v[layer])
         self._closed = False
 
     def _fused_spec(self, models: Sequence[Any], paths: Sequence[Path], ort: Any, post_path: Path,
@@ -159,7 +158,7 @@ class FusedOnnxDecoderStack(OnnxDecoderStack):
         binding.bind_cpu_input("mask", np.ascontiguousarray(mask))
         shape = [1, count, self.spec.kv_dim]
         for layer in range(self.spec.layers):
-            for name, cache in (("K_cache_out", self._k[layer]), ("V_cache_out", self._v[layer])):
+            for name, cache in (("K_cache_out", self._kv.k[layer]), ("V_cache_out", self._kv.v[layer])):
                 rows = cache[:, start:start + count]  # contiguous: whole rows of a C-contiguous array
                 binding.bind_output(f"{name}_{layer}", "cpu", 0, np.float32, shape, rows.ctypes.data)
         out = np.empty((1, count, self.spec.hidden), dtype=np.float32)

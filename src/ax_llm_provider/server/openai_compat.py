@@ -16,8 +16,8 @@ These routes live in the same app as Ollama's, so they pass through the same mid
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol, TypeVar
 
 import anyio
 from pydantic import BaseModel
@@ -28,6 +28,7 @@ from starlette.types import Send
 
 from ..engine.engine import Engine
 from ..engine.requests import ChatRequest, EmbedRequest, GenerateRequest, parse_request
+from ..engine.responses import Chunk
 from ..ollama.merge import merge_chat, merge_generate
 from .errors import error_parts
 from .handlers import CompactJSON, Handler, answering_errors, read_json_body
@@ -47,17 +48,21 @@ from .openai_responses import (
     model_list,
     model_object,
 )
-from .streaming import Chunk, EngineStreamResponse, WatchedResponse, dumps, send_json
+from .streaming import EngineStreamResponse, StreamedT, WatchedResponse, dumps, send_json
 
 log = logging.getLogger(__name__)
 
 SSE = "text/event-stream"
 
 
-class _Shaper(Protocol):
-    def completion(self, merged: Chunk) -> dict[str, Any]: ...
+# what a shaper reads: chat chunks (ChatShaper) or generate chunks (CompletionShaper)
+_ShapedT = TypeVar("_ShapedT", bound=Chunk, contravariant=True)
 
-    def events(self, chunk: Chunk) -> list[dict[str, Any]]: ...
+
+class _Shaper(Protocol[_ShapedT]):
+    def completion(self, merged: _ShapedT) -> dict[str, Any]: ...
+
+    def events(self, chunk: _ShapedT) -> list[dict[str, Any]]: ...
 
 
 class _EngineSource(Protocol):
@@ -70,15 +75,16 @@ async def _send_error(send: Send, exc: BaseException) -> None:
     await send_json(send, status, error_body(status, message))
 
 
-class OpenAIStreamResponse(EngineStreamResponse):
+class OpenAIStreamResponse(EngineStreamResponse[StreamedT]):
     """The engine's chunks as one OpenAI object (stream false) or as server-sent events (stream true)."""
 
-    def __init__(self, chunks: Any, *, stream: bool, merge: Callable[[list[Chunk]], Chunk], shaper: _Shaper) -> None:
+    def __init__(self, chunks: AsyncIterator[StreamedT], *, stream: bool, merge: Callable[[list[StreamedT]], StreamedT],
+                 shaper: _Shaper[StreamedT]) -> None:
         super().__init__(chunks, stream=stream, merge=merge)
         self.shaper = shaper
 
     async def _respond(self, send: Send) -> None:
-        chunks: list[Chunk] = []
+        chunks: list[StreamedT] = []
         try:
             first = await self._next()
             if first is None:
@@ -95,7 +101,7 @@ class OpenAIStreamResponse(EngineStreamResponse):
             return
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", SSE.encode()), (b"cache-control", b"no-cache")]})
-        chunk: Chunk | None = first
+        chunk: StreamedT | None = first
         while chunk is not None:
             for event in self.shaper.events(chunk):
                 await send({"type": "http.response.body",
@@ -105,8 +111,8 @@ class OpenAIStreamResponse(EngineStreamResponse):
             except Exception as exc:  # noqa: BLE001 -- mid-stream: the error is the last event
                 status, message = error_parts(exc)
                 log.warning("OpenAI request failed mid-stream (%d): %s", status, message)
-                event = dumps(error_body(status, message))
-                await send({"type": "http.response.body", "body": b"data: " + event + b"\n\n", "more_body": False})
+                error = dumps(error_body(status, message))
+                await send({"type": "http.response.body", "body": b"data: " + error + b"\n\n", "more_body": False})
                 return
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
 

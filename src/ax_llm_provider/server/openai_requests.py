@@ -140,8 +140,8 @@ def _text_and_images(content: str | list[dict[str, Any]] | None) -> tuple[str, l
         elif kind == "image_url":
             url = part.get("image_url")
             url = url.get("url") if isinstance(url, dict) else url
-            prefix = next((p for p in _DATA_URL_PREFIXES if isinstance(url, str) and url.startswith(p)), None)
-            if prefix is None:
+            prefix = next((p for p in _DATA_URL_PREFIXES if url.startswith(p)), None) if isinstance(url, str) else None
+            if prefix is None or not isinstance(url, str):
                 raise BadRequest("invalid image input: images must be base64 data URLs (data:image/png;base64,...)")
             images.append(url[len(prefix):])
         else:

@@ -13,7 +13,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-Chunk = dict[str, Any]
+from ..engine.responses import ChatChunk, FinalFields, GenerateChunk
 
 FINGERPRINT = "fp_ax_llm"
 
@@ -24,7 +24,7 @@ def error_body(status: int, message: str) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "param": None, "code": None}}
 
 
-def _usage(chunk: Chunk) -> dict[str, int]:
+def _usage(chunk: FinalFields) -> dict[str, int]:
     prompt, completion = int(chunk.get("prompt_eval_count") or 0), int(chunk.get("eval_count") or 0)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
@@ -65,13 +65,14 @@ class ChatShaper:
         self.include_usage = include_usage
         self._calls_sent = False
 
-    def _finish(self, chunk: Chunk, calls: bool) -> str | None:
-        if not chunk.get("done"):
+    @staticmethod
+    def _finish(chunk: FinalFields, calls: bool, done: bool) -> str | None:
+        if not done:
             return None
         return "tool_calls" if calls else (chunk.get("done_reason") or "stop")
 
-    def completion(self, merged: Chunk) -> dict[str, Any]:
-        message = merged.get("message") or {}
+    def completion(self, merged: ChatChunk) -> dict[str, Any]:
+        message = merged.get("message", {})
         calls = _tool_calls(message.get("tool_calls"))
         out_message: dict[str, Any] = {"role": "assistant", "content": message.get("content") or ""}
         if message.get("thinking"):
@@ -79,14 +80,14 @@ class ChatShaper:
         if calls:
             out_message["tool_calls"] = calls
         choice: dict[str, Any] = {"index": 0, "message": out_message,
-                                  "finish_reason": self._finish({**merged, "done": True}, bool(calls)),
+                                  "finish_reason": self._finish(merged, bool(calls), done=True),
                                   "logprobs": {"content": merged["logprobs"]} if merged.get("logprobs") else None}
         return {"id": self.id, "object": "chat.completion", "created": self.created, "model": merged.get("model"),
                 "system_fingerprint": FINGERPRINT, "choices": [choice], "usage": _usage(merged)}
 
-    def events(self, chunk: Chunk) -> list[dict[str, Any]]:
+    def events(self, chunk: ChatChunk) -> list[dict[str, Any]]:
         """The SSE events of one engine chunk (the final one adds the usage event when asked)."""
-        message = chunk.get("message") or {}
+        message = chunk.get("message", {})
         calls = _tool_calls(message.get("tool_calls"))
         self._calls_sent = self._calls_sent or bool(calls)
         delta: dict[str, Any] = {"role": "assistant", "content": message.get("content") or ""}
@@ -94,7 +95,8 @@ class ChatShaper:
             delta["reasoning"] = message["thinking"]
         if calls:
             delta["tool_calls"] = calls
-        choice = {"index": 0, "delta": delta, "finish_reason": self._finish(chunk, self._calls_sent),
+        finish = self._finish(chunk, self._calls_sent, done=bool(chunk.get("done")))
+        choice = {"index": 0, "delta": delta, "finish_reason": finish,
                   "logprobs": {"content": chunk["logprobs"]} if chunk.get("logprobs") else None}
         base = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
                 "model": chunk.get("model"), "system_fingerprint": FINGERPRINT}
@@ -112,17 +114,17 @@ class CompletionShaper:
         self.created = int(time.time())
         self.include_usage = include_usage
 
-    def _object(self, chunk: Chunk, text: str) -> dict[str, Any]:
-        finish = (chunk.get("done_reason") or "stop") if chunk.get("done") else None
+    def _object(self, chunk: GenerateChunk, text: str, done: bool) -> dict[str, Any]:
+        finish = (chunk.get("done_reason") or "stop") if done else None
         return {"id": self.id, "object": "text_completion", "created": self.created, "model": chunk.get("model"),
                 "system_fingerprint": FINGERPRINT,
                 "choices": [{"text": text, "index": 0, "finish_reason": finish, "logprobs": None}]}
 
-    def completion(self, merged: Chunk) -> dict[str, Any]:
-        return {**self._object({**merged, "done": True}, merged.get("response") or ""), "usage": _usage(merged)}
+    def completion(self, merged: GenerateChunk) -> dict[str, Any]:
+        return {**self._object(merged, merged.get("response") or "", done=True), "usage": _usage(merged)}
 
-    def events(self, chunk: Chunk) -> list[dict[str, Any]]:
-        events = [self._object(chunk, chunk.get("response") or "")]
+    def events(self, chunk: GenerateChunk) -> list[dict[str, Any]]:
+        events = [self._object(chunk, chunk.get("response") or "", done=bool(chunk.get("done")))]
         if chunk.get("done") and self.include_usage:
             events.append({**events[0], "choices": [], "usage": _usage(chunk)})
         return events

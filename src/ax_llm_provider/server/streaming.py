@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import anyio
 from starlette.responses import Response
@@ -26,6 +26,9 @@ from ..engine.responses import Chunk
 from .errors import error_parts
 
 log = logging.getLogger(__name__)
+
+# the stream of one endpoint: chat chunks or generate chunks (a bound, so subclasses stay generic)
+StreamedT = TypeVar("StreamedT", bound=Chunk)
 
 
 NDJSON = "application/x-ndjson"
@@ -80,17 +83,17 @@ class WatchedResponse(Response):
                     await self.cleanup()
 
 
-class EngineStreamResponse(WatchedResponse):
+class EngineStreamResponse(WatchedResponse, Generic[StreamedT]):
     """Ollama's answer to /api/chat or /api/generate from the engine's async chunk iterator.
 
     stream=True: NDJSON, one chunk per line, flushed as produced (a load/unload answer is one JSON
     object, as Ollama sends it); stream=False: the chunks merged with ollama/merge.py into one object.
     """
 
-    def __init__(self, chunks: AsyncIterator[Chunk], *, stream: bool,
-                 merge: Callable[[list[Chunk]], Chunk]) -> None:
+    def __init__(self, chunks: AsyncIterator[StreamedT], *, stream: bool,
+                 merge: Callable[[list[StreamedT]], StreamedT]) -> None:
         super().__init__(self._respond, self._close)
-        self.chunks: AsyncIterator[Chunk] | None = chunks
+        self.chunks: AsyncIterator[StreamedT] | None = chunks
         self.stream, self.merge = stream, merge
 
     async def _close(self) -> None:
@@ -104,7 +107,7 @@ class EngineStreamResponse(WatchedResponse):
             await aclose()
         del chunks, aclose
 
-    async def _next(self) -> Chunk | None:
+    async def _next(self) -> StreamedT | None:
         if self.chunks is None:
             return None
         try:
@@ -128,7 +131,7 @@ class EngineStreamResponse(WatchedResponse):
         else:
             await self._respond_stream(first, send)
 
-    async def _respond_single(self, first: Chunk, send: Send) -> None:
+    async def _respond_single(self, first: StreamedT, send: Send) -> None:
         chunks = [first]
         try:
             while (item := await self._next()) is not None:
@@ -138,9 +141,9 @@ class EngineStreamResponse(WatchedResponse):
             return
         await send_json(send, 200, self.merge(chunks))
 
-    async def _respond_stream(self, first: Chunk, send: Send) -> None:
+    async def _respond_stream(self, first: StreamedT, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", NDJSON.encode())]})
-        chunk: Chunk | None = first
+        chunk: StreamedT | None = first
         while chunk is not None:
             await send({"type": "http.response.body", "body": dumps(chunk) + b"\n", "more_body": True})
             try:

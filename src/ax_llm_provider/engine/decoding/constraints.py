@@ -22,7 +22,7 @@ import json
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -169,7 +169,7 @@ _TOKENIZERS_LOCK = threading.Lock()
 _TOKENIZER_CACHE_SIZE = 4
 
 
-def ll_tokenizer(hf_tokenizer: Any, n_vocab: int, eos_ids: Sequence[int], key: str) -> Any:
+def ll_tokenizer(hf_tokenizer: Any, n_vocab: int, eos_ids: Collection[int], key: str) -> Any:
     """llguidance's tokenizer for a transformers fast tokenizer, built once per (key, vocab, eos)."""
     cache_key = (key, n_vocab, tuple(sorted(eos_ids)))
     with _TOKENIZERS_LOCK:
@@ -189,7 +189,7 @@ def ll_tokenizer(hf_tokenizer: Any, n_vocab: int, eos_ids: Sequence[int], key: s
 class GrammarCompiler:
     """Matchers for one model's vocabulary: `matcher(spec)` is a fresh matcher at the grammar's start."""
 
-    def __init__(self, hf_tokenizer: Any, *, vocab: int, eos_ids: Sequence[int], key: str,
+    def __init__(self, hf_tokenizer: Any, *, vocab: int, eos_ids: Collection[int], key: str,
                  cache_size: int = 32) -> None:
         self._hf = hf_tokenizer
         self.vocab = max(int(vocab), len(hf_tokenizer))

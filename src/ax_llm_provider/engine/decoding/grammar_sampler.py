@@ -199,12 +199,12 @@ class GuidedSampler:
             assert self.think_open is not None
             mask = mask.plus(self.think_open)
         began = time.perf_counter_ns()
-        need = self.need if not maybe and left is not None else None
-        if need is not None and need + _JUMP >= left:  # a free token might leave no room to close
+        need = self.need if not maybe else None  # the closing policy needs a budget (left) and a known need
+        if need is not None and left is not None and need + _JUMP >= left:  # a free token might leave no room
             token = self._close()
         else:
             token = self._sample(logits, history, mask)
-            if need is not None and left <= 2 * need + _ZONE and self._opens(token):
+            if need is not None and left is not None and left <= 2 * need + _ZONE and self._opens(token):
                 # a new object or array can grow the completion more than _JUMP: check this one exactly
                 after = self.closer.need(self.matcher, self.shape, cap=left + 1, first=token)
                 if after > left:  # no completion would fit after it: close instead

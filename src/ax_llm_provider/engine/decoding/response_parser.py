@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..prompt import ChatPlan
-from ..responses import chat_chunk, generate_chunk
+from ..responses import ChatChunk, GenerateChunk, chat_chunk, generate_chunk
 from .constraints import GrammarCompiler, GrammarSpec, tool_call_grammar
 from .grammar_sampler import ConstraintPlan
 from .thinking import OPEN_TAG, ThinkSplitter
@@ -122,7 +122,7 @@ def generate_decoding(*, think: bool, thinking_model: bool, raw: bool, prompt: S
     return Decoding(ResponseParser(splitter), constraint, _warnings(format_spec))
 
 
-def chat_chunks(model: str, parts: list[Part], logprobs: list[dict[str, Any]] | None) -> Iterator[dict[str, Any]]:
+def chat_chunks(model: str, parts: list[Part], logprobs: list[dict[str, Any]] | None) -> Iterator[ChatChunk]:
     """Chunks of parsed parts (thinking chunks have content ""); logprobs ride on the first one."""
     if not parts and logprobs:
         yield chat_chunk(model, logprobs=logprobs)
@@ -132,7 +132,7 @@ def chat_chunks(model: str, parts: list[Part], logprobs: list[dict[str, Any]] | 
         logprobs = None
 
 
-def generate_chunks(model: str, parts: list[Part], logprobs: list[dict[str, Any]] | None) -> Iterator[dict[str, Any]]:
+def generate_chunks(model: str, parts: list[Part], logprobs: list[dict[str, Any]] | None) -> Iterator[GenerateChunk]:
     if not parts and logprobs:
         yield generate_chunk(model, logprobs=logprobs)
     for part in parts:

@@ -80,7 +80,8 @@ class ThinkSplitter:
         """Consume a text delta; returns (thinking delta, content delta), either may be ""."""
         if not self.enabled:
             return "", text
-        thinking, content = [], []
+        thinking: list[str] = []
+        content: list[str] = []
         self._held += text
         while self._held:
             if self.state == _START and not self._start(content):

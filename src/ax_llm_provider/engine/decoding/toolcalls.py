@@ -199,7 +199,7 @@ def coerce(value: Any, schema: Any, root: Mapping[str, Any] | None = None) -> An
     if isinstance(enum, list) and value not in enum:
         value = next((e for e in enum if str(e) == str(value)), value)
     if isinstance(value, dict):
-        props = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+        props = found if isinstance(found := schema.get("properties"), dict) else {}
         extra = schema.get("additionalProperties")
         value = {k: coerce(v, props.get(k, extra), root) for k, v in value.items()}
     elif isinstance(value, list) and isinstance(schema.get("items"), dict):

@@ -23,14 +23,14 @@ from collections.abc import Callable, Iterator
 from ... import process
 from ...observability import metrics, request_fields, set_request_id
 from ...runtime.errors import DeviceError, model_refused
-from ..responses import Chunk
+from ..responses import Chunk, ChunkT
 from ..worker.scheduler import CancelToken, SchedulerError
 from .health import HealthMonitor
 from .recovery import DeviceFatalError, HangCancelled, RecoveryLadder
 
 log = logging.getLogger(__name__)
 
-Job = Callable[[CancelToken], Iterator[Chunk]]
+Job = Callable[[CancelToken], Iterator[ChunkT]]  # a chat or a generate job
 _ids = itertools.count(1)
 
 
@@ -43,11 +43,11 @@ def mark_load_failure(exc: DeviceError) -> None:
     exc.ax_load_failure = True  # type: ignore[attr-defined]
 
 
-def whole_reply(job: Job) -> Job:
+def whole_reply(job: Job[ChunkT]) -> Job[ChunkT]:
     """A non-streaming request's job: its chunks are handed over together once the reply is complete, so a
     fault anywhere in it leaves the caller with nothing yet, and the guard may run it again."""
 
-    def held(cancel: CancelToken) -> Iterator[Chunk]:
+    def held(cancel: CancelToken) -> Iterator[ChunkT]:
         yield from list(job(cancel))
 
     return held
@@ -67,13 +67,13 @@ class RequestGuard:
         if fatal is not None:
             raise DeviceFatalError(str(fatal), fatal.cause)
 
-    def guard(self, job: Job) -> tuple[Job, str]:
+    def guard(self, job: Job[ChunkT]) -> tuple[Job[ChunkT], str]:
         """Wrap a chat/generate job; returns it with its request id."""
         self.check_admission()
         request_id = new_request_id()
         submitted = time.monotonic()
 
-        def guarded(cancel: CancelToken) -> Iterator[Chunk]:
+        def guarded(cancel: CancelToken) -> Iterator[ChunkT]:
             set_request_id(request_id)
             self.current = (cancel, request_id)
             try:
@@ -96,7 +96,8 @@ class RequestGuard:
 
         return guarded, request_id
 
-    def _run(self, job: Job, cancel: CancelToken, request_id: str, submitted: float) -> Iterator[Chunk]:
+    def _run(self, job: Job[ChunkT], cancel: CancelToken, request_id: str,
+             submitted: float) -> Iterator[ChunkT]:
         self.monitor.wait_until_cool(cancel, submitted)
         self.check_admission()
         started = time.monotonic()

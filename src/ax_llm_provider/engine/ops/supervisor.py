@@ -39,6 +39,7 @@ from ...runtime.errors import (
     model_refused,
 )
 from ...status_channel import publish_status
+from ..responses import ChunkT
 from ..worker.scheduler import CancelToken, DeviceWorker, RequestStream
 from .device import CardAccess
 from .guard import Job, RequestGuard, mark_load_failure
@@ -216,7 +217,7 @@ class Supervisor:
     def check_admission(self) -> None:
         self.guard.check_admission()
 
-    def wrap(self, job: Job) -> tuple[Job, str]:
+    def wrap(self, job: Job[ChunkT]) -> tuple[Job[ChunkT], str]:
         """The job wrapped by the request guard, and its request id."""
         return self.guard.guard(job)
 

@@ -85,7 +85,7 @@ class DeviceApi:
         ret = self.card.lib_rt.axclrtGetDeviceProperties(device_id, props)
         if ret != 0:
             raise Fail(codes.unsigned(ret), "axclrtGetDeviceProperties")
-        fields = {name: getattr(props, name) for name, _ in AxclrtDeviceProperties._fields_}
+        fields = {field[0]: getattr(props, field[0]) for field in AxclrtDeviceProperties._fields_}
         return ({_snake(k): (list(v) if k == "reserved" else v) for k, v in fields.items() if k != "swVersion"}
                 | {"sw_version": list(props.swVersion.ljust(64, b"\0"))}, 0)
 

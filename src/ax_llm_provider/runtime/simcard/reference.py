@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bf16 import bf16_to_float32, float32_to_bf16
+from ..bf16 import bf16_round
 from ..contract import (
     decode_indices,
     decode_mask,
@@ -22,14 +22,11 @@ from ..contract import (
     prefill_mask,
     select_decode_group,
 )
+from ..host_kv import HostKV, as_bf16_values
 from ..planner import Planner, make_plan
 from ..protocol import KVSnapshot
 from ..spec import ShapeGroup, StackSpec
 from .models import LAYER_OUTPUTS, load_twin
-
-
-def bf16_round(x: np.ndarray) -> np.ndarray:
-    return bf16_to_float32(float32_to_bf16(np.asarray(x, dtype=np.float32)))
 
 
 class CardReference:
@@ -47,19 +44,17 @@ class CardReference:
                                   dims["K_cache"][g][1]) for g in range(first.groups))
         self.spec = StackSpec(layers=len(self._layers), hidden=dims["input"][0][-1], kv_dim=dims["K_cache"][0][-1],
                               vocab=self._post.outputs[0].dims[0][-1], groups=groups, io_dtype="bfloat16")
-        c, kv = self.spec.decode_capacity, self.spec.kv_dim
-        self._k = [np.zeros((1, c, kv), np.float32) for _ in self._layers]
-        self._v = [np.zeros((1, c, kv), np.float32) for _ in self._layers]
+        self._kv = HostKV(len(self._layers), self.spec.decode_capacity, self.spec.kv_dim, np.float32,
+                          adopt=as_bf16_values)  # bf16 values held as float32
 
     def _run(self, group: ShapeGroup, x: np.ndarray, indices: np.ndarray, mask: np.ndarray,
              start: int, count: int) -> np.ndarray:
-        rows = group.kv_rows
         for m, layer in enumerate(self._layers):
+            k_cache, v_cache = self._kv.rows(m, group.kv_rows)
             out = layer.runner.run(group.index, {"input": x, "indices": indices, "mask": bf16_round(mask),
-                                                 "K_cache": self._k[m][:, :rows], "V_cache": self._v[m][:, :rows]})
+                                                 "K_cache": k_cache, "V_cache": v_cache})
             k, v, x = (bf16_round(out[name]) for name in LAYER_OUTPUTS)
-            self._k[m][0, start:start + count] = k[0, :count]
-            self._v[m][0, start:start + count] = v[0, :count]
+            self._kv.write(m, start, k[0, :count], v[0, :count])
         return x[0]
 
     def _logits(self, hidden: np.ndarray) -> np.ndarray:
@@ -91,14 +86,11 @@ class CardReference:
         return self._logits(self._decode_hidden(np.asarray(embed, np.float32), pos))
 
     def kv_save(self, length: int) -> KVSnapshot:
-        return KVSnapshot(length,
-                          tuple(k[0, :length].copy() for k in self._k), tuple(v[0, :length].copy() for v in self._v))
+        return self._kv.save(length)
 
     def kv_restore(self, snapshot: KVSnapshot) -> None:
-        n = snapshot.length
-        for m in range(len(self._k)):
-            for dst, src in ((self._k[m], snapshot.k[m]), (self._v[m], snapshot.v[m])):
-                dst[0, :n] = bf16_to_float32(src) if src.dtype == np.uint16 else bf16_round(src)
+        self._kv.restore(snapshot)
 
     def close(self) -> None:
         self._layers.clear()
+        self._kv.clear()
