@@ -122,7 +122,7 @@ class ServingOnnxDecoderStack:
         if self._closed:
             return
         self._closed = True
-        self._chunk = self._step = None  # releases the sessions and their thread pools while the stack lives on
+        del self._chunk, self._step  # releases the sessions and their thread pools while the stack lives on
         self._weight_values.clear()
         self._weights.clear()
         self._k.clear()

@@ -105,7 +105,8 @@ def _fuse_rms_norms(g: _Editable) -> None:
         mean = g.producer(add.input[0]) if add is not None and add.op_type == "Add" else None
         square = g.producer(mean.input[0]) if mean is not None and mean.op_type == "ReduceMean" else None
         scale = _only_consumer(g, div.output[0], "Mul")
-        if square is None or square.op_type != "Mul" or list(square.input) != [x, x] or scale is None:
+        if (sqrt is None or add is None or mean is None or square is None or scale is None
+                or square.op_type != "Mul" or list(square.input) != [x, x]):
             continue
         eps, weight = g.const(add.input[1]), scale.input[1]
         if eps is None or eps.size != 1 or weight not in g.inits:
@@ -167,7 +168,12 @@ def _attention(g: _Editable, geo: Geometry) -> None:
     ctx = _by_pattern(g, r"ctx_flat_\d+", "attention output")
     q_in = _by_pattern(g, r"q_rope_halves_\d+", "q rotary Split").input[0]
     k_in = _by_pattern(g, r"k_rope_halves_\d+", "k rotary Split").input[0]
-    heads_of = {name: _only_consumer(g, name, "Reshape") for name in ("q_flat", "k_flat")}
+    heads_of: dict[str, onnx.NodeProto] = {}
+    for name in ("q_flat", "k_flat"):
+        reshape = _only_consumer(g, name, "Reshape")
+        if reshape is None:
+            raise ServingGraphError(f"{name} is not read by exactly one Reshape to heads")
+        heads_of[name] = reshape
     extra: list[onnx.NodeProto] = []
     if q_in == heads_of["q_flat"].output[0] and k_in == heads_of["k_flat"].output[0]:
         qkv = [split.input[0], "", ""]  # packed: q heads, then k heads, then v heads
@@ -357,7 +363,7 @@ def build_serving_graph(layers: Sequence[onnx.ModelProto], post: onnx.ModelProto
     whole.inits = inits
     _fuse_skip_norms(whole)
     vocab = post.graph.output[0].type.tensor_type.shape.dim[-1].dim_value
-    cache = [1, geo.kv_heads, "C", geo.head_dim]
+    cache: list[str | int] = [1, geo.kv_heads, "C", geo.head_dim]
     f32 = TensorProto.FLOAT
     inputs = [helper.make_tensor_value_info("input", f32, [1, "S", geo.hidden]),
               helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, [1]),
