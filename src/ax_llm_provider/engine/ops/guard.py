@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import time
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -55,7 +54,7 @@ class RequestGuard:
         """Wrap a chat/generate job; returns it with its request id."""
         self.check_admission()
         request_id = new_request_id()
-        submitted = time.monotonic()
+        submitted = self.monitor.clock()  # the thermal wait is measured on the monitor's clock
 
         def guarded(cancel: CancelToken) -> Iterator[Chunk]:
             set_request_id(request_id)
@@ -83,7 +82,7 @@ class RequestGuard:
     def _run(self, job: Job, cancel: CancelToken, request_id: str, submitted: float) -> Iterator[Chunk]:
         self.monitor.wait_until_cool(cancel, submitted)
         self.check_admission()
-        started = time.monotonic()
+        started = self.monitor.clock()
         retries = 0
         while True:
             emitted = 0

@@ -28,6 +28,7 @@ from ...observability import metrics
 from ...runtime import axcl_codes as codes
 from ...runtime.errors import DeviceError, DeviceMemoryError, DeviceOfflineError, DeviceTimeoutError
 from ...status_channel import publish_status
+from ..clock import SYSTEM_CLOCK, Clock
 from ..worker.scheduler import CancelToken, DeviceWorker, RequestStream
 from .device import CardAccess
 from .guard import Job, RequestGuard, mark_load_failure
@@ -46,22 +47,26 @@ class Supervisor:
 
     def __init__(self, slots: ModelSlots, worker: DeviceWorker, owner: process.Closable, *, backend: str,
                  device: int, card: Any | None = None, health: HealthConfig | None = None,
-                 recovery: RecoveryPolicy | None = None, device_lock: bool | None = None) -> None:
-        """owner: closed at interpreter exit (process.register) when a card is in use."""
-        self.slots, self.worker, self.owner = slots, worker, owner
+                 recovery: RecoveryPolicy | None = None, device_lock: bool | None = None,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
+        """owner: closed at interpreter exit (process.register) when a card is in use; clock: the time every
+        part reads (engine/clock.py)."""
+        self.slots, self.worker, self.owner, self.clock = slots, worker, owner, clock
         self.backend = backend
         self.config = health if health is not None else HealthConfig.from_env()
         self.policy = recovery if recovery is not None else RecoveryPolicy()
-        self.activity = DeviceActivity()
+        self.activity = DeviceActivity(clock.monotonic)
         self.card = CardAccess(backend, device, card=card, device_lock=device_lock, activity=self.activity,
-                               policy=self.policy, on_offline=self.on_offline, on_locked=self._publish_status)
-        self.ladder = RecoveryLadder(self.policy, self._reset_and_reload, self._reboot_and_reload)
+                               policy=self.policy, on_offline=self.on_offline, on_locked=self._publish_status,
+                               clock=clock)
+        self.ladder = RecoveryLadder(self.policy, self._reset_and_reload, self._reboot_and_reload,
+                                     clock=clock.monotonic)
         self.loading: str | None = None
         self.closing = False  # set by close(): the status channel stops publishing
         self._progress_at = 0.0
         self._idle_recovery: RequestStream[Any] | None = None
         self._idle_recovery_queued = False
-        self.monitor = HealthMonitor(self, self.config)
+        self.monitor = HealthMonitor(self, self.config, clock=clock.monotonic)
         self.guard = RequestGuard(self.ladder, self.monitor, self.policy, lambda: self.card.card_backend is not None)
         on_card = backend in ("axcl", "axengine") or (
             backend == "auto" and importlib.util.find_spec("axcl") is not None)
@@ -84,7 +89,7 @@ class Supervisor:
         step = [0]
 
         def progress(done: int, total: int) -> None:
-            self._progress_at = time.monotonic()
+            self._progress_at = self.clock.monotonic()
             self.loading = f"{name} {done}/{total}"
             tenth = done * 10 // max(total, 1)
             if tenth > step[0]:
@@ -104,7 +109,7 @@ class Supervisor:
         attempt = 0
         with process.critical_section(f"loading {name}"), self.card.mutex:
             self.loading = name
-            self._progress_at = time.monotonic()
+            self._progress_at = self.clock.monotonic()
             try:
                 while True:
                     attempt += 1
