@@ -183,6 +183,7 @@ class Supervisor:
     def probe(self) -> DeviceReading | None:
         card = self.card
         if card.card_backend is None or card.device_id is None or not len(self.slots):
+            self.monitor.nothing_to_read()
             return None
         if not card.mutex.acquire(blocking=False):
             return None  # a load, unload or reboot is under way
