@@ -15,8 +15,8 @@ so that expiry and reload happen at all.
 Pass: every request is accounted for (answered, or the documented typed error of the fault or thermal
 hold it met; none lost, none hung, nothing else), every fault and every card loss is followed by an
 answered request, the ladder never gave up, RSS after warm-up grows less than 5 % as the host sees it and
-less than 2 % once malloc_trim returned the allocator's free pages (reloads fragment the heap; a leak would
-stay), nothing leaks.
+less than 2 % with the model unloaded and malloc_trim's help (reloads fragment the heap and the prefix cache
+fills up to its bound; a leak would stay), nothing leaks.
 AX_LLM_RELIABILITY_FULL=1 runs 24 simulated hours; the default runs 2.
 """
 
@@ -251,11 +251,14 @@ class Driver:
         self.sample(trim=True)
 
     def sample(self, trim: bool) -> None:
-        """RSS as the host sees it; with trim, also what is left once the allocator returned its free pages
-        (what the process still references: a leak shows there, heap fragmentation does not)."""
+        """RSS as the host sees it; with trim, also what is left with the model unloaded (as a keep_alive expiry
+        does: no prefix cache, no sessions) once the allocator returned its free pages: what the process still
+        references for itself, where a leak shows and heap fragmentation and a fuller cache do not."""
         gc.collect()
         self.day.rss_mb.append(round(rss_bytes() / 2**20, 1))
         if trim:
+            self.engine.unload(self.client.model)
+            gc.collect()
             ctypes.CDLL("libc.so.6").malloc_trim(0)
             self.day.trimmed_mb.append(round(rss_bytes() / 2**20, 1))
 
