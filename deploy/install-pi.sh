@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install ax-llm-provider as a systemd service on a Raspberry Pi 5 (Ubuntu 24.04, arm64) with an
 # LLM-8850 (AX650N) M.2 card: AXCL host runtime (axclhost + dkms), the vendor's pyaxcl and pyaxengine
-# wheels, a venv with ax-llm-provider, CPU governor "performance", the ax-llm unit.
+# wheels, a venv with ax-llm-provider, CPU governor "performance", and one unit: the installation app
+# (ax-llm.service, the default) or, with --serve, Ollama's REST API (ax-llm-serve.service).
 #
 # UNTESTED ON HARDWARE: written from the vendor guides and docs/sdk-notes.md; `--dry-run` prints every
 # step without running it. Run as root:
@@ -12,6 +13,8 @@
 #     --axcl-deb /path/or/url/to/axclhost_<version>_arm64.deb \
 #     --model qwen2.5:0.5b --source dir:/var/lib/ax-llm/inbox
 #
+#   sudo deploy/install-pi.sh --pyaxcl-wheel-url ... --axcl-deb ... --serve --model qwen2.5:0.5b
+#
 # Options:
 #   --pyaxcl-wheel-url URL      pyAXCL wheel (GitHub release asset of AXERA-TECH/pyaxcl); required
 #   --pyaxengine-wheel-url URL  pyaxengine wheel (AXERA-TECH/pyaxengine releases); optional fallback backend
@@ -19,7 +22,9 @@
 #   --axcl-apt-source LINE      an apt source line for the vendor repository (written to sources.list.d)
 #   --prefix DIR                install root (default /opt/ax-llm)
 #   --model NAME                model the service preloads (default smollm2:135m)
-#   --source SRC                stdin | dir:PATH (default dir:/var/lib/ax-llm/inbox)
+#   --source SRC                stdin | dir:PATH (default dir:/var/lib/ax-llm/inbox); the installation app only
+#   --serve                     install ax-llm-serve.service (`ax-llm serve` on 127.0.0.1:11434, settings in
+#                               /etc/default/ax-llm-serve) instead of the installation app's ax-llm.service
 #   --no-start                  enable the unit but do not start it
 #   --skip-checks               do not insist on Ubuntu 24.04 / arm64 / a Pi 5 (for --dry-run elsewhere)
 #   --dry-run                   print the commands instead of running them
@@ -33,6 +38,7 @@ PYAXENGINE_URL=""
 AXCL_DEB=""
 AXCL_APT_SOURCE=""
 START=1
+SERVE=0
 CHECKS=1
 DRY_RUN=0
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -87,6 +93,7 @@ while [[ $# -gt 0 ]]; do
         --model) MODEL=$2; shift 2 ;;
         --source) SOURCE=$2; shift 2 ;;
         --no-start) START=0; shift ;;
+        --serve) SERVE=1; shift ;;
         --skip-checks) CHECKS=0; shift ;;
         --dry-run) DRY_RUN=1; shift ;;
         -h|--help) usage; exit 0 ;;
@@ -98,6 +105,12 @@ done
 [[ $PYAXCL_URL == *.whl* ]] || die "--pyaxcl-wheel-url must point at a .whl file"
 [[ -z $PYAXENGINE_URL || $PYAXENGINE_URL == *.whl* ]] || die "--pyaxengine-wheel-url must point at a .whl file"
 [[ $SOURCE == stdin || $SOURCE == dir:/* ]] || die "--source must be stdin or dir:/absolute/path"
+# the unit to install, and the other one (both own the card: only one may run)
+if [[ $SERVE -eq 1 ]]; then
+    UNIT=ax-llm-serve OTHER=ax-llm EXTRAS=langchain,cpu,server
+else
+    UNIT=ax-llm OTHER=ax-llm-serve EXTRAS=langchain,cpu
+fi
 
 # ---- 1. preflight ------------------------------------------------------------------------------------
 say "checking the machine"
@@ -152,7 +165,7 @@ say "creating the venv in $PREFIX/venv"
 run install -d -m 0755 "$PREFIX"
 run python3 -m venv "$PREFIX/venv"
 run "$PREFIX/venv/bin/pip" install --upgrade pip wheel
-run "$PREFIX/venv/bin/pip" install "${REPO}[langchain,cpu]"  # cpu: the default model is a CPU twin (onnxruntime)
+run "$PREFIX/venv/bin/pip" install "${REPO}[$EXTRAS]"  # cpu: the default model is a CPU twin (onnxruntime)
 say "installing the vendor wheels"
 wheel="$(fetch "$PYAXCL_URL")"
 run "$PREFIX/venv/bin/pip" install "$wheel"
@@ -163,21 +176,25 @@ fi
 run "$PREFIX/venv/bin/python" -c "import axcl; print('pyaxcl', axcl.__file__)"
 
 # ---- 5. the service ----------------------------------------------------------------------------------
-say "installing the service"
-run install -m 0755 "$HERE/installation_app.py" "$PREFIX/installation_app.py"
-run install -m 0644 "$HERE/ax-llm.service" /etc/systemd/system/ax-llm.service
+say "installing the service $UNIT"
+if [[ $SERVE -eq 0 ]]; then
+    run install -m 0755 "$HERE/installation_app.py" "$PREFIX/installation_app.py"
+    run install -m 0644 "$HERE/installation_io.py" "$PREFIX/installation_io.py"
+fi
+run install -m 0644 "$HERE/$UNIT.service" "/etc/systemd/system/$UNIT.service"
 if [[ $PREFIX != /opt/ax-llm ]]; then
-    run sed -i "s#/opt/ax-llm#$PREFIX#g" /etc/systemd/system/ax-llm.service
+    run sed -i "s#/opt/ax-llm#$PREFIX#g" "/etc/systemd/system/$UNIT.service"
 fi
-if [[ -f /etc/default/ax-llm ]]; then
-    warn "/etc/default/ax-llm exists: keeping it (the new template is $HERE/ax-llm.env)"
+if [[ -f /etc/default/$UNIT ]]; then
+    warn "/etc/default/$UNIT exists: keeping it (the new template is $HERE/$UNIT.env)"
 else
-    write_file /etc/default/ax-llm "$(sed -e "s#^AX_LLM_MODEL=.*#AX_LLM_MODEL=$MODEL#" \
-                                          -e "s#^AX_LLM_SOURCE=.*#AX_LLM_SOURCE=$SOURCE#" "$HERE/ax-llm.env")"
+    write_file "/etc/default/$UNIT" "$(sed -e "s#^AX_LLM_MODEL=.*#AX_LLM_MODEL=$MODEL#" \
+                                          -e "s#^AX_LLM_SOURCE=.*#AX_LLM_SOURCE=$SOURCE#" "$HERE/$UNIT.env")"
 fi
-if [[ $SOURCE == dir:* ]]; then
+if [[ $SERVE -eq 0 && $SOURCE == dir:* ]]; then
     run install -d -m 0775 "${SOURCE#dir:}"
 fi
+run install -d -m 0755 /var/lib/ax-llm
 # the card lock: private to the service user (never world-writable: a planted link or file could
 # be written through); to let a group of notebook users see the service's lock, give it that group
 write_file /etc/tmpfiles.d/ax-llm.conf "d /run/ax-llm 0750 root root -"
@@ -185,7 +202,7 @@ run systemd-tmpfiles --create /etc/tmpfiles.d/ax-llm.conf
 # CPU governor "performance" at every boot (the host orchestrates every token)
 write_file /etc/systemd/system/ax-llm-cpufreq.service "[Unit]
 Description=CPU governor performance for ax-llm
-Before=ax-llm.service
+Before=ax-llm.service ax-llm-serve.service
 
 [Service]
 Type=oneshot
@@ -196,18 +213,21 @@ RemainAfterExit=yes
 WantedBy=multi-user.target"
 run systemctl daemon-reload
 run systemctl enable --now ax-llm-cpufreq.service
-run systemctl enable ax-llm.service
+if [[ -f /etc/systemd/system/$OTHER.service ]]; then
+    run systemctl disable --now "$OTHER.service"  # Conflicts= stops it at runtime; at boot only one may start
+fi
+run systemctl enable "$UNIT.service"
 if [[ $START -eq 1 ]]; then
-    run systemctl restart ax-llm.service
+    run systemctl restart "$UNIT.service"
 fi
 
 say "done"
 cat <<EOF
 Next:
   * put the model in the store: sudo AX_LLM_MODELS=/var/lib/ax-llm/models $PREFIX/venv/bin/ax-llm pull $MODEL
-    (or copy a bundle there; the store is AX_LLM_MODELS in /etc/default/ax-llm)
-  * follow it:   journalctl -u ax-llm -f        (JSON lines; set AX_LLM_LOG_JSON=0 for text)
-  * its state:   systemctl status ax-llm        (STATUS= line: serving / paused / rebooting)
-  * settings:    /etc/default/ax-llm, then: sudo systemctl restart ax-llm
+    (or copy a bundle there; the store is AX_LLM_MODELS in /etc/default/$UNIT)
+  * follow it:   journalctl -u $UNIT -f
+  * its state:   systemctl status $UNIT        (STATUS= line: serving / paused / rebooting)
+  * settings:    /etc/default/$UNIT, then: sudo systemctl restart $UNIT
 This script is untested on hardware: check each step's output the first time.
 EOF

@@ -1,90 +1,46 @@
-"""Process lifecycle around the card: one owner per card, finalize on SIGTERM/SIGINT/atexit, systemd notify.
+"""Process lifecycle around the card: one owner per card, and (re-exported here) how the process stops and
+talks to systemd.
 
 * **One owner.** Only one process may drive a card (a second one gets `Set AXCL device failed{0x80300186}`).
   `DeviceLock` is an advisory `fcntl.flock` on `<lock dir>/card<N>.lock`, taken before the device is
   touched; the holder writes its PID, command line and start time into the file so a second process (a
   second Jupyter kernel) is told who owns the card. The lock dies with its process, so a crash never
   leaves it stale. Lock dir and safe opening: ax_llm_provider/owner_lock.py. `device_users()` finds processes
-  that hold /dev/axcl* open (for the 0x80300186 case,
-  where the owner may not be an ax-llm process).
-* **Never die during a load.** A SIGKILL or exit during an engine load can wedge the card. `install()`
-  turns SIGTERM/SIGINT into a clean `SystemExit(0)` raised in the main thread, so the program unwinds and
-  the atexit finalizer closes every engine (engine.close: cancel the generation, unload, free, finalize).
-  While a `critical_section()` is open (a model load, a recovery), the signal is deferred and re-raised
-  when the last section closes.
-* **systemd.** `sd_notify()` speaks the notify protocol over $NOTIFY_SOCKET (a unix datagram; no
-  dependency): READY=1 after the preload, WATCHDOG=1 from the health thread, STOPPING=1, STATUS=...
+  that hold /dev/axcl* open (for the 0x80300186 case, where the owner may not be an ax-llm process).
+* **Never die during a load.** SIGTERM/SIGINT, critical sections and the atexit finalizer: shutdown.py.
+* **systemd.** `sd_notify()`, `watchdog_interval()`, `notify_ready()`: systemd_notify.py.
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import fcntl
 import json
 import logging
 import os
-import signal
-import socket
 import threading
 import time
-import weakref
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import ClassVar
 
 from . import owner_lock
 from .engine.errors import EngineError
+from .shutdown import (
+    Closable,
+    ShutdownRequested,
+    close_timeout,
+    critical_section,
+    finalize_all,
+    in_critical_section,
+    install,
+    install_default_sigterm,
+    register,
+    reset_for_tests,
+)
+from .systemd_notify import EXIT_CARD_LOST, notify_ready, sd_notify, watchdog_interval
 
 log = logging.getLogger(__name__)
-
-
-class Closable(Protocol):
-    """What is finalized at exit (an Engine): cancel its generation, unload, free the device."""
-
-    def close(self, timeout: float | None = ..., *, cancel_running: bool = ...) -> None: ...
-
-
-# ---- systemd notify -----------------------------------------------------------------------------------
-
-
-def sd_notify(*lines: str) -> bool:
-    """Send `lines` (e.g. "READY=1", "STATUS=loading") to systemd; False when not run by systemd."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address or not lines:
-        return False
-    if address.startswith("@"):
-        address = "\0" + address[1:]  # abstract namespace
-    elif not address.startswith("/"):
-        log.debug("NOTIFY_SOCKET %r is not a unix socket path; not notifying", address)
-        return False
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            sock.connect(address)
-            sock.sendall("\n".join(lines).encode())
-    except OSError as exc:
-        log.warning("sd_notify(%s) failed: %s", ", ".join(lines), exc)
-        return False
-    return True
-
-
-def watchdog_interval() -> float | None:
-    """systemd's WatchdogSec in seconds when it applies to this process (WATCHDOG_USEC/WATCHDOG_PID)."""
-    usec = os.environ.get("WATCHDOG_USEC")
-    pid = os.environ.get("WATCHDOG_PID")
-    if not usec or (pid and pid.isdigit() and int(pid) != os.getpid()):
-        return None
-    try:
-        seconds = int(usec) / 1e6
-    except ValueError:
-        return None
-    return seconds if seconds > 0 else None
-
-
-def notify_ready(status: str | None = None) -> bool:
-    """READY=1 (call after the preload: systemd's start timeout covers the load)."""
-    return sd_notify("READY=1", *([f"STATUS={status}"] if status else []))
 
 
 # ---- process facts ------------------------------------------------------------------------------------
@@ -278,133 +234,9 @@ class DeviceLock:
         self.release()
 
 
-# ---- signals, critical sections, atexit ---------------------------------------------------------------
-
-
-class ShutdownRequested(SystemExit):
-    """Raised in the main thread by the SIGTERM/SIGINT handler: unwinds the program, then atexit finalizes."""
-
-    def __init__(self, signum: int, exit_code: int = 0) -> None:
-        super().__init__(exit_code)
-        self.signum = signum
-
-
-class _State:
-    lock = threading.Lock()
-    critical: list[str] = []  # what is in progress (loads, recoveries)
-    pending: list[int] = []  # deferred signals
-    shutting_down = False
-    exit_code = 0
-    engines: weakref.WeakSet[Any] = weakref.WeakSet()
-    stop_timeout = float(os.environ.get("AX_LLM_STOP_TIMEOUT", "240"))
-
-
-@contextlib.contextmanager
-def critical_section(what: str) -> Iterator[None]:
-    """A stretch (a model load, a recovery) that SIGTERM/SIGINT must not interrupt: they wait for its end."""
-    with _State.lock:
-        _State.critical.append(what)
-    try:
-        yield
-    finally:
-        with _State.lock:
-            _State.critical.remove(what)
-            redeliver = _State.pending[:] if not _State.critical else []
-            if redeliver:
-                _State.pending.clear()
-        for signum in redeliver[:1]:
-            log.warning("%s finished: acting on the deferred %s now", what, signal.Signals(signum).name)
-            os.kill(os.getpid(), signum)  # the handler runs again, in the main thread
-
-
-def in_critical_section() -> list[str]:
-    with _State.lock:
-        return list(_State.critical)
-
-
-def _handler(signum: int, frame: object) -> None:
-    name = signal.Signals(signum).name
-    with _State.lock:
-        busy = list(_State.critical)
-        if busy:
-            if signum not in _State.pending:
-                _State.pending.append(signum)
-            deferred = True
-        else:
-            deferred = False
-            again = _State.shutting_down
-            _State.shutting_down = True
-    if deferred:
-        log.warning("%s received during %s: deferring it until that finishes (never exit mid-load)",
-                    name, busy[0])
-        sd_notify(f"STATUS=stopping after {busy[0]}")
-        return
-    if again:
-        log.warning("%s received again while shutting down; still finalizing the device", name)
-        return
-    log.warning("%s received: finalizing the device and exiting", name)
-    sd_notify("STOPPING=1")
-    raise ShutdownRequested(signum, _State.exit_code)
-
-
-def register(engine: Closable) -> None:
-    """Close `engine` at interpreter exit (weakly referenced: a collected engine is skipped).
-
-    Called again after every model load: atexit runs its handlers last-registered-first, and the axcl
-    backend's own `weakref.finalize` (which frees a stack at exit) registers itself when the first stack
-    opens. Re-registering keeps `finalize_all` ahead of it, so the engine stops its worker (cancelling a
-    generation) before any stack is freed under it.
-    """
-    _State.engines.add(engine)
-    _register_atexit_first()
-
-
-def _register_atexit_first() -> None:
-    with _State.lock:
-        atexit.unregister(finalize_all)
-        atexit.register(finalize_all)
-
-
-def finalize_all() -> None:
-    """Close every registered engine: cancel generations, wait for a load in progress, unload, finalize."""
-    for engine in list(_State.engines):
-        try:
-            engine.close(timeout=_State.stop_timeout / 2, cancel_running=True)
-        except Exception as exc:  # noqa: BLE001 -- at exit, report and go on with the next engine
-            log.warning("closing an engine at exit failed: %s", exc)
-
-
-def install(engine: Closable | None = None, *, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT),
-            exit_code: int = 0) -> None:
-    """Service setup: SIGTERM/SIGINT raise ShutdownRequested(exit_code) in the main thread (deferred during
-    a critical section), and every registered engine is closed at exit. Call from the main thread."""
-    if engine is not None:
-        _State.engines.add(engine)
-    _register_atexit_first()
-    _State.exit_code = exit_code
-    for signum in signals:
-        signal.signal(signum, _handler)
-
-
-def install_default_sigterm() -> bool:
-    """Finalize on SIGTERM when nobody else handles it (an engine that owns a real card calls this)."""
-    if threading.current_thread() is not threading.main_thread():
-        return False
-    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-        return False
-    signal.signal(signal.SIGTERM, _handler)
-    return True
-
-
-def reset_for_tests() -> None:
-    """Forget pending signals and the shutting-down flag (tests that run handlers in-process)."""
-    with _State.lock:
-        _State.pending.clear()
-        _State.shutting_down = False
-
-
 __all__ = [
-    "Closable", "DeviceInUseError", "DeviceLock", "Owner", "ShutdownRequested", "critical_section", "device_users",
-    "finalize_all", "in_critical_section", "in_use_message", "install", "install_default_sigterm", "lock_dir",
-    "notify_ready", "register", "sd_notify", "watchdog_interval",
+    "EXIT_CARD_LOST", "Closable", "DeviceInUseError", "DeviceLock", "Owner", "ShutdownRequested", "close_timeout",
+    "critical_section", "device_users", "finalize_all", "in_critical_section", "in_use_message", "install",
+    "install_default_sigterm", "lock_dir", "notify_ready", "register", "reset_for_tests", "sd_notify",
+    "watchdog_interval",
 ]

@@ -66,3 +66,31 @@ def test_corrupt_graph_found_at_open_still_leaves_a_resident_model(engine: Engin
 
     assert [m["name"] for m in engine.ps()["models"]] == [name]
     assert list(engine.generate({"model": resident, "prompt": "hi", "options": {"num_predict": 1}}))[-1]["done"]
+
+
+def test_model_larger_than_the_card_is_refused_before_evicting(tiny_twin: Callable[..., Path],
+                                                               tmp_path: Path) -> None:
+    """The fit check: weights beyond the card's whole CMM pool are refused while the resident model stays."""
+    from ax_llm_provider.engine.ops.health import HealthConfig
+    from ax_llm_provider.model.checksums import record_checksums
+    from ax_llm_provider.model.errors import ModelTooLargeError
+    from ax_llm_provider.runtime.simcard import SimCard
+
+    resident = str(tiny_twin("llama", decode_capacity=255, prefill_chunk=32, prefill_histories=(0, 32)))
+    huge = Path(_broken_copy(tiny_twin("llama", seed=1, decode_capacity=255, prefill_chunk=32,
+                                       prefill_histories=(0, 32)), tmp_path / "huge", "none"))
+    with next(huge.rglob("*_post.onnx")).open("r+b") as post:
+        post.truncate(80 << 20)  # sparse: 80 MB of weights on a 64 MB card, without writing them
+    record_checksums(huge)  # a consistent model that is simply too big, not a damaged one
+    card = SimCard(cmm_total_bytes=64 << 20)
+    with Engine(ModelStore(tmp_path / "store"), backend="simulated", card=card, keep_alive=-1, auto_pull=False,
+                max_loaded_models=1, health=HealthConfig(period_s=0, cmm_floor_mb=0)) as engine:
+        list(engine.generate({"model": resident, "prompt": "hi", "options": {"num_predict": 1}}))
+        ((name, entry),) = engine.slots.entries()
+
+        with pytest.raises(ModelTooLargeError, match="80 MB but the card's CMM pool is 64 MB"):
+            list(engine.generate({"model": str(huge), "prompt": "hi", "options": {"num_predict": 1}}))
+
+        assert engine.slots.get(name) is entry, "the resident model was unloaded for a model that cannot fit"
+        last = list(engine.generate({"model": resident, "prompt": "hi", "options": {"num_predict": 1}}))[-1]
+        assert last["done"] and last.get("load_duration", 0) == 0

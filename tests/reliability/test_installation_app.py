@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,13 +50,14 @@ def test_serve_answers_and_speaks_the_fallback_on_errors(app: ModuleType, engine
         yield "a", "hello there"
         card.faults.fail_execute(after=0, times=-1)  # every execute fails now
         card.lib_rt.axclrtRebootDevice = lambda device_id: 0  # type: ignore[method-assign]
-        yield "b", "and now?"
-        yield "c", "never answered"
+        yield "b", "and now?"  # reset, one re-run, reboot: the card answers but fails again, so the fallback
+        yield "c", "still there?"  # the ladder has nothing left: fatal
+        yield "d", "never answered"
 
     code = app.serve(eng, respond, prompts(), lambda name, reply: replies.append((name, reply)), "FALLBACK")
     assert code == app.EXIT_FATAL  # the card could not be recovered: exit 3, systemd restarts the service
-    assert [name for name, _ in replies] == ["a", "b"] and replies[0][1] != "FALLBACK"
-    assert replies[1][1] == "FALLBACK"
+    assert [name for name, _ in replies] == ["a", "b", "c"] and replies[0][1] != "FALLBACK"
+    assert replies[1][1] == replies[2][1] == "FALLBACK"
 
 
 def test_serve_keeps_going_after_a_recovered_error(app: ModuleType, engine: tuple[Engine, SimCard],
@@ -144,3 +146,42 @@ def test_the_app_exits_zero_at_the_end_of_its_input(reliability_twin: str, tmp_p
     out, err = proc.communicate("one\ntwo\nthree\n", timeout=240)
     assert proc.returncode == 0, err[-2000:]
     assert len([line for line in out.splitlines() if line.strip()]) == 3
+
+
+def test_the_app_exits_3_when_the_card_can_no_longer_load_the_model(reliability_twin: str, tmp_path: Path,
+                                                                    notify_socket: tuple[Path, socket.socket]) -> None:
+    """An execute fault, then reloads that fail: the ladder reaches FATAL and the process exits 3 (issue 15)."""
+    path, sock = notify_socket
+    env = {**os.environ, "NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "300000", "AX_LLM_HEALTH_PERIOD": "0.05",
+           "PYTHONUNBUFFERED": "1"}
+    child = Path(__file__).with_name("lost_card_app_child.py")
+    messages: list[str] = []
+    sock.settimeout(0.2)
+
+    def drain() -> None:  # a full notify socket would block the child's sd_notify
+        while True:
+            try:
+                messages.append(sock.recv(4096).decode())
+            except TimeoutError:
+                if proc.poll() is not None:
+                    return
+
+    proc = subprocess.Popen([sys.executable, str(child), "--model", reliability_twin, "--backend", "simulated",
+                             "--store", str(tmp_path / "store"), "--source", "stdin", "--text-logs",
+                             "--fallback", "FALLBACK", "--options", '{"num_predict": 8}'],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        out, err = proc.communicate("hello\nare you there?\nand now?\n", timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        reader.join(10)
+    assert proc.returncode == 3, err[-3000:]
+    assert out.splitlines() == ["FALLBACK"]  # one visitor got the fallback, then the service was restarted
+    assert "could not be recovered" in err and "exiting so systemd restarts the service" in err
+    assert any(m.startswith("READY=1") for m in messages)
+    assert any(m.startswith("STATUS=failed") for m in messages)
+    report("installation_app[lost card]", exit_code=proc.returncode,
+           notify=[m.split("\n")[0] for m in messages if not m.startswith("WATCHDOG")])

@@ -46,6 +46,17 @@ def test_sd_notify_abstract_socket(monkeypatch: pytest.MonkeyPatch) -> None:
         assert sock.recv(100) == b"WATCHDOG=1"
 
 
+@pytest.mark.timeout(120)
+def test_sd_notify_to_a_socket_nobody_reads_gives_up_instead_of_blocking(notify_socket: socket.socket) -> None:
+    """A full notify queue (its reader stuck) makes sd_notify return False; before, the sender blocked for ever."""
+    assert lifecycle.sd_notify("WATCHDOG=1")
+    for _ in range(5000):  # the queue holds a few hundred datagrams
+        if not lifecycle.sd_notify("WATCHDOG=1"):
+            break
+    else:
+        pytest.fail("5000 notifications queued on a socket nobody reads")
+
+
 def test_sd_notify_without_systemd(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     assert not lifecycle.sd_notify("READY=1")

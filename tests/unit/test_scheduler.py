@@ -257,12 +257,14 @@ def test_stall_timeout_frees_the_device(worker: DeviceWorker) -> None:
 
 
 def test_a_slow_but_reading_consumer_is_not_a_stall(worker: DeviceWorker) -> None:
-    stream = worker.submit(items(*range(8)), stall_timeout=0.3)
+    # each gap (0.1 s) is far below the stall timeout, the whole read (1.2 s) is above it; the margin is wide
+    # so that a loaded machine's scheduling delay cannot turn one gap into a stall
+    stream = worker.submit(items(*range(12)), stall_timeout=1.0)
     got = []
     for item in stream:
         got.append(item)
         time.sleep(0.1)
-    assert got == list(range(8))
+    assert got == list(range(12))
 
 
 def test_job_exception_propagates_with_its_type_and_traceback(worker: DeviceWorker) -> None:

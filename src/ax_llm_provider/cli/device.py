@@ -230,6 +230,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         from ..server.guard import GuardConfig
         from ..server.runner import serve
+        from ..server.service import ServiceLifecycle, cannot_serve
     except ImportError as exc:
         raise CliError(f"`ax-llm serve` is not available in this install ({exc}); "
                        "pip install 'ax-llm-provider[server]'") from exc
@@ -243,13 +244,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
         guard = GuardConfig.from_env(tuple(args.origins), **limits)
     except ValueError as exc:
         raise CliError(f"{exc}; give positive sizes and timeouts") from exc
+    if args.grace < 0:
+        raise CliError("--grace must be 0 or more seconds")
     from ..model.durable import clean_stale_partials
 
     clean_stale_partials(store_of(args).root)  # what a crash or power cut left in the store
     engine = engine_for(args)
-    for model in args.preload or []:
-        ensure_model(model, store_of(args))
-        engine.load(model)  # everything on the card before the first request
-    serve(args.host, args.port, engine=engine, log_level=args.log_level.lower(), guard=guard,
-          head_timeout_s=args.head_timeout, keep_alive_s=args.keep_alive_timeout)
-    return EXIT_OK
+    lifecycle = ServiceLifecycle(engine)
+    with lifecycle.signals():  # from here SIGTERM/SIGINT stop the service cleanly, never mid-load
+        for model in args.preload or []:
+            if lifecycle.stop_requested:
+                break
+            try:
+                ensure_model(model, store_of(args))
+                engine.load(model)  # everything on the card before the first request
+            except Exception:
+                reason = cannot_serve(engine)
+                if reason is None:
+                    raise  # a model that cannot load: exit 1 with its error
+                lifecycle.card_lost(f"while preloading {model}: {reason}")  # exit 3: systemd restarts the service
+                return lifecycle.finish()
+        return serve(args.host, args.port, engine=engine, log_level=args.log_level.lower(), guard=guard,
+                     head_timeout_s=args.head_timeout, keep_alive_s=args.keep_alive_timeout, grace_s=args.grace,
+                     lifecycle=lifecycle) or EXIT_OK

@@ -16,7 +16,8 @@ EPILOG = """environment:
   AX_LLM_DEVICE      card index, 0-based (axcl-smi shows it 1-based)
   AX_LLM_KEEP_ALIVE  default keep_alive (default: forever)
   OLLAMA_ORIGINS     serve: extra browser origins allowed (comma-separated)
-exit codes: 0 ok, 1 error, 2 usage error, 130 interrupted (Ctrl-C)
+exit codes: 0 ok, 1 error, 2 usage error, 3 serve: the card was lost (systemd restarts the unit),
+  130 interrupted (Ctrl-C)
 docs: docs/index.md (mkdocs build) or the docs/ directory of the repository"""
 
 
@@ -85,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="request headers must arrive within this time, else the connection is closed (default 10)")
     p.add_argument("--keep-alive-timeout", type=int, default=5, metavar="SECONDS",
                    help="an idle keep-alive connection is closed after this time (default 5)")
+    p.add_argument("--grace", type=float, default=10.0, metavar="SECONDS",
+                   help="at SIGTERM/SIGINT, requests in flight get this long to finish before they are cancelled "
+                        "(default 10); then the engine is closed and serve exits 0")
     _backend(p)
     p.set_defaults(func="device:cmd_serve")
 

@@ -44,6 +44,7 @@ from .errors import (
 )
 from .idle_prefill import IdlePrefill, idle_prefill_from_env
 from .keepalive import parse_keep_alive
+from .ops.guard import whole_reply
 from .ops.health import HealthConfig, HealthSnapshot
 from .ops.recovery import RecoveryPolicy
 from .ops.supervisor import Supervisor
@@ -336,7 +337,7 @@ class Engine:
                 final["context"] = stats.tokens
             yield final
 
-        return job
+        return job if req.stream else whole_reply(job)  # nothing reaches the caller before done: re-runnable
 
     @staticmethod
     def _final(chunk: Chunk, timings: Timings, stats: RunStats, meta: ExtraMetadata) -> Chunk:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from ..model.embedding_model import assert_not_embedding_model
 from ..model.store import ModelStore
-from ..runtime.errors import DeviceError
+from ..runtime.errors import DeviceError, model_refused
 from .clock import SYSTEM_CLOCK, Cancellable, Clock
 from .errors import EngineError
 from .runner import ModelRunner
@@ -97,8 +97,12 @@ class ModelSlots:
         started = time.perf_counter_ns()
         try:
             model = self._load(stored.path, stored.name)
-        except (DeviceError, EngineError):
-            raise  # the card's trouble (fatal, overheated, busy): the recovery ladder decides what is loaded next
+        except DeviceError as exc:
+            if model_refused(exc):  # the card refused this model (too big, rejected file): the old one fits
+                self._restore(evicted, failed=stored.name)
+            raise  # otherwise the card's trouble: the recovery ladder decides what is loaded next
+        except EngineError:
+            raise  # fatal, overheated, busy: nothing is loaded until the card is back
         except Exception:
             self._restore(evicted, failed=stored.name)  # files that passed the checks but did not open
             raise

@@ -18,6 +18,12 @@ class ModelNotFoundError(ModelError):
 
     status_code = 404
 
+class ModelTooLargeError(ModelError):
+    """A model whose weights exceed the card's whole CMM pool: it cannot load even on an empty card."""
+
+    status_code = 500  # Ollama answers "model requires more system memory" with 500
+
+
 class ModelDamagedError(ModelDirectoryError):
     """Files of a model differ from the checksums recorded when it was written (model/checksums.py).
 

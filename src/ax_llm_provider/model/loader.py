@@ -92,6 +92,13 @@ def check_model_dir(path: str | Path, backend: str = "auto") -> None:
     check_backend(files, resolve_backend(files, backend))
 
 
+def weight_file_bytes(path: str | Path) -> int:
+    """Bytes of the compiled layer and post graphs: what a card load places in CMM, read without a device
+    (a model file's CMM need is its weights; headers make the file slightly larger, never smaller)."""
+    files = scan_model_dir(Path(path).expanduser())
+    return sum(p.stat().st_size for p in (*files.layers, files.post))
+
+
 def load_model(path: str | Path, *, name: str | None = None, backend: str = "auto", device: int = 0,
                threads: int | None = None, axcl: Any | None = None,
                progress: Callable[[int, int], None] | None = None, cmm_floor_mb: int | None = None,

@@ -65,7 +65,7 @@ def open_stack(files: ModelFiles, backend: str = "auto", device: int = 0, thread
     """Open the decoder stack of `files` on the chosen backend.
 
     For the card backends only: `axcl` is the module to drive (default `import axcl`; for "simulated", the
-    SimCard, default a new one with preset $AX_LLM_SIM_PRESET), `progress(done, total)` is called after each
+    SimCard, default `simcard.card_from_env()`), `progress(done, total)` is called after each
     model file, `cmm_floor_mb` is the CMM that must stay free after the load (AxclDecoderStack's default),
     `kv_write` is "d2d" (the vendor's copy) or "bind" (axcl and simulated only; default: the model's stored
     calibration, else "d2d"), `prefill_planner` whether prefill may mix decode steps and chunks by cost
@@ -103,9 +103,9 @@ def open_stack(files: ModelFiles, backend: str = "auto", device: int = 0, thread
 
         card = axcl if axcl is not None else import_axcl()
     else:  # simulated: the axcl backend's real code path over a simulated card running the twin's graphs
-        from .simcard import DEFAULT_PRESET, SimCard
+        from .simcard import card_from_env
 
-        card = axcl if axcl is not None else SimCard(os.environ.get("AX_LLM_SIM_PRESET", DEFAULT_PRESET))
+        card = axcl if axcl is not None else card_from_env()
     from ..calibration.record import calibrated_kv_write, load_calibration  # `ax-llm doctor --calibrate`
 
     chosen = kv_write or calibrated_kv_write(files.root, name, card)

@@ -122,6 +122,24 @@ def memory_error(ret: int, function: str, detail: str = "") -> DeviceError:
     return error
 
 
+# What a model load returns for the model itself rather than for the card: a bad handle, parameter or
+# index, an unsupported file. Resetting or rebooting the card does not change the file.
+_MODEL_CODES = frozenset({codes.ERR_ENGINE_ILLEGAL_PARAM, codes.ERR_ENGINE_AXCL_UNSUPPORTED,
+                          codes.ERR_ENGINE_INVALID_INDEX, codes.ERR_ENGINE_NULL_POINTER})
+
+
+def model_refused(exc: DeviceError) -> bool:
+    """Whether a failed model load is the model's trouble (the caller's to fix) rather than the device's.
+
+    A memory error is the model's: it does not fit in the CMM that is free (the backend's budget check says
+    so with the numbers). pyaxcl's guard (-1) refuses a NULL handle or an empty path, or reports a model
+    whose inputs and outputs are not what the layer model needs. Everything else is the device's, and the
+    engine's recovery ladder handles it as it handles a failed execute (engine/ops/recovery.py)."""
+    if isinstance(exc, DeviceMemoryError) or exc.code == codes.WRAPPER_GUARD:
+        return True
+    return codes.unsigned(exc.code) in _MODEL_CODES
+
+
 HUNG_EXECUTE_S = 0.5  # a layer executes in 1-200 ms: an execute that fails after this long was a hang
 
 

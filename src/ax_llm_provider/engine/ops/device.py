@@ -68,9 +68,9 @@ class CardAccess:
         """The module behind `self.axcl`: taken on the first device call of a card backend."""
         if self.backend == "simulated":
             if self.card is None:
-                from ...runtime.simcard import DEFAULT_PRESET, SimCard
+                from ...runtime.simcard import card_from_env
 
-                self.card = SimCard(os.environ.get("AX_LLM_SIM_PRESET", DEFAULT_PRESET))
+                self.card = card_from_env()  # $AX_LLM_SIM_PRESET, $AX_LLM_SIM_FAULTS
             if self.lock_wanted:
                 self.take_lock()
             return self.card

@@ -1,8 +1,15 @@
 """The request guard: what wraps every chat/generate job on the device thread.
 
 In order: the fatal check (a lost card refuses work at once), the thermal gate (a hot card holds new
-requests), the recovery ladder with a transparent re-run when nothing was streamed yet, and the request
-id plus one structured "request done" log line (observability.py) per request.
+requests), the recovery ladder with one transparent re-run when nothing has reached the caller yet, and
+the request id plus one structured "request done" log line (observability.py) per request.
+
+The re-run: a device error (at execute, or a load failure on the device's side) is handed to the recovery
+ladder; once the card is back, a request that has handed no chunk to its caller runs again, once. A
+non-streaming request hands nothing over before it is done (`whole_reply`), so it is re-run wherever it
+failed; a stream is re-run only before its first chunk, since the caller already has the text before the
+fault and a re-run would send it twice. A second fault, a fatal card and the caller's own errors (a bad
+model, a refused load, invalid options) end the request with their typed error.
 """
 
 from __future__ import annotations
@@ -14,11 +21,11 @@ from collections.abc import Callable, Iterator
 
 from ... import process
 from ...observability import metrics, request_fields, set_request_id
-from ...runtime.errors import DeviceError
+from ...runtime.errors import DeviceError, model_refused
 from ..responses import Chunk
 from ..worker.scheduler import CancelToken, SchedulerError
 from .health import HealthMonitor
-from .recovery import DeviceFatalError, HangCancelled, RecoveryLadder, RecoveryPolicy
+from .recovery import DeviceFatalError, HangCancelled, RecoveryLadder
 
 log = logging.getLogger(__name__)
 
@@ -31,17 +38,26 @@ def new_request_id() -> str:
 
 
 def mark_load_failure(exc: DeviceError) -> None:
-    """A load that failed after its own retries: the request's recovery ladder leaves it alone."""
+    """A load that failed after its own retry: the guard climbs the ladder only when the device is at fault."""
     exc.ax_load_failure = True  # type: ignore[attr-defined]
+
+
+def whole_reply(job: Job) -> Job:
+    """A non-streaming request's job: its chunks are handed over together once the reply is complete, so a
+    fault anywhere in it leaves the caller with nothing yet, and the guard may run it again."""
+
+    def held(cancel: CancelToken) -> Iterator[Chunk]:
+        yield from list(job(cancel))
+
+    return held
 
 
 class RequestGuard:
     """Wraps jobs (see the module docstring); `current` is the running request, for the hang watch."""
 
-    def __init__(self, ladder: RecoveryLadder, monitor: HealthMonitor, policy: RecoveryPolicy,
-                 on_card: Callable[[], bool]) -> None:
+    def __init__(self, ladder: RecoveryLadder, monitor: HealthMonitor, on_card: Callable[[], bool]) -> None:
         """on_card: whether a card backend is open (the done log then carries the card's temperature)."""
-        self.ladder, self.monitor, self.policy = ladder, monitor, policy
+        self.ladder, self.monitor = ladder, monitor
         self._on_card = on_card
         self.current: tuple[CancelToken, str] | None = None
 
@@ -83,7 +99,7 @@ class RequestGuard:
         self.monitor.wait_until_cool(cancel, submitted)
         self.check_admission()
         started = self.monitor.clock()
-        retries = 0
+        rerun = False
         while True:
             emitted = 0
             try:
@@ -96,21 +112,23 @@ class RequestGuard:
                 self.monitor.device_answered()
                 return
             except DeviceError as exc:
-                if getattr(exc, "ax_load_failure", False):
-                    raise
+                at_load = getattr(exc, "ax_load_failure", False)
+                if at_load and model_refused(exc):
+                    raise  # the model's own trouble (it does not fit, the runtime rejects its files)
                 with process.critical_section("recovering the card"):
-                    rung = self.ladder.recover(exc)
+                    rung = self.ladder.recover(exc, where="load" if at_load else "request")
                 metrics().recovery(rung.name.lower())
                 if emitted:
                     exc.add_note(f"the card was recovered ({rung.name.lower()}), but this request had already "
                                  f"streamed {emitted} chunk(s), so it was not re-run: send it again")
                     raise
                 cancel.check()  # cut off meanwhile (a hang, its deadline): report that
-                retries += 1
-                if retries > self.policy.request_retries:
-                    exc.add_note(f"the request failed {retries} times, each followed by a recovery")
+                if rerun:
+                    exc.add_note(f"the card was recovered ({rung.name.lower()}) after this request failed a "
+                                 "second time; it is run again only once: send it again")
                     raise
-                log.warning("request %s: running it again after the recovery (nothing was streamed yet)",
+                rerun = True
+                log.warning("request %s: running it again after the recovery (nothing reached the caller yet)",
                             request_id)
 
     def _log_done(self, chunk: Chunk, request_id: str, queued_ms: float) -> None:

@@ -7,17 +7,24 @@ Rungs, tried in order within one recovery, each only when the one before failed:
            its mask after a failure, so a retried step gives the same logits and the generation goes on
            as if nothing happened. Only for plain execute failures (DeviceError, DeviceBusyError):
            an offline card, a timeout (hung NPU) or a memory error will not heal by calling again.
-2. RESET   unload every model (engine unload, free, context reset, axclFinalize) and load them again.
+           A load gets its own single retry (engine/ops/supervisor.py).
+2. RESET   unload every model (engine unload, free, context reset, axclFinalize) and load them again,
+           with the model whose load failed, if that is what started the recovery.
 3. REBOOT  the card's firmware (`axclrtRebootDevice`), wait until it answers, then load again.
 4. FATAL   `DeviceFatalError`: every request fails fast with it; a service exits non-zero on it and
-           systemd restarts the process (deploy/ax-llm.service).
+           systemd restarts the process (deploy/ax-llm.service). The ladder's `on_fatal` callback is the
+           one place that learns of it.
+
+What climbs: execute failures, and load failures on the device's side. A load the card refuses because
+of the model itself (`runtime.errors.model_refused`: not enough CMM for it, a file the runtime rejects as
+invalid) is the caller's to fix, ends its request with its typed error and leaves the ladder alone.
 
 Where a recovery starts: an offline card goes straight to REBOOT (a dead heartbeat needs a firmware
 reboot: docs/sdk-notes.md, "Operational facts"); anything else starts at RESET. It starts one rung higher
-when the previous recovery
-was not followed by any successful request, and more than `max_recoveries` within `window_s` is FATAL.
-What happens to the request (engine/ops/supervisor.py): one that has streamed nothing is retried
-transparently after the recovery; one that has streamed tokens ends with its typed DeviceError.
+when the previous recovery was not followed by any successful request, and more than `max_recoveries`
+within `window_s` is FATAL.
+What happens to the request (engine/ops/guard.py): one that has handed nothing to its caller is run
+again once after the recovery; one that has streamed chunks, or fails again, ends with its typed error.
 """
 
 from __future__ import annotations
@@ -75,8 +82,7 @@ class RecoveryPolicy:
     step_attempts: int = 3  # rung 1: calls of a failed step in total
     step_wait_s: float = 0.05  # rung 1: first backoff, doubled per attempt
     step_wait_max_s: float = 0.5
-    request_retries: int = 2  # transparent re-runs of a request that had streamed nothing
-    load_attempts: int = 2  # a load that fails is tried once more (after a reboot if the card is offline)
+    load_attempts: int = 2  # a load that fails on the device is tried once more before the ladder is climbed
     cmm_retry_wait_s: float = 3.0  # CMM is released late after a crash (docs/sdk-notes.md): wait, then load again
     reboot: bool = True  # allow rung 3 (firmware reboot)
     reboot_wait_s: float = 60.0  # how long the card may take to answer again after a reboot
@@ -85,7 +91,7 @@ class RecoveryPolicy:
     window_s: float = 600.0
 
     def __post_init__(self) -> None:
-        if self.step_attempts < 1 or self.load_attempts < 1 or self.request_retries < 0 or self.max_recoveries < 1:
+        if self.step_attempts < 1 or self.load_attempts < 1 or self.max_recoveries < 1:
             raise ValueError(f"invalid recovery policy {self}")
 
 
@@ -230,13 +236,15 @@ class RetryingStack:
 
 
 class RecoveryLadder:
-    """Runs rungs 2-4 on the device thread. `reset()` and `reboot()` are the engine's actions (supervisor)."""
+    """Runs rungs 2-4 on the device thread. `reset()` and `reboot()` are the engine's actions (supervisor);
+    `on_fatal(error)` is called once, when the card is declared lost, whichever way that happens."""
 
-    def __init__(self, policy: RecoveryPolicy, reset: Callable[[], None], reboot: Callable[[], None], *,
+    def __init__(self, policy: RecoveryPolicy, reset: Callable[[], None], reboot: Callable[[], None],
+                 on_fatal: Callable[[DeviceFatalError], None] | None = None, *,
                  clock: Callable[[], float] = time.monotonic) -> None:
         """clock: what `window_s` is measured on."""
         self.policy, self.clock = policy, clock
-        self._reset, self._reboot = reset, reboot
+        self._reset, self._reboot, self._on_fatal = reset, reboot, on_fatal
         self._history: deque[float] = deque()
         self._unconfirmed: Rung | None = None  # the last recovery's rung, until a request succeeds
         self.counts = {r.name.lower(): 0 for r in Rung}
@@ -302,6 +310,11 @@ class RecoveryLadder:
             f"the NPU card could not be recovered ({why}; last error: {exc}). Exit the process so systemd "
             "restarts it; if this repeats, reboot the host (a full power cycle if the card stays dead)", exc)
         log.critical("%s", str(self.fatal))
+        if self._on_fatal is not None:
+            try:
+                self._on_fatal(self.fatal)
+            except Exception:  # noqa: BLE001 -- a failing listener must not hide the fatal error itself
+                log.exception("the fatal-error callback failed")
         return self.fatal
 
     def give_up(self, exc: BaseException, why: str) -> DeviceFatalError:

@@ -6,8 +6,12 @@ It composes the parts of engine/ops/ and implements what they call back:
 * `RequestGuard` (guard.py): wraps every job (fatal check, thermal gate, recovery, request log).
 * `HealthMonitor` (health.py) calls the hooks here (`probe`, `on_hang*`, `on_offline`, `alive`); it runs
   as a thread only where there is a card to watch or a watchdog to feed, or when asked for.
-* Loads with progress, the CMM floor and a bounded retry; the recovery ladder's reset and reboot actions
-  unload and reload the models through the `ModelSlots` the Engine lends (slots.py).
+* Loads with progress, the CMM floor and one retry; the recovery ladder's reset and reboot actions
+  unload and reload the models through the `ModelSlots` the Engine lends (slots.py): the ones that were
+  loaded, and the one whose load failed on the device (until a recovery has brought them all back).
+* `_on_fatal`, the ladder's one callback when the card is declared lost (whichever rung or hang got there).
+* What counts as progress for systemd's watchdog: a model file loaded, besides the device's answers the
+  monitor sees; a load that fails is not progress.
 
 It never sees the Engine itself: the slots, the worker and a `Closable` (for the exit finalizer) are
 handed in.
@@ -23,17 +27,31 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ... import process
-from ...model.loader import LoadedModel, check_model_dir, load_model
+from ...model.errors import ModelTooLargeError
+from ...model.loader import LoadedModel, check_model_dir, load_model, weight_file_bytes
 from ...observability import metrics
 from ...runtime import axcl_codes as codes
-from ...runtime.errors import DeviceError, DeviceMemoryError, DeviceOfflineError, DeviceTimeoutError
+from ...runtime.errors import (
+    DeviceError,
+    DeviceMemoryError,
+    DeviceOfflineError,
+    DeviceTimeoutError,
+    model_refused,
+)
 from ...status_channel import publish_status
 from ..clock import SYSTEM_CLOCK, Clock
 from ..worker.scheduler import CancelToken, DeviceWorker, RequestStream
 from .device import CardAccess
 from .guard import Job, RequestGuard, mark_load_failure
 from .health import DeviceReading, HealthConfig, HealthMonitor, HealthSnapshot, host_figures
-from .recovery import DeviceActivity, HangCancelled, RecoveryLadder, RecoveryPolicy, RetryingStack
+from .recovery import (
+    DeviceActivity,
+    DeviceFatalError,
+    HangCancelled,
+    RecoveryLadder,
+    RecoveryPolicy,
+    RetryingStack,
+)
 from .snapshot import EngineState, health_snapshot
 
 if TYPE_CHECKING:
@@ -60,14 +78,15 @@ class Supervisor:
                                policy=self.policy, on_offline=self.on_offline, on_locked=self._publish_status,
                                clock=clock)
         self.ladder = RecoveryLadder(self.policy, self._reset_and_reload, self._reboot_and_reload,
-                                     clock=clock.monotonic)
+                                     on_fatal=self._on_fatal, clock=clock.monotonic)
         self.loading: str | None = None
+        self._wanted: list[str] = []  # what the next recovery loads again (oldest first)
         self.closing = False  # set by close(): the status channel stops publishing
         self._progress_at = 0.0
         self._idle_recovery: RequestStream[Any] | None = None
         self._idle_recovery_queued = False
         self.monitor = HealthMonitor(self, self.config, clock=clock.monotonic)
-        self.guard = RequestGuard(self.ladder, self.monitor, self.policy, lambda: self.card.card_backend is not None)
+        self.guard = RequestGuard(self.ladder, self.monitor, lambda: self.card.card_backend is not None)
         on_card = backend in ("axcl", "axengine") or (
             backend == "auto" and importlib.util.find_spec("axcl") is not None)
         # The CPU twin starts no thread and installs no handler unless asked (a health config or a watchdog).
@@ -99,8 +118,18 @@ class Supervisor:
         return progress
 
     def check(self, path: Path) -> None:
-        """The load's file checks alone, before anything is evicted for it."""
+        """The load's file checks alone, before anything is evicted for it, and on a card whether the model
+        can fit at all: one larger than the whole CMM pool fails here, with the resident model still loaded."""
         check_model_dir(path, backend=self.backend)
+        reading = self.probe()
+        if reading is None or reading.cmm_total_mb is None:
+            return  # no card reading now: the load's own CMM check runs after the eviction
+        need_mb = weight_file_bytes(path) / (1 << 20)
+        if need_mb > reading.cmm_total_mb:
+            raise ModelTooLargeError(
+                f"{path}: the model's weights need {need_mb:.0f} MB but the card's CMM pool is "
+                f"{reading.cmm_total_mb:.0f} MB in all; the loaded model was kept. Use a smaller or more "
+                "strongly quantized model (see `ax-llm pull --help` for the registry's bundles)")
 
     def load(self, path: Path, name: str) -> LoadedModel:
         """load_model with the lock, a critical section, progress and the load retry policy."""
@@ -108,8 +137,7 @@ class Supervisor:
             self.card.take_lock()
         attempt = 0
         with process.critical_section(f"loading {name}"), self.card.mutex:
-            self.loading = name
-            self._progress_at = self.clock.monotonic()
+            self.loading = name  # progress (the watchdog's) is each file loaded, not the attempt
             try:
                 while True:
                     attempt += 1
@@ -122,6 +150,8 @@ class Supervisor:
                         self.card.raise_if_owned(exc)
                         if attempt >= self.policy.load_attempts or not self._before_load_retry(exc, name):
                             mark_load_failure(exc)
+                            if not model_refused(exc):
+                                self._want(name)  # the ladder's reset or reboot loads it again
                             raise
             finally:
                 self.loading = None
@@ -132,18 +162,14 @@ class Supervisor:
         return model
 
     def _before_load_retry(self, exc: DeviceError, name: str) -> bool:
-        """Prepare a second load attempt; False when there is no point."""
+        """Prepare a second load attempt; False when there is no point (the ladder takes over)."""
         if isinstance(exc, DeviceMemoryError):
             log.warning("loading %s: %s; CMM is released late after a crash: retrying in %g s", name, str(exc),
                         self.policy.cmm_retry_wait_s)
             time.sleep(self.policy.cmm_retry_wait_s)
             return True
-        if isinstance(exc, DeviceOfflineError):
-            if not self.policy.reboot or not self.card.can_reboot():
-                return False
-            log.error("loading %s: the card does not answer (%s): rebooting it first", name, str(exc))
-            self.reboot()
-            return True
+        if isinstance(exc, DeviceOfflineError | DeviceTimeoutError):
+            return False  # calling again will not help: the recovery ladder reboots the card
         log.warning("loading %s failed (%s): trying once more", name, str(exc))
         return True
 
@@ -152,22 +178,39 @@ class Supervisor:
 
     # ---- the recovery ladder's actions (device thread) ------------------------------------------------
 
+    def _want(self, name: str) -> None:
+        if name in self._wanted:
+            self._wanted.remove(name)
+        self._wanted.append(name)
+        del self._wanted[:-max(1, self.slots.max_loaded)]  # the newest ones, as many as may stay loaded
+
     def _close_models(self) -> list[str]:
         with self.card.mutex:
-            return self.slots.unload_all()
-
-    def _reload(self, names: list[str]) -> None:
+            names = self.slots.unload_all()
         for name in names:
+            self._want(name)
+        return names
+
+    def _reload(self) -> None:
+        """Load what the recovery must bring back: until that worked, the next rung tries again."""
+        for name in list(self._wanted):
             self.slots.ensure_loaded(name)
+        self._wanted.clear()
         self.monitor.device_answered()
 
     def _reset_and_reload(self) -> None:
-        self._reload(self._close_models())
+        self._close_models()
+        self._reload()
 
     def _reboot_and_reload(self) -> None:
-        names = self._close_models()
+        self._close_models()
         self.reboot()
-        self._reload(names)
+        self._reload()
+
+    def _on_fatal(self, error: DeviceFatalError) -> None:
+        """The card is lost: the ladder calls this once, whichever rung or hang got there."""
+        cause = type(error.cause).__name__ if error.cause is not None else "unknown"
+        process.sd_notify(f"STATUS=failed: the NPU card could not be recovered (last error: {cause})")
 
     # ---- requests ------------------------------------------------------------------------------------
 
@@ -218,7 +261,6 @@ class Supervisor:
         error = DeviceTimeoutError(codes.signed(codes.ERR_ENGINE_TIMEOUT), "axcl.rt.engine_execute",
                                    f"no answer for {stuck_s:.0f} s")
         self.ladder.give_up(error, f"an execute has not returned for {stuck_s:.0f} s, even after a reboot")
-        process.sd_notify("STATUS=failed: the NPU card hangs")
         self.worker.shutdown(wait=False, cancel_running=True)  # queued requests fail now
 
     def on_offline(self, reading: DeviceReading) -> None:

@@ -6,7 +6,7 @@ Neither needs hardware; a CPU twin (.onnx) runs through onnxruntime, a null-comp
 
 from __future__ import annotations
 
-from .card import SimCard
+from .card import SimCard, card_from_env
 from .faults import Counters, Faults
 from .memory import DEVICE_BASE
 from .models import ModelDesc, TensorDesc, null_layer, null_post
@@ -15,7 +15,7 @@ from .timing import DEFAULT_PRESET, PRESETS, TIMING_MODELS, Geometry, Preset, Ti
 __all__ = [
     "DEFAULT_PRESET", "DEVICE_BASE", "PRESETS", "TIMING_MODELS", "Counters", "Faults", "Geometry",
     "ModelDesc", "Preset",
-    "SimCard", "TensorDesc", "TimingModel", "get_preset", "make_axengine", "null_layer", "null_post",
+    "SimCard", "TensorDesc", "TimingModel", "card_from_env", "get_preset", "make_axengine", "null_layer", "null_post",
 ]
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import itertools
 import logging
+import os
 import threading
 import weakref
 from pathlib import Path
@@ -35,6 +36,7 @@ from .ownership import acquire, default_namespace, release
 from .timing import DEFAULT_PRESET, Geometry, Preset, SimClock, TimingModel, get_preset
 
 log = logging.getLogger("ax_llm_provider.runtime.simcard")
+PRESET_ENV, FAULTS_ENV = "AX_LLM_SIM_PRESET", "AX_LLM_SIM_FAULTS"
 MIB = 1 << 20
 _CONSTANTS = {k: getattr(codes, k) for k in dir(codes) if k.startswith(("AXCL_MEM", "AXCL_VNPU", "AXCL_MODEL_TYPE"))}
 _DTYPES = {k: getattr(codes, k) for k in dir(codes) if k.startswith(("AXCL_DATA_TYPE", "AXCL_DATA_LAYOUT"))}
@@ -261,6 +263,17 @@ class SimCard:
         inited = self.inited
         self._reset_state()
         self.inited = inited
+
+
+def card_from_env() -> SimCard:
+    """The simulated card a process gets when none is handed in: preset $AX_LLM_SIM_PRESET, faults planned
+    from $AX_LLM_SIM_FAULTS (faults.py)."""
+    card = SimCard(os.environ.get(PRESET_ENV, DEFAULT_PRESET))
+    plan = os.environ.get(FAULTS_ENV, "").strip()
+    if plan:
+        card.faults.plan(plan)
+        log.warning("simulated card with the fault plan %s=%s", FAULTS_ENV, plan)
+    return card
 
 
 def _release_all(namespace: Path, owned: set[int]) -> None:

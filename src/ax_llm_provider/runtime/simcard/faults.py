@@ -4,6 +4,10 @@ Faults are scheduled by call count so tests are deterministic: `fail_execute(aft
 engine_execute of the card fail. Every fault returns a code the V3.10.2 headers declare (or a native one
 passed through): what the runtime really returns for a hang or an exhausted CMM is undocumented, so the
 defaults are the generic EXECUTE_FAIL codes (docs/sdk-notes.md, "Error codes").
+
+A process started with $AX_LLM_SIM_FAULTS gets its simulated card with that fault plan (`Faults.plan`), so a
+service can be rehearsed end to end without a card: `execute:after=40:times=-1` (every execute fails from the
+41st on: the recovery ladder climbs to fatal), `load:times=2`, `engine_init`; items are comma-separated.
 """
 
 from __future__ import annotations
@@ -101,6 +105,28 @@ class Faults:
 
     def fail_engine_init(self, code: int = codes.ERR_ENGINE_EXECUTE_FAIL, after: int = 0, times: int = 1) -> None:
         self.engine_init = ScheduledFault(code, after, times)
+
+    def plan(self, spec: str) -> None:
+        """Schedule the faults `spec` names: `KIND[:after=N][:times=N][:code=N]`, comma-separated, KIND one of
+        execute, load, engine_init (times -1: forever; code: an AXCL code, default EXECUTE_FAIL)."""
+        for item in filter(None, (part.strip() for part in spec.split(","))):
+            kind, *settings = item.split(":")
+            schedule = {"execute": self.fail_execute, "load": self.fail_load,
+                        "engine_init": self.fail_engine_init}.get(kind.strip())
+            if schedule is None:
+                raise ValueError(f"simulated-card fault {kind!r} in {spec!r}: use execute, load or engine_init")
+            values: dict[str, int] = {}
+            for setting in settings:
+                key, _, value = setting.partition("=")
+                if key.strip() not in ("after", "times", "code"):
+                    raise ValueError(f"simulated-card fault setting {setting!r} in {spec!r}: use after=N, times=N "
+                                     "or code=N")
+                try:
+                    values[key.strip()] = int(value, 0)
+                except ValueError:
+                    raise ValueError(f"simulated-card fault setting {setting!r} in {spec!r}: N must be an "
+                                     "integer") from None
+            schedule(**values)
 
     def hang_execute(self, after: int = 0, timeout_s: float = 30.0, times: int = 1) -> HangFault:
         self.hang = HangFault(after=after, timeout_s=timeout_s, times=times)
