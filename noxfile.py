@@ -54,8 +54,10 @@ def bench(session: nox.Session) -> None:
 @nox.session
 def reliability(session: nox.Session) -> None:
     """Unattended-operation proof with the full counts: fault injection (100 runs per fault class), a
-    5,000-request soak per backend, SIGTERM during load and generation (tests/reliability). Figures are
-    printed at the end and appended as JSON lines to .nox/reliability-report.jsonl."""
+    5,000-request soak per backend, a day soak (24 simulated hours: keep_alive, fan stalls, faults, card
+    losses), SIGTERM during load and generation, the 50 MB body and the 20 MB prompt (peak and retained RSS),
+    hostile origins and slow clients against the server (tests/reliability). Figures are printed at the end
+    and appended as JSON lines to .nox/reliability-report.jsonl."""
     session.install("-e", ".[test]")
     session.env.setdefault("AX_LLM_RELIABILITY_FULL", "1")
     session.env.setdefault("AX_LLM_RELIABILITY_REPORT", ".nox/reliability-report.jsonl")

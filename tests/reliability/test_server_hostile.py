@@ -7,7 +7,9 @@ exhaustion logged in a few lines instead of a log storm.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -151,6 +153,23 @@ def test_slow_clients_cannot_hold_sockets(url: str) -> None:
     for sock in (idle, loris, trickle):
         sock.close()
     assert generate(url).status_code == 200
+
+
+def test_a_client_that_stops_reading_does_not_hold_the_server(url: str) -> None:
+    """A streamed generation whose client never reads its reply: the next client is served meanwhile, and the
+    unread connection is closed once its reply is written and it idles (nothing held for ever)."""
+    body = json.dumps({"model": "twin:0", "prompt": "tell me a long story", "stream": True,
+                       "options": {"num_predict": 200}}).encode()
+    reader = _silent_socket(url)
+    reader.sendall(b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                   b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    assert generate(url).status_code == 200  # served while the first reply sits unread
+    reply = b""
+    reader.settimeout(10)
+    while chunk := reader.recv(65536):  # EOF: the server closed the connection itself
+        reply += chunk
+    reader.close()
+    assert reply.startswith(b"HTTP/1.1 200") and re.search(rb'"done": ?true', reply), reply[-300:]
 
 
 SERVER_UNDER_FD_LIMIT = textwrap.dedent("""

@@ -22,6 +22,7 @@ from ..model.loader import LoadedModel
 from ..model.pull import pull
 from ..model.registry import lookup
 from ..model.store import ModelStore, is_path_like, normalize_name
+from .clock import SYSTEM_CLOCK, Clock
 from .consume import amapped, engine_error, mapped
 from .decoding.constraints import format_grammar
 from .errors import EngineError, InvalidRequestError
@@ -57,14 +58,17 @@ class Engine:
                  snapshot_bytes: int = 256 << 20, max_loaded_models: int = 1, auto_pull: bool = True,
                  card: Any | None = None, health: HealthConfig | None = None,
                  recovery: RecoveryPolicy | None = None, device_lock: bool | None = None,
-                 idle_prefill: bool | None = None, fallback_model: str | FallbackConfig | None = None) -> None:
+                 idle_prefill: bool | None = None, fallback_model: str | FallbackConfig | None = None,
+                 clock: Clock | None = None) -> None:
         """card: the `axcl` module or SimCard to drive (default: `import axcl`, or a new SimCard for the
         simulated backend); health / recovery: monitor thresholds and the recovery ladder's bounds
         (engine/ops/health.py, engine/ops/recovery.py); device_lock: take the single-owner card lock (default: for
         the axcl and axengine backends); idle_prefill: after a chat reply, evaluate the next prompt's known
         start while the device is idle (engine/idle_prefill.py; default: on when AX_LLM_IDLE_PREFILL=1);
         fallback_model: degraded mode, the CPU model that answers while the card is lost (engine/fallback.py;
-        default: AX_LLM_FALLBACK_MODEL, off when unset or "")."""
+        default: AX_LLM_FALLBACK_MODEL, off when unset or ""); clock: the time keep_alive, health, recovery and
+        degraded mode's probe schedule read (engine/clock.py; tests run simulated hours with it)."""
+        clock = clock or SYSTEM_CLOCK
         self.store = store if isinstance(store, ModelStore) else ModelStore(store)
         fallback = FallbackConfig.resolve(fallback_model)
         if fallback is not None:  # before any thread starts: a typo fails the start, not the first card loss
@@ -76,19 +80,19 @@ class Engine:
         self.worker = DeviceWorker(max_queue=max_queue)  # the device thread: one request at a time, FIFO
         self.slots = ModelSlots(self.store, self.worker, self._load_model, snapshot_bytes=snapshot_bytes,
                                 max_loaded=max_loaded_models,
-                                check=lambda path: self._supervisor.check(path))  # lent to ops
+                                check=lambda path: self._supervisor.check(path), clock=clock)  # lent to ops
         self.idle = IdlePrefill(self.worker, self.slots) if (
             idle_prefill if idle_prefill is not None else idle_prefill_from_env()) else None
         self.auto_pull = auto_pull  # fetch registry models (the embedded default) on first use
         self._pull_lock = threading.Lock()
         self._closed = False
         self._supervisor = Supervisor(self.slots, self.worker, self, backend=backend, device=device, card=card,
-                                      health=health, recovery=recovery, device_lock=device_lock)
+                                      health=health, recovery=recovery, device_lock=device_lock, clock=clock)
         self.fallback = None if fallback is None else CardFallback(
-            DegradedMode(fallback), self.store, lambda: Engine(
+            DegradedMode(fallback, clock=clock.monotonic, wall=clock.wall), self.store, lambda: Engine(
                 self.store, backend="onnx", keep_alive=keep_alive, max_queue=max_queue, request_timeout=request_timeout,
                 stall_timeout=stall_timeout, snapshot_bytes=snapshot_bytes, auto_pull=auto_pull, device_lock=False,
-                idle_prefill=False, fallback_model=""),
+                idle_prefill=False, fallback_model="", clock=clock),
             resolve=self.resolve, probe=lambda names: probe_card(self._supervisor, [self.resolve(n) for n in names]),
             max_models=max_loaded_models)
         if self.fallback is not None:

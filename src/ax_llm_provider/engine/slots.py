@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from ..model.embedding_model import assert_not_embedding_model
 from ..model.store import ModelStore
 from ..runtime.errors import DeviceError, model_refused
+from .clock import SYSTEM_CLOCK, Cancellable, Clock
 from .errors import EngineError
 from .runner import ModelRunner
 from .state import LoadedEntry
@@ -44,14 +45,16 @@ class ModelSlots:
     """Loaded LLMs (at most `max_loaded`, the oldest unloaded first) and embedding models (see embedder.py)."""
 
     def __init__(self, store: ModelStore, worker: DeviceWorker, load: Loader, *, snapshot_bytes: int,
-                 max_loaded: int, check: Checker | None = None) -> None:
+                 max_loaded: int, check: Checker | None = None, clock: Clock = SYSTEM_CLOCK) -> None:
         """load: opens a model directory on the device (the supervisor's load: lock, retries, progress);
-        check: the load's file checks alone, run before a loaded model is evicted for a new one."""
+        check: the load's file checks alone, run before a loaded model is evicted for a new one;
+        clock: keep_alive's time and timers (engine/clock.py)."""
         self.store, self.worker, self._load, self._check = store, worker, load, check
+        self.clock = clock
         self.snapshot_bytes, self.max_loaded = snapshot_bytes, max_loaded
         self.lock = threading.Lock()
         self._models: dict[str, LoadedEntry] = {}
-        self._timers: dict[str, threading.Timer] = {}
+        self._timers: dict[str, Cancellable] = {}
         self.embedders: dict[str, CachedEmbedder] = {}  # stored name -> entry, least recently used first
         self.closed = False  # set by Engine.close: expiring timers no longer queue work
 
@@ -156,18 +159,16 @@ class ModelSlots:
         timer = self._timers.pop(name, None)
         if timer is not None:
             timer.cancel()
-        entry.expires_at = time.time() + keep_alive if math.isfinite(keep_alive) else None
+        entry.expires_at = self.clock.wall() + keep_alive if math.isfinite(keep_alive) else None
         if keep_alive <= 0:
             self.unload(name)
         elif math.isfinite(keep_alive):
-            timer = threading.Timer(keep_alive, self._expire, args=(name, entry))
-            timer.daemon = True
-            self._timers[name] = timer
-            timer.start()
+            self._timers[name] = self.clock.timer(keep_alive, lambda: self._expire(name, entry))
 
     def _expire(self, name: str, entry: LoadedEntry) -> None:
         def unload_if_still_expired() -> None:
-            if self._models.get(name) is entry and entry.expires_at is not None and entry.expires_at <= time.time():
+            expires_at = entry.expires_at
+            if self._models.get(name) is entry and expires_at is not None and expires_at <= self.clock.wall():
                 self.unload(name)
 
         if not self.closed:

@@ -20,6 +20,7 @@ from ... import process
 from ...runtime import axcl_codes as codes
 from ...runtime.axcl_props import get_device_properties, reboot_device
 from ...runtime.errors import DeviceError, DeviceOfflineError
+from ..clock import SYSTEM_CLOCK, Clock
 from .health import DeviceReading, offline_reading, reading_from_properties
 from .recovery import DeviceActivity, RecoveryPolicy, WatchedAxcl
 
@@ -33,14 +34,14 @@ class CardAccess:
     def __init__(self, backend: str, device: int, *, card: Any | None, device_lock: bool | None,
                  activity: DeviceActivity, policy: RecoveryPolicy,
                  on_offline: Callable[[DeviceReading], None],
-                 on_locked: Callable[[process.DeviceLock], None] | None = None) -> None:
+                 on_locked: Callable[[process.DeviceLock], None] | None = None, clock: Clock = SYSTEM_CLOCK) -> None:
         """card: the axcl module or SimCard to drive (None: import axcl / a new SimCard); device_lock: take
         the owner lock (None: for the axcl and axengine backends); on_offline: the runtime's status callback."""
         self.backend, self.device = backend, device
         self.card = card
         self.lock_wanted = device_lock
         self.lock: process.DeviceLock | None = None
-        self.activity, self.policy = activity, policy
+        self.activity, self.policy, self.clock = activity, policy, clock
         self.axcl = WatchedAxcl(self._resolve, activity)
         self.mutex = threading.RLock()  # load/unload/reboot hold it; the monitor's read skips while held
         self.device_id: int | None = None
@@ -187,16 +188,16 @@ class CardAccess:
         reboot_device(self.lib_rt(), self.device_id)
 
     def _wait_for_card(self, device_id: int) -> None:
-        deadline = time.monotonic() + self.policy.reboot_wait_s
+        deadline = self.clock.monotonic() + self.policy.reboot_wait_s
         while True:
             try:
                 get_device_properties(self.lib_rt(), device_id)
                 self.activity.answered()
                 return
             except DeviceError:
-                if time.monotonic() >= deadline:
+                if self.clock.monotonic() >= deadline:
                     raise
-            time.sleep(self.policy.reboot_poll_s)
+            self.clock.sleep(self.policy.reboot_poll_s)
 
     def label(self, model_backends: set[str]) -> str:
         """What `health().device` says: "card N", "simulated card N" or "cpu"."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import time
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -71,7 +70,7 @@ class RequestGuard:
         """Wrap a chat/generate job; returns it with its request id."""
         self.check_admission()
         request_id = new_request_id()
-        submitted = time.monotonic()
+        submitted = self.monitor.clock()  # the thermal wait is measured on the monitor's clock
 
         def guarded(cancel: CancelToken) -> Iterator[ChunkT]:
             set_request_id(request_id)
@@ -100,7 +99,7 @@ class RequestGuard:
              submitted: float) -> Iterator[ChunkT]:
         self.monitor.wait_until_cool(cancel, submitted)
         self.check_admission()
-        started = time.monotonic()
+        started = self.monitor.clock()
         rerun = False
         while True:
             emitted = 0

@@ -232,6 +232,15 @@ class HealthMonitor:
         if self.reading is not None and not self.reading.online:
             self.reading = None
 
+    def nothing_to_read(self) -> None:
+        """No model holds the card open, so it is not read: a pause taken earlier could never end (every request
+        would fail as overheated for ever). It ends here; the first read after the next load applies it again."""
+        if self.paused:
+            self.paused = False
+            self._cool.set()
+            log.warning("the thermal pause ends: no model is open on the card, so its temperature is not read; "
+                        "the first read after the next load pauses again if it is still hot")
+
     @property
     def hung(self) -> bool:
         # Live, not as of the last tick: once the flagged execute returned, the card is no longer hung.

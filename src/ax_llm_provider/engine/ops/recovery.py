@@ -107,13 +107,14 @@ def step_retryable(exc: BaseException) -> bool:
 class DeviceActivity:
     """When the current engine_execute started (None when idle) and when the device last answered."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock  # the health monitor's clock: it compares busy_since with its own now
         self.busy_since: float | None = None
-        self.last_answer = time.monotonic()
+        self.last_answer = clock()
         self.executes = 0
 
     def answered(self) -> None:
-        self.last_answer = time.monotonic()
+        self.last_answer = self.clock()
 
 
 class _WatchedRt:
@@ -128,14 +129,14 @@ class _WatchedRt:
 
     def engine_execute(self, model_id: int, context_id: int, group: int, io: int) -> int:
         activity = self._activity
-        activity.busy_since = time.monotonic()
+        activity.busy_since = activity.clock()
         try:
             ret = self._rt.engine_execute(model_id, context_id, group, io)
         finally:
             activity.busy_since = None
         if ret == 0:
             activity.executes += 1
-            activity.last_answer = time.monotonic()
+            activity.last_answer = activity.clock()
         return ret
 
 
@@ -240,8 +241,10 @@ class RecoveryLadder:
     `on_fatal(error)` is called once, when the card is declared lost, whichever way that happens."""
 
     def __init__(self, policy: RecoveryPolicy, reset: Callable[[], None], reboot: Callable[[], None],
-                 on_fatal: Callable[[DeviceFatalError], None] | None = None) -> None:
-        self.policy = policy
+                 on_fatal: Callable[[DeviceFatalError], None] | None = None, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """clock: what `window_s` is measured on."""
+        self.policy, self.clock = policy, clock
         self._reset, self._reboot, self._on_fatal = reset, reboot, on_fatal
         self._history: deque[float] = deque()
         self._unconfirmed: Rung | None = None  # the last recovery's rung, until a request succeeds
@@ -271,7 +274,7 @@ class RecoveryLadder:
         if self.fatal is not None:
             raise self.fatal
         self.last_error = f"{type(exc).__name__}: {exc}"
-        now = time.monotonic()
+        now = self.clock()
         while self._history and now - self._history[0] > self.policy.window_s:
             self._history.popleft()
         if len(self._history) >= self.policy.max_recoveries:
@@ -292,7 +295,7 @@ class RecoveryLadder:
                         rung = Rung.FATAL
                     continue
                 self.counts[rung.name.lower()] += 1
-                self._history.append(time.monotonic())
+                self._history.append(self.clock())
                 self._unconfirmed = rung
                 self.last_recovery_at = time.time()
                 log.warning("device recovered by %s", rung.name.lower())

@@ -39,6 +39,7 @@ from ...runtime.errors import (
     model_refused,
 )
 from ...status_channel import publish_status
+from ..clock import SYSTEM_CLOCK, Clock
 from ..responses import ChunkT
 from ..worker.scheduler import CancelToken, DeviceWorker, RequestStream
 from .device import CardAccess
@@ -65,17 +66,20 @@ class Supervisor:
 
     def __init__(self, slots: ModelSlots, worker: DeviceWorker, owner: process.Closable, *, backend: str,
                  device: int, card: Any | None = None, health: HealthConfig | None = None,
-                 recovery: RecoveryPolicy | None = None, device_lock: bool | None = None) -> None:
-        """owner: closed at interpreter exit (process.register) when a card is in use."""
-        self.slots, self.worker, self.owner = slots, worker, owner
+                 recovery: RecoveryPolicy | None = None, device_lock: bool | None = None,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
+        """owner: closed at interpreter exit (process.register) when a card is in use; clock: the time every
+        part reads (engine/clock.py)."""
+        self.slots, self.worker, self.owner, self.clock = slots, worker, owner, clock
         self.backend = backend
         self.config = health if health is not None else HealthConfig.from_env()
         self.policy = recovery if recovery is not None else RecoveryPolicy()
-        self.activity = DeviceActivity()
+        self.activity = DeviceActivity(clock.monotonic)
         self.card = CardAccess(backend, device, card=card, device_lock=device_lock, activity=self.activity,
-                               policy=self.policy, on_offline=self.on_offline, on_locked=self._publish_status)
+                               policy=self.policy, on_offline=self.on_offline, on_locked=self._publish_status,
+                               clock=clock)
         self.ladder = RecoveryLadder(self.policy, self._reset_and_reload, self._reboot_and_reload,
-                                     on_fatal=self._on_fatal)
+                                     on_fatal=self._on_fatal, clock=clock.monotonic)
         self.loading: str | None = None
         self.on_card_lost: Callable[[DeviceFatalError], None] | None = None  # degraded mode's switch (ops/degraded.py)
         self._wanted: list[str] = []  # what the next recovery loads again (oldest first)
@@ -83,7 +87,7 @@ class Supervisor:
         self._progress_at = 0.0
         self._idle_recovery: RequestStream[Any] | None = None
         self._idle_recovery_queued = False
-        self.monitor = HealthMonitor(self, self.config)
+        self.monitor = HealthMonitor(self, self.config, clock=clock.monotonic)
         self.guard = RequestGuard(self.ladder, self.monitor, lambda: self.card.card_backend is not None)
         on_card = backend in ("axcl", "axengine") or (
             backend == "auto" and importlib.util.find_spec("axcl") is not None)
@@ -106,7 +110,7 @@ class Supervisor:
         step = [0]
 
         def progress(done: int, total: int) -> None:
-            self._progress_at = time.monotonic()
+            self._progress_at = self.clock.monotonic()
             self.loading = f"{name} {done}/{total}"
             tenth = done * 10 // max(total, 1)
             if tenth > step[0]:
@@ -226,6 +230,7 @@ class Supervisor:
     def probe(self) -> DeviceReading | None:
         card = self.card
         if card.card_backend is None or card.device_id is None or not len(self.slots):
+            self.monitor.nothing_to_read()
             return None
         if not card.mutex.acquire(blocking=False):
             return None  # a load, unload or reboot is under way
