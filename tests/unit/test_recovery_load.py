@@ -124,6 +124,12 @@ def test_a_failed_load_attempt_does_not_feed_the_watchdog(tmp_path: Path, card: 
     with Engine(ModelStore(tmp_path), backend="simulated", card=card, auto_pull=False, keep_alive=-1,
                 request_timeout=10, health=health, recovery=POLICY) as engine:
         chat(engine, twin)
+        # the monitor reads the card only while a model is open and the card is free: wait for its first read, or
+        # on a loaded machine the unload below can come first and leave no reading (liveness is then "no hang")
+        deadline = time.monotonic() + 10
+        while engine.health().read_at is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert engine.health().read_at is not None
         # reads that fail without the card being offline: no answer from the device feeds liveness
         card.lib_rt.axclrtGetDeviceProperties = (  # type: ignore[method-assign]
             lambda device_id, props: codes.signed(codes.ERR_DEVICE_NULL_POINTER))
