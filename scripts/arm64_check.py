@@ -45,7 +45,9 @@ from arm64_env import (
 
 log = logging.getLogger("arm64")
 REPO = Path(__file__).resolve().parent.parent
-EXTRAS = "cpu,structured"
+# what the Pi service installs (install-pi.sh: langchain,cpu + axengine), `ax-llm serve` (server) and
+# structured output: the unit and contract tests import them (llamaindex is left out: no test here needs it)
+EXTRAS = "cpu,structured,langchain,server,axengine"
 TEST_REQUIREMENTS = ("pytest>=8", "pytest-timeout>=2.2", "hypothesis>=6.100", "jsonschema>=4.20")
 RELEASES = "https://github.com/AXERA-TECH/{}/releases/download/TAG/{}-TAG-py3-none-any.whl"  # never fetched
 WHEEL_URLS = ("--pyaxcl-wheel-url", RELEASES.format("pyaxcl", "pyAXCL"),

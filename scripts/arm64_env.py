@@ -164,12 +164,14 @@ def build_venv(emu: Emulator, cache: Path, repo: Path, wheel: Path, extras: str,
     fresh = not (path / ".ax-llm-complete").is_file()
     pip = ["-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-compile", "--only-binary", ":all:"]
     if fresh:
-        for old in cache.glob("venv-*"):
-            shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(path, ignore_errors=True)  # a half-built one
         log.info("creating the aarch64 venv %s (pip runs emulated: minutes)", path)
         _emulated(emu, "/usr/bin/python3", "-m", "venv", "--without-pip", "--system-site-packages", str(path))
         _emulated(emu, str(path / "bin" / "python"), *pip, f"{wheel}[{extras}]", *requirements)
         (path / ".ax-llm-complete").touch()
+        for old in cache.glob("venv-*"):  # only now: a run still using an older venv is not pulled from under it
+            if old != path:
+                shutil.rmtree(old, ignore_errors=True)
     else:
         _emulated(emu, str(path / "bin" / "python"), *pip, "--no-deps", "--force-reinstall", str(wheel))
     return Venv(path, fresh)
