@@ -45,9 +45,11 @@ from arm64_env import (
 
 log = logging.getLogger("arm64")
 REPO = Path(__file__).resolve().parent.parent
-# what the Pi service installs (install-pi.sh: langchain,cpu + axengine), `ax-llm serve` (server) and
-# structured output: the unit and contract tests import them (llamaindex is left out: no test here needs it)
-EXTRAS = "cpu,structured,langchain,server,axengine"
+# Every runtime extra (what install-pi.sh installs, langchain,cpu + axengine, and the rest): the unit and
+# contract tests import them all. The CI subset (main job, golden, dry run) needs only the CPU twin and
+# structured output, and installs only those: the emulated pip costs CI minutes per package.
+EXTRAS = "cpu,structured,langchain,llamaindex,server,axengine"
+CI_EXTRAS = "cpu,structured"
 TEST_REQUIREMENTS = ("pytest>=8", "pytest-timeout>=2.2", "hypothesis>=6.100", "jsonschema>=4.20")
 RELEASES = "https://github.com/AXERA-TECH/{}/releases/download/TAG/{}-TAG-py3-none-any.whl"  # never fetched
 WHEEL_URLS = ("--pyaxcl-wheel-url", RELEASES.format("pyaxcl", "pyAXCL"),
@@ -217,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         ensure_host_tools()
         emu = build_root(cache)
         wheel = build_wheel(REPO, cache / "dist")
-        venv = build_venv(emu, cache, REPO, wheel, EXTRAS, TEST_REQUIREMENTS)
+        extras, label = (CI_EXTRAS, "ci") if set(parts) <= set(CI_PARTS) else (EXTRAS, "all")
+        venv = build_venv(emu, cache, REPO, wheel, extras, TEST_REQUIREMENTS, label)
         store = cache / "run" / "models"  # a fresh store: the main job pulls and converts on aarch64
         shutil.rmtree(store.parent, ignore_errors=True)
         env = {**os.environ, **model_file_overrides(REPO, cache, embeddings=bool({"unit", "contract"} & set(parts))),

@@ -157,10 +157,11 @@ def venv_key(repo: Path, requirements: tuple[str, ...]) -> str:
 
 
 def build_venv(emu: Emulator, cache: Path, repo: Path, wheel: Path, extras: str,
-               requirements: tuple[str, ...]) -> Venv:
+               requirements: tuple[str, ...], label: str) -> Venv:
     """A venv with the wheel's dependencies (+ requirements) from aarch64 wheels; reused while the dependency
-    lists are unchanged. The project wheel itself is reinstalled every time."""
-    path = cache / f"venv-{venv_key(repo, (extras, *requirements))}"
+    lists are unchanged. The project wheel itself is reinstalled every time. One venv is kept per label (the
+    CI subset's and the full check's differ in extras), so alternating between them rebuilds nothing."""
+    path = cache / f"venv-{label}-{venv_key(repo, (extras, *requirements))}"
     fresh = not (path / ".ax-llm-complete").is_file()
     pip = ["-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-compile", "--only-binary", ":all:"]
     if fresh:
@@ -169,8 +170,9 @@ def build_venv(emu: Emulator, cache: Path, repo: Path, wheel: Path, extras: str,
         _emulated(emu, "/usr/bin/python3", "-m", "venv", "--without-pip", "--system-site-packages", str(path))
         _emulated(emu, str(path / "bin" / "python"), *pip, f"{wheel}[{extras}]", *requirements)
         (path / ".ax-llm-complete").touch()
-        for old in cache.glob("venv-*"):  # only now: a run still using an older venv is not pulled from under it
-            if old != path:
+        # only now: a run still using an older venv is not pulled from under it (venv-HASH: before the labels)
+        for old in cache.glob("venv-*"):
+            if old != path and (old.name.startswith(f"venv-{label}-") or re.fullmatch(r"venv-[0-9a-f]{12}", old.name)):
                 shutil.rmtree(old, ignore_errors=True)
     else:
         _emulated(emu, str(path / "bin" / "python"), *pip, "--no-deps", "--force-reinstall", str(wheel))
