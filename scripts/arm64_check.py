@@ -23,6 +23,7 @@ import functools
 import logging
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -44,15 +45,25 @@ from arm64_env import (
 
 log = logging.getLogger("arm64")
 REPO = Path(__file__).resolve().parent.parent
-EXTRAS = "cpu,structured"
+# Every runtime extra (what install-pi.sh installs, langchain,cpu + axengine, and the rest): the unit and
+# contract tests import them all. The CI subset (main job, golden, dry run) needs only the CPU twin and
+# structured output, and installs only those: the emulated pip costs CI minutes per package.
+EXTRAS = "cpu,structured,langchain,llamaindex,server,axengine"
+CI_EXTRAS = "cpu,structured"
 TEST_REQUIREMENTS = ("pytest>=8", "pytest-timeout>=2.2", "hypothesis>=6.100", "jsonschema>=4.20")
+RELEASES = "https://github.com/AXERA-TECH/{}/releases/download/TAG/{}-TAG-py3-none-any.whl"  # never fetched
+WHEEL_URLS = ("--pyaxcl-wheel-url", RELEASES.format("pyaxcl", "pyAXCL"),
+              "--pyaxengine-wheel-url", RELEASES.format("pyaxengine", "axengine"))
 PROMPT = "What is the capital city of France? Answer with one word."
 SIMCARD_TESTS = ("tests/unit/test_simcard.py", "tests/unit/test_simcard_axengine.py",
                  "tests/contract/test_axcl_parity.py", "tests/contract/test_axcl_faults.py",
                  "tests/contract/test_axcl_budget.py", "tests/contract/test_axengine_backend.py")
 # a qemu-user guest cannot exec another aarch64 program without binfmt_misc (tests marked `spawns`), and
 # emulated host code is far slower than on a Pi (tests marked `hostspeed` assert on it)
-PYTEST = ("-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not spawns and not hostspeed")
+# emulated, everything takes ~45x its x86 CPU time: the slowest tests are listed, and a hung test fails
+# with its stack after 30 minutes instead of holding up the part (tests with their own timeout keep it)
+PYTEST = ("-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not spawns and not hostspeed",
+          "--durations=15", "--timeout=1800")
 ALL_PARTS = ("install", "main", "golden", "simcard", "unit", "contract", "deploy")
 CI_PARTS = ("install", "main", "golden", "deploy")
 
@@ -131,21 +142,33 @@ def part_contract(runner: Runner) -> tuple[bool, str]:
 
 
 def part_deploy(runner: Runner) -> tuple[bool, str]:
-    # The script is bash: run by the host's shell (an emulated bash could not start sed, mktemp...). What in it
-    # depends on the machine is checked on aarch64: `uname -m` and its pip step resolving to aarch64 wheels.
-    dry = subprocess.run(["bash", "deploy/install-pi.sh", "--dry-run", "--skip-checks", "--no-start",
-                          "--pyaxcl-wheel-url", "https://github.com/AXERA-TECH/pyaxcl/releases/download/TAG/pyAXCL-TAG-py3-none-any.whl"],
-                         cwd=REPO, text=True, capture_output=True, check=False)
+    # The script is interpreted by the root's aarch64 bash; the programs it starts (sed, mktemp, uname...) are
+    # the host's, as qemu-user hands execve to the host kernel, so `uname -m` in it says x86_64 and its arm64
+    # check is skipped. The machine is checked from aarch64 Python, and its pip steps resolved on aarch64.
+    bash = str(runner.emu.root / "bin" / "bash")
+    dry = subprocess.run(runner.emu.argv(bash, "deploy/install-pi.sh", "--dry-run", "--skip-checks", "--no-start",
+                                         *WHEEL_URLS), cwd=REPO, text=True,
+                         capture_output=True, check=False)
     print(dry.stdout[-1500:], dry.stderr[-1500:], sep="\n")
-    machine = runner.python("-c", "import os; print(os.uname().machine)")
+    extras = install_pi_extras(dry.stderr)  # a dry run prints each command on stderr, `+ ...`
+    if dry.returncode != 0 or not extras:
+        return False, f"dry run rc={dry.returncode}, pip extras in it: {extras or 'none found'}"
+    machine = runner.python("-c", "import os; print(os.uname().machine)").stdout.strip()
+    shell = f"aarch64 bash: dry run rc=0, extras [{extras}]; os.uname().machine={machine}"
     if runner.ci:  # the emulated pip resolution alone costs about 1.5 CPU minutes
-        ok = dry.returncode == 0 and machine.stdout.strip() == "aarch64"
-        return ok, f"dry run rc={dry.returncode}, uname -m={machine.stdout.strip()} (pip resolution: nox only)"
+        return machine == "aarch64", f"{shell} (pip resolution: nox only)"
     resolve = runner.python("-m", "pip", "install", "--dry-run", "-q", "--disable-pip-version-check",
-                            "--ignore-installed", "--only-binary", ":all:", f"{runner.wheel}[langchain,axengine]")
+                            "--ignore-installed", "--only-binary", ":all:", f"{runner.wheel}[{extras}]")
     print(resolve.stdout[-1500:], resolve.stderr[-1500:], sep="\n")
-    ok = dry.returncode == 0 and machine.stdout.strip() == "aarch64" and resolve.returncode == 0
-    return ok, f"dry run rc={dry.returncode}, uname -m={machine.stdout.strip()}, pip resolve rc={resolve.returncode}"
+    return machine == "aarch64" and resolve.returncode == 0, f"{shell}; pip resolve rc={resolve.returncode}"
+
+
+def install_pi_extras(dry_run_output: str) -> str:
+    """Every extra the dry run's `pip install ...[extras]` lines name, joined (e.g. `langchain,cpu,axengine`)."""
+    found: list[str] = []
+    for match in re.finditer(r"pip install \S*\[([a-z0-9_,-]+)\]", dry_run_output):
+        found += [extra for extra in match.group(1).split(",") if extra not in found]
+    return ",".join(found)
 
 
 PARTS = {"install": part_install, "main": part_main, "golden": part_golden, "simcard": part_simcard,
@@ -196,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         ensure_host_tools()
         emu = build_root(cache)
         wheel = build_wheel(REPO, cache / "dist")
-        venv = build_venv(emu, cache, REPO, wheel, EXTRAS, TEST_REQUIREMENTS)
+        extras, label = (CI_EXTRAS, "ci") if set(parts) <= set(CI_PARTS) else (EXTRAS, "all")
+        venv = build_venv(emu, cache, REPO, wheel, extras, TEST_REQUIREMENTS, label)
         store = cache / "run" / "models"  # a fresh store: the main job pulls and converts on aarch64
         shutil.rmtree(store.parent, ignore_errors=True)
         env = {**os.environ, **model_file_overrides(REPO, cache, embeddings=bool({"unit", "contract"} & set(parts))),

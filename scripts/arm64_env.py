@@ -3,7 +3,8 @@
 * an arm64 Debian root, unpacked by `mmdebstrap --variant=extract` (no maintainer scripts run) from the apt
   mirror the host already uses;
 * `qemu-aarch64-static -L ROOT -cpu cortex-a76` starts aarch64 programs explicitly: there is no binfmt_misc
-  here, so an emulated program cannot start another program (no pip builds, no child processes);
+  here, so an emulated program cannot start another aarch64 program (no pip builds, no child Python: ENOEXEC);
+  qemu-user hands execve to the host kernel unmapped, so what it can start are the host's x86-64 programs;
 * a Pi 5-like ROOT/proc/cpuinfo: onnxruntime parses /proc/cpuinfo at import and crashes on the host's x86 one
   (qemu-user maps the path into ROOT because of `-L`);
 * a venv made inside the emulation with the Debian pip (`--without-pip --system-site-packages`), filled with
@@ -28,8 +29,9 @@ from pathlib import Path
 log = logging.getLogger("arm64")
 
 SUITE = "bookworm"  # Debian 12: Python 3.11, glibc 2.36 (the Pi's Ubuntu 24.04 has 3.12 / 2.39: docs/hardware.md)
+# bash: deploy/install-pi.sh is interpreted by the aarch64 bash (the programs it starts are the host's)
 ROOT_PACKAGES = ("python3", "python3-venv", "python3-pip", "libpython3.11", "libstdc++6", "libgomp1", "zlib1g",
-                 "libgcc-s1", "ca-certificates")
+                 "libgcc-s1", "ca-certificates", "bash")
 # /proc/cpuinfo of a Raspberry Pi 5 (4x Cortex-A76: implementer 0x41, part 0xd0b) as its kernel prints it.
 PI5_CPU = """processor\t: {n}
 BogoMIPS\t: 108.00
@@ -155,19 +157,23 @@ def venv_key(repo: Path, requirements: tuple[str, ...]) -> str:
 
 
 def build_venv(emu: Emulator, cache: Path, repo: Path, wheel: Path, extras: str,
-               requirements: tuple[str, ...]) -> Venv:
+               requirements: tuple[str, ...], label: str) -> Venv:
     """A venv with the wheel's dependencies (+ requirements) from aarch64 wheels; reused while the dependency
-    lists are unchanged. The project wheel itself is reinstalled every time."""
-    path = cache / f"venv-{venv_key(repo, (extras, *requirements))}"
+    lists are unchanged. The project wheel itself is reinstalled every time. One venv is kept per label (the
+    CI subset's and the full check's differ in extras), so alternating between them rebuilds nothing."""
+    path = cache / f"venv-{label}-{venv_key(repo, (extras, *requirements))}"
     fresh = not (path / ".ax-llm-complete").is_file()
     pip = ["-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-compile", "--only-binary", ":all:"]
     if fresh:
-        for old in cache.glob("venv-*"):
-            shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(path, ignore_errors=True)  # a half-built one
         log.info("creating the aarch64 venv %s (pip runs emulated: minutes)", path)
         _emulated(emu, "/usr/bin/python3", "-m", "venv", "--without-pip", "--system-site-packages", str(path))
         _emulated(emu, str(path / "bin" / "python"), *pip, f"{wheel}[{extras}]", *requirements)
         (path / ".ax-llm-complete").touch()
+        # only now: a run still using an older venv is not pulled from under it (venv-HASH: before the labels)
+        for old in cache.glob("venv-*"):
+            if old != path and (old.name.startswith(f"venv-{label}-") or re.fullmatch(r"venv-[0-9a-f]{12}", old.name)):
+                shutil.rmtree(old, ignore_errors=True)
     else:
         _emulated(emu, str(path / "bin" / "python"), *pip, "--no-deps", "--force-reinstall", str(wheel))
     return Venv(path, fresh)

@@ -57,6 +57,7 @@ def ready() -> SimCard:
     return card
 
 
+@pytest.mark.spawns
 def test_a_second_process_is_refused_with_the_real_error() -> None:
     card = ready()
     assert owner_pid(card.namespace, 1) == os.getpid()

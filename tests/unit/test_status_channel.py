@@ -55,6 +55,7 @@ def test_a_live_fresh_owner(lock_dir: Path) -> None:
     assert not list(lock_dir.glob(".*.tmp"))  # the temporary file was renamed into place
 
 
+@pytest.mark.spawns
 def test_a_dead_owner_is_stale(lock_dir: Path) -> None:
     write(lock_dir, dead_pid(), None, time.time())
     status = sc.read_status(0)
@@ -120,6 +121,7 @@ def test_doctor_reads_a_live_owner_and_does_not_open_the_card(lock_dir: Path, mo
     assert "5000 MB free of 7040 MB" in checks["cmm"].detail
 
 
+@pytest.mark.spawns
 def test_doctor_warns_about_a_stale_channel_and_checks_the_card_itself(lock_dir: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     from ax_llm_provider import doctor

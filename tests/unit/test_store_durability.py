@@ -78,6 +78,7 @@ def _gone(pid: int) -> bool:
     return "\nState:\tZ" in state  # a zombie waiting for its new parent to reap it has ended
 
 
+@pytest.mark.spawns
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_a_killed_pull_takes_its_pip_child_with_it(tmp_path: Path) -> None:
     marker = tmp_path / "child.pid"
@@ -104,6 +105,7 @@ def _dead_pid() -> int:
     return proc.pid
 
 
+@pytest.mark.spawns
 def test_leftovers_are_cleaned_only_when_safe(tmp_path: Path) -> None:
     root, dead, old = tmp_path / "store", _dead_pid(), time.time() - 2 * durable.STALE_AFTER_S
     downloads, family = root / "_downloads", root / "smollm2"
@@ -125,6 +127,7 @@ def test_leftovers_are_cleaned_only_when_safe(tmp_path: Path) -> None:
     assert (outside / f".x.partial-{dead}-abcd1234").exists()
 
 
+@pytest.mark.spawns
 def test_the_next_pull_cleans_up(tmp_path: Path) -> None:
     store = ModelStore(tmp_path / "store")
     leftover = store.root / "_downloads" / f"tmp-{_dead_pid()}-xyz"

@@ -62,6 +62,7 @@ def test_ollama_types_and_framework_classes_at_the_top_level() -> None:
         ax_llm_provider.NoSuchThing  # noqa: B018
 
 
+@pytest.mark.spawns
 def test_the_core_imports_without_the_frameworks() -> None:
     # A fresh interpreter in which the frameworks cannot be imported (None in sys.modules blocks an import).
     code = """
