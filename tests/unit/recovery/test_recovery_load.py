@@ -8,40 +8,19 @@ itself (a file the runtime rejects, not enough CMM) is the caller's error and le
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from ax_llm_provider.engine.engine import Engine
 from ax_llm_provider.engine.ops.health import HealthConfig
-from ax_llm_provider.engine.ops.recovery import DeviceFatalError, RecoveryPolicy
+from ax_llm_provider.engine.ops.recovery import DeviceFatalError
 from ax_llm_provider.model.store import ModelStore
 from ax_llm_provider.runtime import axcl_codes as codes
 from ax_llm_provider.runtime.errors import DeviceError, DeviceMemoryError, model_refused
 from ax_llm_provider.runtime.simcard import SimCard
 
-POLICY = RecoveryPolicy(step_wait_s=0.001, step_wait_max_s=0.002, cmm_retry_wait_s=0.01, reboot_wait_s=1,
-                        reboot_poll_s=0.05)
-CALM = HealthConfig(period_s=0.05, execute_timeout_s=5.0, hang_reboot_s=None, hang_fatal_s=None)
-
-
-@pytest.fixture(scope="module")
-def twin(tiny_twin: Callable[..., Path]) -> str:
-    return str(tiny_twin("llama", decode_capacity=255, prefill_chunk=16, prefill_histories=(0, 16, 32, 64)))
-
-
-@pytest.fixture()
-def card() -> SimCard:
-    return SimCard()
-
-
-@pytest.fixture()
-def engine(tmp_path: Path, card: SimCard) -> Iterator[Engine]:
-    eng = Engine(ModelStore(tmp_path), backend="simulated", card=card, auto_pull=False, keep_alive=-1,
-                 request_timeout=10, health=CALM, recovery=POLICY)
-    yield eng
-    eng.close()
+from .conftest import POLICY
 
 
 def chat(engine: Engine, twin: str) -> str:
