@@ -61,7 +61,7 @@ def reliability(session: nox.Session) -> None:
     session.install("-e", ".[test]")
     session.env.setdefault("AX_LLM_RELIABILITY_FULL", "1")
     session.env.setdefault("AX_LLM_RELIABILITY_REPORT", ".nox/reliability-report.jsonl")
-    session.run("pytest", "tests/reliability", "-p", "no:cacheprovider", *session.posargs)
+    session.run("pytest", "tests/reliability", "-p", "no:cacheprovider", "--timeout=3600", *session.posargs)
 
 
 @nox.session

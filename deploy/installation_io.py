@@ -29,31 +29,42 @@ SentenceSink = Callable[[str, str], None]  # (prompt name, sentence)
 
 
 class PartialInbox:
-    """root/partial.txt: each new version is evaluated ahead (num_predict 0); stale after every answered prompt."""
+    """root/partial.txt: each new version is evaluated ahead (num_predict 0); stale after every answered prompt.
+
+    "Stale" is judged two ways, because file times come from the kernel's coarse clock (a file written just after
+    time.time() can carry an earlier mtime): a partial older than the last answer by more than that clock's tick,
+    or exactly the partial that was there when the answer came (its mtime and text).
+    """
+
+    TICK_S = 0.02  # a file time may lag time.time() by one kernel tick (1-10 ms)
 
     def __init__(self, path: Path, prefill: Prefill, history: History, max_bytes: int = MAX_PROMPT_BYTES) -> None:
         self.path, self.prefill, self.history, self.max_bytes = path, prefill, history, max_bytes
         self.seen: tuple[float, str] | None = None
-        self.since = time.time()  # a partial older than the last answer belongs to that answer's prompt
+        self.answered()  # what is there at start belongs to a prompt before this run
 
-    def poll(self) -> None:
+    def _current(self) -> tuple[float, str] | None:
         try:
             mtime = self.path.stat().st_mtime
-            if mtime < self.since:
-                return
-            text = read_prompt(self.path, self.max_bytes)
+            return mtime, read_prompt(self.path, self.max_bytes)
         except (FileNotFoundError, Rejected):
-            return  # no partial text (or not one to use): the prompt will be prefilled whole
-        if not text or self.seen == (mtime, text):
+            return None  # no partial text (or not one to use): the prompt will be prefilled whole
+
+    def poll(self) -> None:
+        current = self._current()
+        if current is None or not current[1] or current[0] < self.since - self.TICK_S:
             return
-        self.seen = (mtime, text)
+        if current in (self.seen, self.stale):
+            return
+        self.seen = current
         try:
-            self.prefill(self.history, text)
+            self.prefill(self.history, current[1])
         except Exception as exc:  # noqa: BLE001 -- evaluating ahead is an optimisation; the prompt still comes
             log.warning("evaluating the partial text ahead failed: %s: %s", type(exc).__name__, exc)
 
     def answered(self) -> None:
         self.since, self.seen = time.time(), None
+        self.stale = self._current()
 
 
 def stdin_source(max_bytes: int = MAX_PROMPT_BYTES) -> Iterator[tuple[str, str]]:

@@ -138,3 +138,21 @@ def test_partial_text_is_evaluated_ahead_and_never_answered(app: ModuleType, tmp
     os.utime(inbox / app.PARTIAL_NAME, (old, old))
     partial.poll()  # the partial of the answered line is stale
     assert len(prefilled) == 1
+
+
+def test_a_partial_written_just_after_the_start_is_evaluated_despite_the_coarse_file_clock(
+        app: ModuleType, tmp_path: Path) -> None:
+    """File times come from the kernel's coarse clock: a partial written right after the inbox was set up (or
+    after an answer) can carry an mtime a few ms before time.time() read then. It is new text all the same."""
+    prefilled: list[str] = []
+    partial = app.PartialInbox(tmp_path / app.PARTIAL_NAME, lambda hist, text: prefilled.append(text), [])
+    (tmp_path / app.PARTIAL_NAME).write_text("what is your")
+    lagging = partial.since - 0.004  # what a 4 ms kernel tick can give
+    os.utime(tmp_path / app.PARTIAL_NAME, (lagging, lagging))
+    partial.poll()
+    assert prefilled == ["what is your"]
+    partial.poll()  # the same version once only
+    assert prefilled == ["what is your"]
+    partial.answered()  # the partial that was there at the answer is stale, whatever its time
+    partial.poll()
+    assert prefilled == ["what is your"]
