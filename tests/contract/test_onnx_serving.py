@@ -161,3 +161,21 @@ def test_serving_capacity_and_closed_errors(tiny_twin: Callable[..., Path]) -> N
     model.close()  # idempotent
     with pytest.raises(RuntimeError, match="closed"):
         stack.decode(np.zeros(stack.spec.hidden, np.float32), 0)
+
+
+def test_spinning_decode_is_opt_in_and_gives_the_same_tokens(tiny_twin: Callable[..., Path],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """AX_LLM_ONNX_SPIN=1 lets only the decode session's workers spin; the tokens do not change."""
+    twin = tiny_twin("llama", **GEOMETRY, weights="q4")
+    prompt = [int(t) for t in np.random.default_rng(5).integers(3, 200, size=21)]
+    runs = {}
+    for spin in ("0", "1"):
+        monkeypatch.setenv("AX_LLM_ONNX_SPIN", spin)
+        with load_model(twin, backend="onnx", onnx_layout="serving", threads=2) as model:
+            stack = model.stack
+            assert isinstance(stack, ServingOnnxDecoderStack)
+            entries = [bound._session.get_session_options().get_session_config_entry(
+                "session.intra_op.allow_spinning") for bound in (stack._chunk, stack._step)]
+            runs[spin] = greedy(stack, model.embeddings.lookup, prompt, 8)[0]
+        assert entries == ["0", spin], entries  # prefill (chunk) never spins
+    assert runs["0"] == runs["1"]

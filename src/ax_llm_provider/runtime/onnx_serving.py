@@ -14,6 +14,7 @@ head-major cache here, so the prefix cache works as on the other layouts.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,13 @@ from .protocol import KVSnapshot
 from .spec import StackSpec
 
 log = logging.getLogger(__name__)
+
+
+def spin_decode() -> bool:
+    """AX_LLM_ONNX_SPIN=1: the decode session's worker threads spin between nodes instead of sleeping. Faster with
+    2+ threads (decode 61 -> 83 tok/s on 2 threads, SmolLM2, docs/cpu-twin.md), but the spinning threads take
+    whole cores from everything else on the host, so it is off unless the CPU is the twin's alone."""
+    return os.environ.get("AX_LLM_ONNX_SPIN", "0").strip().lower() in ("1", "true", "yes", "on")
 
 
 class ServingOnnxDecoderStack:
@@ -63,6 +71,8 @@ class ServingOnnxDecoderStack:
             values = [ort.OrtValue.ortvalue_from_numpy(self._weights[n]) for n in names]
             self._weight_values += values
             options = session_options(ort, threads)
+            if int8_rows and spin_decode():  # the decode session: ~2200 small nodes a token, each a pool hand-off
+                options.add_session_config_entry("session.intra_op.allow_spinning", "1")
             options.add_external_initializers(names, values)
             sessions.append(ort.InferenceSession(graph.SerializeToString(), options,
                                                  providers=["CPUExecutionProvider"]))
