@@ -16,22 +16,11 @@ from ax_llm_provider.runtime.contract import ContextOverflowError
 from ax_llm_provider.runtime.onnx_backend import OnnxDecoderStack
 from ax_llm_provider.runtime.onnx_serving import ServingOnnxDecoderStack
 from ax_llm_provider.runtime.onnx_serving_graph import ServingGraphError, build_serving_graph
+from tests.contract.test_onnx_fused import greedy  # one greedy loop for every layout test
 
 FAMILIES = ["llama", "qwen2", "qwen3"]  # plain, q/k/v biases, per-head q/k norms
 HISTORIES = (0, 16, 32, 64)
 GEOMETRY = {"decode_capacity": 127, "prefill_chunk": 16, "prefill_histories": HISTORIES}
-
-
-def greedy(stack, embed: Callable[[list[int]], np.ndarray], prompt: list[int],  # noqa: ANN001 - a DecoderStack
-           steps: int) -> tuple[list[int], np.ndarray]:
-    logits = stack.prefill(embed(prompt), 0)
-    first = logits.copy()
-    out, pos = [], len(prompt)
-    for _ in range(steps):
-        out.append(int(np.argmax(logits)))
-        logits = stack.decode(embed([out[-1]])[0], pos)
-        pos += 1
-    return out, first
 
 
 @pytest.mark.parametrize("weights", [None, "q4"])
