@@ -48,13 +48,6 @@ class FallbackEngine(Protocol):
     def close(self) -> None: ...
 
 
-def _holds_until_done(request: Any) -> bool:
-    """Whether a request's chunks are held until it is done: a non-streamed one (its caller sees only the whole
-    answer, so a card lost mid-generation can still re-run it)."""
-    stream = request.get("stream", True) if isinstance(request, dict) else getattr(request, "stream", True)
-    return stream is False
-
-
 def _requested_model(request: Any) -> str | None:
     model = request.get("model") if isinstance(request, dict) else getattr(request, "model", None)
     return model if isinstance(model, str) else None
@@ -129,21 +122,18 @@ class CardFallback:
 
     def _watched(self, endpoint: str, request: Any, chunks: Iterator[ChunkT], primary: Callable[[], Iterator[ChunkT]],
                  losses: int) -> Generator[ChunkT, None, None]:
+        # a non-streamed request's job hands over nothing before it is done (jobs.py, whole_reply), so a card lost
+        # mid-generation leaves `emitted` False and the request is answered whole by the fallback
         emitted = False
-        held: list[ChunkT] | None = [] if _holds_until_done(request) else None
         try:
             try:
                 for chunk in chunks:
-                    if held is None:
-                        emitted = True
-                        yield chunk
-                    else:
-                        held.append(chunk)
+                    emitted = True
+                    yield chunk
             except (EngineError, DeviceError) as exc:
                 if not self._rerun(exc, emitted, losses):
                     raise
             else:
-                yield from held or ()
                 return
         finally:
             _close(chunks)
@@ -180,22 +170,16 @@ class CardFallback:
 
     async def _awatched(self, endpoint: str, request: Any, chunks: AsyncIterator[ChunkT],
                         primary: Callable[[], AsyncIterator[ChunkT]], losses: int) -> AsyncIterator[ChunkT]:
-        emitted = False
-        held: list[ChunkT] | None = [] if _holds_until_done(request) else None
+        emitted = False  # as in _watched
         try:
             try:
                 async for chunk in chunks:
-                    if held is None:
-                        emitted = True
-                        yield chunk
-                    else:
-                        held.append(chunk)
+                    emitted = True
+                    yield chunk
             except (EngineError, DeviceError) as exc:
                 if not self._rerun(exc, emitted, losses):
                     raise
             else:
-                for chunk in held or ():
-                    yield chunk
                 return
         finally:
             await _aclose(chunks)
