@@ -1,12 +1,13 @@
 """The CPU twin of SmolLM2-135M on the onnx backend, side by side with llama.cpp on the same GGUF.
 
 Prints decode tok/s (context 64, and 1024 for ours) and prefill tok/s (512 tokens) for the CPU serving
-layout (the onnx default), the per-layer vendor-contract layout (trimmed shapes) and, with --layouts, the
-fused layout, and host RSS after load. With --llama-cpp PYTHON (an interpreter with llama-cpp-python),
-llama.cpp runs the same GGUF with the same thread count on the same token ids; the measurements alternate
-round by round (llama.cpp's threads spin, so its rate collapses whenever anything else runs: alternating
-spreads the load over both) and the medians over rounds and their ratio are printed with the load average
-during the run.
+layout (the onnx default: its decode workers spin inside a step), the per-layer vendor-contract layout
+(trimmed shapes) and, with --layouts, the serving layout without spinning (`serving-nospin`, as
+AX_LLM_ONNX_SPIN=0 runs it) and the fused layout, and host RSS after load. With --llama-cpp PYTHON (an
+interpreter with llama-cpp-python), llama.cpp runs the same GGUF with the same thread count on the same token
+ids; the measurements alternate round by round (llama.cpp's threads spin, so its rate collapses whenever
+anything else runs: alternating spreads the load over both) and the medians over rounds and their ratio are
+printed with the load average during the run.
 --vendor-shapes adds the exact vendor-shape path the card uses (128-row padded chunks, full windows).
 """
 
@@ -27,7 +28,7 @@ from _common import mapped_rss_mb, median_ms, model_dir, rss_mb
 from ax_llm_provider.model.loader import load_model
 from ax_llm_provider.runtime.onnx_backend import OnnxDecoderStack
 from ax_llm_provider.runtime.onnx_fused import FusedOnnxDecoderStack
-from ax_llm_provider.runtime.onnx_serving import ServingOnnxDecoderStack
+from ax_llm_provider.runtime.onnx_serving import ServingOnnxDecoderStack, spin_decode
 from ax_llm_provider.runtime.protocol import DecoderStack
 
 PREFILL_IDS = list(range(200, 712))  # 512 token ids, the same for every engine
@@ -111,21 +112,24 @@ def main() -> None:
     parser.add_argument("--llama-cpp", metavar="PYTHON", help="interpreter with llama-cpp-python installed")
     parser.add_argument("--vendor-shapes", action="store_true", help="also time the card's exact shapes")
     parser.add_argument("--layouts", default="serving,per-layer",
-                        help="onnx layouts to time, comma-separated (serving, per-layer, fused)")
+                        help="onnx layouts to time, comma-separated (serving, serving-nospin, per-layer, fused)")
     args = parser.parse_args()
     path = model_dir()
     before = rss_mb()
     started = time.perf_counter()
     model = load_model(path, backend="onnx", threads=args.threads, onnx_layout="serving")
-    results: dict[str, object] = {"model": str(path), "threads": args.threads, "load_s": round(time.perf_counter() -
-                                  started, 2), "rss_mb_before_load": round(before),
-                                  "rss_mb_after_load": round(rss_mb())}
+    results: dict[str, object] = {"model": str(path), "threads": args.threads, "spin_decode": spin_decode(),
+                                  "load_s": round(time.perf_counter() - started, 2),
+                                  "rss_mb_before_load": round(before), "rss_mb_after_load": round(rss_mb())}
     results |= memory_figures(model)
     assert isinstance(model.stack, ServingOnnxDecoderStack)
     engines: dict[str, Callable[[], dict[str, float]]] = {}
     lookup = model.embeddings.lookup
     layouts = args.layouts.split(",")
     stacks: dict[str, DecoderStack] = {"serving": model.stack}
+    if "serving-nospin" in layouts:  # the same layout with AX_LLM_ONNX_SPIN=0: workers sleep between sections
+        stacks["serving_nospin"] = ServingOnnxDecoderStack(model.files.layers, model.files.post, threads=args.threads,
+                                                           spin=False)
     if "per-layer" in layouts:
         stacks["per_layer"] = OnnxDecoderStack(model.files.layers, model.files.post, threads=args.threads)
     if "fused" in layouts:
@@ -158,9 +162,10 @@ def main() -> None:
             results[f"{name}_rounds"] = [round(v, 1) for v in values]
     results["serving_decode_tok_s_ctx1024"] = round(decode_tok_s(model.stack, lookup, 1024, args.steps), 1)
     if "llama_cpp" in rounds:
-        for key in ("decode", "prefill"):
-            results[f"ratio_serving_to_llama_cpp_{key}"] = round(
-                float(results[f"serving_{key}_tok_s"]) / float(results[f"llama_cpp_{key}_tok_s"]), 2)
+        for label in (name for name in stacks if name.startswith("serving")):
+            for key in ("decode", "prefill"):
+                results[f"ratio_{label}_to_llama_cpp_{key}"] = round(
+                    float(results[f"{label}_{key}_tok_s"]) / float(results[f"llama_cpp_{key}_tok_s"]), 2)
     results["load_average_1min_during_rounds"] = [round(v, 1) for v in loads]
     if args.vendor_shapes:
         exact = OnnxDecoderStack(model.files.layers, model.files.post, threads=args.threads, exact_shapes=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -152,19 +153,40 @@ def test_serving_capacity_and_closed_errors(tiny_twin: Callable[..., Path]) -> N
         stack.decode(np.zeros(stack.spec.hidden, np.float32), 0)
 
 
-def test_spinning_decode_is_opt_in_and_gives_the_same_tokens(tiny_twin: Callable[..., Path],
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    """AX_LLM_ONNX_SPIN=1 lets only the decode session's workers spin; the tokens do not change."""
+def config_entry(session: Any, key: str) -> str | None:
+    try:
+        return str(session.get_session_options().get_session_config_entry(key))
+    except RuntimeError:  # onnxruntime's answer for a key never set
+        return None
+
+
+def test_decode_steps_spin_by_default_only_inside_a_run_and_give_the_same_tokens(
+        tiny_twin: Callable[..., Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """By default only the decode session's workers spin, and they stop when its run returns; AX_LLM_ONNX_SPIN=0
+    never spins. The tokens do not change."""
     twin = tiny_twin("llama", **GEOMETRY, weights="q4")
     prompt = [int(t) for t in np.random.default_rng(5).integers(3, 200, size=21)]
-    runs = {}
-    for spin in ("0", "1"):
-        monkeypatch.setenv("AX_LLM_ONNX_SPIN", spin)
+    runs, entries = {}, {}
+    for setting in (None, "0", "1"):
+        if setting is None:
+            monkeypatch.delenv("AX_LLM_ONNX_SPIN", raising=False)
+        else:
+            monkeypatch.setenv("AX_LLM_ONNX_SPIN", setting)
         with load_model(twin, backend="onnx", onnx_layout="serving", threads=2) as model:
             stack = model.stack
             assert isinstance(stack, ServingOnnxDecoderStack)
-            entries = [bound._session.get_session_options().get_session_config_entry(
-                "session.intra_op.allow_spinning") for bound in (stack._chunk, stack._step)]
-            runs[spin] = greedy(stack, model.embeddings.lookup, prompt, 8)[0]
-        assert entries == ["0", spin], entries  # prefill (chunk) never spins
-    assert runs["0"] == runs["1"]
+            entries[setting] = [(config_entry(bound._session, "session.intra_op.allow_spinning"),
+                                 config_entry(bound._session, "session.force_spinning_stop"))
+                                for bound in (stack._chunk, stack._step)]
+            runs[setting] = greedy(stack, model.embeddings.lookup, prompt, 8)[0]
+    never, inside_runs = ("0", None), ("1", "1")
+    assert entries == {None: [never, inside_runs], "1": [never, inside_runs], "0": [never, never]}, entries
+    assert runs[None] == runs["0"] == runs["1"]
+
+
+def test_an_unknown_spin_setting_is_refused_before_loading(tiny_twin: Callable[..., Path],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    twin = tiny_twin("llama", **GEOMETRY, weights="q4")
+    monkeypatch.setenv("AX_LLM_ONNX_SPIN", "sometimes")
+    with pytest.raises(ValueError, match="AX_LLM_ONNX_SPIN='sometimes' is not understood"):
+        load_model(twin, backend="onnx", onnx_layout="serving")

@@ -55,15 +55,21 @@ def import_onnxruntime() -> Any:
     return onnxruntime
 
 
-def session_options(ort: Any, threads: int | None) -> Any:
-    """Session options of every twin session: full graph optimization, one inter-op thread."""
+def session_options(ort: Any, threads: int | None, spin: bool = False) -> Any:
+    """Session options of every twin session: full graph optimization, one inter-op thread.
+
+    spin: the intra-op workers spin between parallel sections instead of sleeping, and stop spinning when a
+    run returns (the serving layout's decode session; runtime/onnx_serving.py). Otherwise they never spin: on
+    a Pi or a shared CI machine a pool spinning between runs starves the host's other threads.
+    """
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    # No spin-waiting: on a Pi or a shared CI machine a spinning pool starves the host's other threads.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    if spin:
+        options.add_session_config_entry("session.force_spinning_stop", "1")
     return options
 
 

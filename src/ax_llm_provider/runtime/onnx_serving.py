@@ -29,11 +29,24 @@ from .spec import StackSpec
 log = logging.getLogger(__name__)
 
 
+SPIN_ENV = "AX_LLM_ONNX_SPIN"
+
+
 def spin_decode() -> bool:
-    """AX_LLM_ONNX_SPIN=1: the decode session's worker threads spin between nodes instead of sleeping. Faster with
-    2+ threads (decode 61 -> 83 tok/s on 2 threads, SmolLM2, docs/cpu-twin.md), but the spinning threads take
-    whole cores from everything else on the host, so it is off unless the CPU is the twin's alone."""
-    return os.environ.get("AX_LLM_ONNX_SPIN", "0").strip().lower() in ("1", "true", "yes", "on")
+    """Whether the decode session's workers spin inside a step: yes unless AX_LLM_ONNX_SPIN=0.
+
+    A decode step is ~2200 small nodes, about six parallel sections per layer; a sleeping worker pays a wake-up
+    in each, so without spinning 2 threads decode little faster than 1 (docs/cpu-twin.md). The spinning stops
+    when the step's run returns (onnxruntime's `session.force_spinning_stop`): between steps and when idle the
+    workers sleep, so the cores go back to the host's other work. AX_LLM_ONNX_SPIN=0 never spins at all.
+    """
+    raw = os.environ.get(SPIN_ENV, "1").strip().lower()
+    if raw in ("1", "true", "yes", "on", ""):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{SPIN_ENV}={raw!r} is not understood: set it to 1 (spin inside a decode step, the default) "
+                     "or 0 (never spin)")
 
 
 class ServingOnnxDecoderStack:
@@ -49,12 +62,14 @@ class ServingOnnxDecoderStack:
     planner = None  # plain chunks: the CPU's cost grows with the tokens, no plan beats them
     exact_shapes = False  # trimmed shapes only; the card's exact shapes run on the per-layer layout
 
-    def __init__(self, layer_paths: Sequence[Path], post_path: Path, *, threads: int | None = None) -> None:
+    def __init__(self, layer_paths: Sequence[Path], post_path: Path, *, threads: int | None = None,
+                 spin: bool | None = None) -> None:
         import onnx
 
         from .onnx_serving_graph import build_serving_graph
 
         ort = import_onnxruntime()
+        spin = spin_decode() if spin is None else spin  # read first: a bad value fails before anything loads
         layers = [onnx.load(str(p)) for p in layer_paths]
         groups = read_shape_groups({p.key: p.value for p in layers[0].metadata_props}, layer_paths[0])
         for model, path in zip(layers[1:], layer_paths[1:], strict=True):
@@ -70,9 +85,7 @@ class ServingOnnxDecoderStack:
             graph, geo, names = build_serving_graph(layers, post, capacity, int8_rows, self._weights)
             values = [ort.OrtValue.ortvalue_from_numpy(self._weights[n]) for n in names]
             self._weight_values += values
-            options = session_options(ort, threads)
-            if int8_rows and spin_decode():  # the decode session: ~2200 small nodes a token, each a pool hand-off
-                options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+            options = session_options(ort, threads, spin=int8_rows and spin)  # only decode steps spin
             options.add_external_initializers(names, values)
             sessions.append(ort.InferenceSession(graph.SerializeToString(), options,
                                                  providers=["CPUExecutionProvider"]))
