@@ -251,9 +251,13 @@ def _reuse_blocks(g: _Editable, x: str, k: int, block: int) -> None:
 def _grid_split(g: _Editable, x: str, k: int, block: int) -> tuple[str, list[onnx.NodeProto]]:
     """x [1, S, K] -> [1, 2S, K]: x on the int8 grid of each block (absmax / 127 steps), then the remainder.
 
-    The level-4 kernel quantizes each row per block to int8 with step absmax / 127: the grid row passes that
-    unchanged and the remainder (under half a step) is quantized ~250x finer, so the two products add up to
-    the float product within ~1e-5 of the block maximum (convert/graph.py uses the same split).
+    The level-4 kernel quantizes each row per block to int8 with step absmax / 127. The grid row comes from
+    that kernel itself: a `block` x `block` identity MatMulNBits at level 4, fed the blocks as rows, returns
+    each block rounded to its own grid (zero points 0, so the product is the int8 code times the step, with no
+    zero-point correction to cancel). The projection kernel then takes the grid row without rounding error and
+    the remainder ~250x finer, so the two products add up to the float product within ~1e-5 of the block
+    maximum. One kernel call in place of seven small nodes (convert/graph.py spells the same split out for 8-bit
+    heads).
     """
     def const(name: str, value: Any) -> str:
         full = f"{x}.{name}"
@@ -263,16 +267,15 @@ def _grid_split(g: _Editable, x: str, k: int, block: int) -> tuple[str, list[onn
     def node(op: str, inputs: list[str], out: str, **attrs: Any) -> onnx.NodeProto:
         return helper.make_node(op, inputs, [f"{x}.{out}"], name=f"{x}.{out}_node", **attrs)
 
+    eye = np.eye(block, dtype=np.uint8)
+    identity = [const("eye_codes", (eye[:, 0::2] | (eye[:, 1::2] << 4)).reshape(block, 1, block // 2)),
+                const("eye_scales", np.ones(block, dtype=np.float32)),
+                const("eye_zero_points", np.zeros(block, dtype=np.uint8))]  # one byte per row: a single block
     p = f"{x}."
     nodes = [
         node("Reshape", [x, const("blocks_shape", np.array([0, 0, k // block, block], dtype=np.int64))], "blocks"),
-        node("Abs", [p + "blocks"], "abs"),
-        node("ReduceMax", [p + "abs"], "amax", axes=[-1], keepdims=1),
-        node("Max", [p + "amax", const("tiny", np.float32(1e-30))], "amax_safe"),
-        node("Mul", [p + "amax_safe", const("inv127", np.float32(1 / 127))], "step"),
-        node("Div", [p + "blocks", p + "step"], "scaled"),
-        node("Round", [p + "scaled"], "codes"),
-        node("Mul", [p + "codes", p + "step"], "grid"),
+        node("MatMulNBits", [p + "blocks", *identity], "grid", domain=CONTRIB, K=block, N=block, bits=4,
+             block_size=block, accuracy_level=4),
         node("Sub", [p + "blocks", p + "grid"], "rest"),
         node("Concat", [p + "grid", p + "rest"], "both", axis=1),
         node("Reshape", [p + "both", const("rows_shape", np.array([0, 0, k], dtype=np.int64))], "split"),
