@@ -1,6 +1,7 @@
 """The CPU twin of SmolLM2-135M on the onnx backend, side by side with llama.cpp on the same GGUF.
 
-Prints decode tok/s (context 64, and 1024 for ours) and prefill tok/s (512 tokens) for the CPU serving
+Prints decode tok/s (context 64, and 1024 for ours), prefill tok/s (512 tokens), CPU ms per decoded token and
+CPU ms burnt in the second after a decode step (idle workers) for the CPU serving
 layout (the onnx default: its decode workers spin inside a step), the per-layer vendor-contract layout
 (trimmed shapes) and, with --layouts, the serving layout without spinning (`serving-nospin`, as
 AX_LLM_ONNX_SPIN=0 runs it) and the fused layout, and host RSS after load. With --llama-cpp PYTHON (an
@@ -56,6 +57,14 @@ def decode_cpu_ms(stack: DecoderStack, lookup: Callable, context: int, steps: in
     for pos in range(context, context + steps):
         stack.decode(embed, pos)
     return (time.process_time() - started) / steps * 1000
+
+
+def idle_cpu_ms(stack: DecoderStack, lookup: Callable, context: int) -> float:
+    """Process CPU time (all threads) in the second after a decode step returns: what idle workers burn."""
+    stack.decode(lookup([500])[0], context)
+    started = time.process_time()
+    time.sleep(1.0)
+    return (time.process_time() - started) * 1000
 
 
 def prefill_tok_s(stack: DecoderStack, lookup: Callable, n: int = len(PREFILL_IDS), repeat: int = 1) -> float:
@@ -137,7 +146,8 @@ def main() -> None:
     for label, stack in stacks.items():
         engines[label] = lambda s=stack: {"decode": decode_tok_s(s, lookup, DECODE_CONTEXT, args.steps),
                                           "prefill": prefill_tok_s(s, lookup),
-                                          "decode_cpu_ms": decode_cpu_ms(s, lookup, DECODE_CONTEXT, args.steps)}
+                                          "decode_cpu_ms": decode_cpu_ms(s, lookup, DECODE_CONTEXT, args.steps),
+                                          "idle_1s_after_a_step_cpu_ms": idle_cpu_ms(s, lookup, DECODE_CONTEXT)}
     if args.llama_cpp:
         from ax_llm_provider.model.pull import fetch_gguf
         from ax_llm_provider.model.registry import lookup as known
@@ -153,7 +163,7 @@ def main() -> None:
             rounds[label].append(run())
         loads.append(os.getloadavg()[0])
     for label, figures in rounds.items():
-        for key in ("decode", "prefill", "decode_cpu_ms"):
+        for key in ("decode", "prefill", "decode_cpu_ms", "idle_1s_after_a_step_cpu_ms"):
             if key not in figures[0]:
                 continue  # llama.cpp's spinning threads make its CPU time meaningless
             values = [f[key] for f in figures]

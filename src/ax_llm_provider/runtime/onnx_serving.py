@@ -35,10 +35,11 @@ SPIN_ENV = "AX_LLM_ONNX_SPIN"
 def spin_decode() -> bool:
     """Whether the decode session's workers spin inside a step: yes unless AX_LLM_ONNX_SPIN=0.
 
-    A decode step is ~2200 small nodes, about six parallel sections per layer; a sleeping worker pays a wake-up
-    in each, so without spinning 2 threads decode little faster than 1 (docs/cpu-twin.md). The spinning stops
-    when the step's run returns (onnxruntime's `session.force_spinning_stop`): between steps and when idle the
-    workers sleep, so the cores go back to the host's other work. AX_LLM_ONNX_SPIN=0 never spins at all.
+    A decode step is ~1400 small nodes; each projection and each attention is a parallel section, and a
+    sleeping worker pays a wake-up in each, so without spinning 2 threads decode little faster than 1
+    (docs/cpu-twin.md). The spinning stops when the step's run returns (onnxruntime's
+    `session.force_spinning_stop`): between steps and when idle the workers sleep, so the cores go back to
+    the host's other work. AX_LLM_ONNX_SPIN=0 never spins at all.
     """
     raw = os.environ.get(SPIN_ENV, "1").strip().lower()
     if raw in ("1", "true", "yes", "on", ""):
