@@ -51,7 +51,8 @@ def test_serving_prefix_reuse_equals_fresh(family: str, tiny_twin: Callable[...,
         stack.prefill(embed(list(range(100, 140))), 0, want_logits=False)  # overwrite the live cache
         stack.kv_restore(snapshot)
         logits = stack.prefill(embed(prompt[30:]), 30)
-        np.testing.assert_allclose(logits, fresh_first, rtol=1e-5, atol=1e-5)
+        # a 10-row chunk against a 40-row one: on aarch64 onnxruntime's fp32 kernels sum in another order (3e-5)
+        np.testing.assert_allclose(logits, fresh_first, rtol=1e-4, atol=1e-4)
         reused, pos = [], len(prompt)
         for _ in range(8):
             reused.append(int(np.argmax(logits)))

@@ -41,28 +41,35 @@ def test_grid_rows_sit_on_each_blocks_int8_grid_and_the_remainder_completes_them
     amax = np.abs(blocks).max(-1, keepdims=True)
     step = amax / np.float32(127)
     codes = np.divide(grid, step, out=np.zeros_like(grid), where=step > 0)
-    assert np.abs(codes - np.round(codes)).max() < 1e-4  # whole steps: the kernel rounds nothing
+    # whole steps, up to float rounding of the product (a few 1e-4 of a step on aarch64, where the kernel does not
+    # compute code x step exactly): the projection kernel rounds this row back to the same codes
+    assert np.abs(codes - np.round(codes)).max() < 1e-3
     assert np.abs(codes).max() < 127.001
-    assert np.allclose(np.abs(grid).max(-1, keepdims=True), amax, rtol=1e-6)  # the kernel's step is the same
-    assert np.all(np.abs(rest) <= step / 2 * (1 + 1e-5) + 1e-30)  # under half a step: quantized ~250x finer
+    assert np.allclose(np.abs(grid).max(-1, keepdims=True), amax, rtol=1e-5)  # the kernel's step is the same
+    assert np.all(np.abs(rest) <= step * (0.5 + 1e-3) + 1e-30)  # under half a step: quantized ~250x finer
     np.testing.assert_allclose(grid + rest, blocks, rtol=0, atol=float(amax.max()) * 1e-7)
     assert not np.isnan(both).any() and not both[0, 0].reshape(-1, BLOCK)[2].any()
 
 
 def test_grid_row_products_match_the_float_product_where_one_row_as_is_does_not() -> None:
-    """Through a 4-bit projection at int8 compute: grid + remainder rows near the float product, one row far off."""
+    """Through a 4-bit projection at int8 compute: grid + remainder rows near the float product, one row far off.
+
+    The zero points are given, as the converter writes them: on aarch64 onnxruntime's int8 kernel without them is
+    ~1e-2 off the float product whatever the rows."""
     rng = np.random.default_rng(7)
     k, n = 6 * BLOCK, 40
     codes = rng.integers(0, 16, size=(n, k)).astype(np.uint8)
     scales = (rng.random((n, k // BLOCK)) * 0.02 + 0.001).astype(np.float32)
     packed = (codes[:, 0::2] | (codes[:, 1::2] << 4)).reshape(n, k // BLOCK, BLOCK // 2)
-    weights = (codes.reshape(n, -1, BLOCK) - 8.0) * scales[..., None]  # default zero point 8
-    node = helper.make_node("MatMulNBits", ["a", "w", "s"], ["y"], domain=CONTRIB, K=k, N=n, bits=4,
+    zero_points = np.full(n * ((k // BLOCK + 1) // 2), 8 | 8 << 4, dtype=np.uint8)  # two 4-bit points a byte
+    weights = (codes.reshape(n, -1, BLOCK) - 8.0) * scales[..., None]
+    node = helper.make_node("MatMulNBits", ["a", "w", "s", "z"], ["y"], domain=CONTRIB, K=k, N=n, bits=4,
                             block_size=BLOCK, accuracy_level=4)
     graph = helper.make_graph([node], "p", [helper.make_tensor_value_info("a", TensorProto.FLOAT, [1, "M", k])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
                               [onnx.numpy_helper.from_array(packed, "w"),
-                               onnx.numpy_helper.from_array(scales.reshape(-1), "s")])
+                               onnx.numpy_helper.from_array(scales.reshape(-1), "s"),
+                               onnx.numpy_helper.from_array(zero_points, "z")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(CONTRIB, 1)])
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     x = (rng.standard_normal((1, 1, k)) * np.repeat(np.exp(rng.normal(0, 2, k // BLOCK)), BLOCK)).astype(np.float32)
