@@ -248,16 +248,25 @@ def _reuse_blocks(g: _Editable, x: str, k: int, block: int) -> None:
                 user.input[:] = [f"{x}.blocks" if i == reshape.output[0] else i for i in user.input]
 
 
+def _identity_weights(g: _Editable, block: int) -> list[str]:
+    """A `block` x `block` identity (4-bit codes, unit scales, zero points 0), shared by the graph's grid splits."""
+    names = [f"grid_identity_{block}.{part}" for part in ("codes", "scales", "zero_points")]
+    if names[0] not in g.inits:
+        eye = np.eye(block, dtype=np.uint8)
+        values = [(eye[:, 0::2] | (eye[:, 1::2] << 4)).reshape(block, 1, block // 2),
+                  np.ones(block, dtype=np.float32),
+                  np.zeros(block, dtype=np.uint8)]  # one byte per row: a row is a single block
+        g.inits.update({name: numpy_helper.from_array(value, name) for name, value in zip(names, values, strict=True)})
+    return names
+
+
 def _grid_split(g: _Editable, x: str, k: int, block: int) -> tuple[str, list[onnx.NodeProto]]:
     """x [1, S, K] -> [1, 2S, K]: x on the int8 grid of each block (absmax / 127 steps), then the remainder.
 
-    The level-4 kernel quantizes each row per block to int8 with step absmax / 127. The grid row comes from
-    that kernel itself: a `block` x `block` identity MatMulNBits at level 4, fed the blocks as rows, returns
-    each block rounded to its own grid (zero points 0, so the product is the int8 code times the step, with no
-    zero-point correction to cancel). The projection kernel then takes the grid row without rounding error and
-    the remainder ~250x finer, so the two products add up to the float product within ~1e-5 of the block
-    maximum. One kernel call in place of seven small nodes (convert/graph.py spells the same split out for 8-bit
-    heads).
+    The grid row comes from the level-4 kernel itself: an identity MatMulNBits fed the blocks as rows returns each
+    rounded to its own grid (step absmax / 127; zero points 0, so no zero-point correction to cancel). The
+    projection kernel takes that row without rounding error and the remainder ~250x finer: the two products add
+    up to the float product within ~1e-5 of the block maximum (convert/graph.py spells the split out for heads).
     """
     def const(name: str, value: Any) -> str:
         full = f"{x}.{name}"
@@ -267,10 +276,7 @@ def _grid_split(g: _Editable, x: str, k: int, block: int) -> tuple[str, list[onn
     def node(op: str, inputs: list[str], out: str, **attrs: Any) -> onnx.NodeProto:
         return helper.make_node(op, inputs, [f"{x}.{out}"], name=f"{x}.{out}_node", **attrs)
 
-    eye = np.eye(block, dtype=np.uint8)
-    identity = [const("eye_codes", (eye[:, 0::2] | (eye[:, 1::2] << 4)).reshape(block, 1, block // 2)),
-                const("eye_scales", np.ones(block, dtype=np.float32)),
-                const("eye_zero_points", np.zeros(block, dtype=np.uint8))]  # one byte per row: a single block
+    identity = _identity_weights(g, block)
     p = f"{x}."
     nodes = [
         node("Reshape", [x, const("blocks_shape", np.array([0, 0, k // block, block], dtype=np.int64))], "blocks"),
