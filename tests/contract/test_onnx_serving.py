@@ -85,15 +85,21 @@ def test_serving_graph_is_few_fused_nodes(tiny_twin: Callable[..., Path]) -> Non
     with load_model(twin, backend="onnx", onnx_layout="per-layer") as model:
         layers = [onnx.load(str(p)) for p in model.files.layers]
         post = onnx.load(str(model.files.post))
+    head_bits = {a.i for n in post.graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"}
+    assert head_bits == {8} and "Round" in [n.op_type for n in post.graph.node]  # the converter's split, rewritten
     for int8_rows in (False, True):
         graph, geo, _ = build_serving_graph(layers, post, 127, int8_rows, {})
         ops = [n.op_type for n in graph.graph.node]
         assert ops.count("GroupQueryAttention") == len(layers)
         assert (geo.heads, geo.kv_heads, geo.head_dim) == (4, 2, 16)
         assert not {"Softmax", "Transpose", "Sqrt", "Cos"} & set(ops)  # attention, norms and rotary are fused
-        levels = {a.i for n in graph.graph.node if n.op_type == "MatMulNBits" for a in n.attribute
+        projections = [n for n in graph.graph.node if n.op_type == "MatMulNBits" and not n.name.endswith(".grid_node")]
+        levels = {a.i for n in projections for a in n.attribute
                   if a.name == "accuracy_level" and any(b.name == "bits" and b.i == 4 for b in n.attribute)}
         assert levels == ({4} if int8_rows else {0})
+        # the 8-bit lm head takes the kernel's grid and sums its two rows without the strided ReduceSum
+        assert "ReduceSum" not in [n.op_type for n in graph.graph.node if n.name.startswith("post.")]
+        assert {"Round", "Abs"}.isdisjoint(ops)
     assert len(ops) < sum(len(m.graph.node) for m in layers) + len(post.graph.node)
     assert [v.name for v in graph.graph.input][:3] == ["input", "seqlens_k", "total_sequence_length"]
     assert [v.name for v in graph.graph.output][0] == "logits"

@@ -8,15 +8,17 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from ax_llm_provider.runtime.onnx_serving_graph import CONTRIB, OPSET, _Editable, _grid_split
+from ax_llm_provider.runtime.onnx_graph_edit import EditableGraph
+from ax_llm_provider.runtime.onnx_serving_graph import OPSET
+from ax_llm_provider.runtime.onnx_serving_rows import CONTRIB, grid_split
 
 BLOCK = 32
 
 
 def split_rows(x: np.ndarray) -> np.ndarray:
     """Run the rewrite's split alone on x [1, S, K]; returns [1, 2S, K] (grid rows, then remainder rows)."""
-    g = _Editable([], [])
-    out, nodes = _grid_split(g, "x", x.shape[-1], BLOCK)
+    g = EditableGraph([], [])
+    out, nodes = grid_split(g, "x", x.shape[-1], BLOCK)
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "S", x.shape[-1]])]
     graph = helper.make_graph(nodes, "split", inputs, [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)],
                               list(g.inits.values()))

@@ -55,7 +55,7 @@ class ServingOnnxDecoderStack:
 
     Two sessions of the same graph share the KV arrays: prefill chunks run the 4-bit projections on
     onnxruntime's fp32-compute kernel (the faster one for many rows), decode steps on its int8-compute kernel
-    over grid/remainder rows (about 4x faster for one row; runtime/onnx_serving_graph.py). Which one runs
+    over grid/remainder rows (about 4x faster for one row; runtime/onnx_serving_rows.py). Which one runs
     depends only on the call (prefill or decode), so a prompt's KV rows come out the same whether it is
     prefilled at once or in pieces after a prefix-cache restore.
     """

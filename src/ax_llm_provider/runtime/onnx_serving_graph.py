@@ -11,7 +11,9 @@ arithmetic. This module rewrites those graphs, at load time, into onnxruntime's 
   that reads the packed q|k|v projection (or q and k after their per-head norms), applies the rotary
   embedding from `cos_cache`/`sin_cache`, appends the new K/V rows to a `[1, kv_heads, C, head_dim]` cache
   in place (past and present bound to the same buffer) and attends causally;
-- every layer and the post graph (final norm and lm head, on the last row only) in one graph.
+- every layer and the post graph (final norm and lm head, on the last row only) in one graph;
+- the int8-compute products on grid/remainder rows (runtime/onnx_serving_rows.py): the 4-bit projections
+  when asked (`int8_rows`, the decode session), the converter's 8-bit heads always.
 
 The projections (MatMulNBits with their offset terms, float MatMuls, biases) are kept node for node, so the
 weights are the twin's own. The rewrite recognises the graphs `convert/graph.py` writes: the contract names
@@ -34,7 +36,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-CONTRIB = "com.microsoft"
+from .onnx_graph_edit import EditableGraph, only_consumer
+from .onnx_serving_rows import CONTRIB, int8_compute, kernel_grid_heads
+
 OPSET = 17
 SHARED = ("seqlens_k", "total_sequence_length", "cos_cache", "sin_cache")
 EXTERNAL_BYTES = 4096  # initializers this large stay out of the model proto (build_serving_graph)
@@ -55,48 +59,7 @@ class Geometry:
     inv_freq: np.ndarray  # [head_dim / 2] float32
 
 
-class _Editable:
-    """A graph's nodes and initializers, with producer/consumer look-ups rebuilt on demand."""
-
-    def __init__(self, nodes: Iterable[onnx.NodeProto], inits: Iterable[TensorProto], copy: bool = True) -> None:
-        self.nodes: list[onnx.NodeProto] = []
-        for node in nodes:  # copies: the rewrites edit nodes in place, the source graph stays as it was
-            if copy:
-                node_copy = onnx.NodeProto()
-                node_copy.CopyFrom(node)
-                node = node_copy
-            self.nodes.append(node)
-        self.inits: dict[str, TensorProto] = {t.name: t for t in inits}  # not copied: never edited
-
-    def producer(self, name: str) -> onnx.NodeProto | None:
-        return next((n for n in self.nodes if name in n.output), None)
-
-    def consumers(self, name: str) -> list[onnx.NodeProto]:
-        return [n for n in self.nodes if name in n.input]
-
-    def const(self, name: str) -> np.ndarray | None:
-        tensor = self.inits.get(name)
-        return None if tensor is None else numpy_helper.to_array(tensor)
-
-    def replace(self, old: Sequence[onnx.NodeProto], new: Sequence[onnx.NodeProto]) -> None:
-        """Drop `old` nodes; insert `new` where the last of them stood (their inputs are all produced before it)."""
-        at = max(self._index(n) for n in old)
-        for node in new:
-            self.nodes.insert(at + 1, node)
-            at += 1
-        drop = {id(n) for n in old}
-        self.nodes = [n for n in self.nodes if id(n) not in drop]
-
-    def _index(self, node: onnx.NodeProto) -> int:
-        return next(i for i, n in enumerate(self.nodes) if n is node)
-
-
-def _only_consumer(g: _Editable, name: str, op: str) -> onnx.NodeProto | None:
-    users = g.consumers(name)
-    return users[0] if len(users) == 1 and users[0].op_type == op else None
-
-
-def _fuse_rms_norms(g: _Editable) -> None:
+def _fuse_rms_norms(g: EditableGraph) -> None:
     """Mul(x,x) -> ReduceMean -> Add(eps) -> Sqrt -> Div(x, .) -> Mul(., w)  =>  SimplifiedLayerNormalization."""
     for div in [n for n in g.nodes if n.op_type == "Div"]:
         x, root = div.input
@@ -104,7 +67,7 @@ def _fuse_rms_norms(g: _Editable) -> None:
         add = g.producer(sqrt.input[0]) if sqrt is not None and sqrt.op_type == "Sqrt" else None
         mean = g.producer(add.input[0]) if add is not None and add.op_type == "Add" else None
         square = g.producer(mean.input[0]) if mean is not None and mean.op_type == "ReduceMean" else None
-        scale = _only_consumer(g, div.output[0], "Mul")
+        scale = only_consumer(g, div.output[0], "Mul")
         if (sqrt is None or add is None or mean is None or square is None or scale is None
                 or square.op_type != "Mul" or list(square.input) != [x, x]):
             continue
@@ -116,7 +79,7 @@ def _fuse_rms_norms(g: _Editable) -> None:
         g.replace([square, mean, add, sqrt, div, scale], [norm])
 
 
-def _fuse_skip_norms(g: _Editable) -> None:
+def _fuse_skip_norms(g: EditableGraph) -> None:
     """Add(a, b) feeding SimplifiedLayerNormalization => SkipSimplifiedLayerNormalization (the sum is output 3)."""
     producers = {o: n for n in g.nodes for o in n.output}
     norms_of: dict[str, int] = {}
@@ -134,7 +97,7 @@ def _fuse_skip_norms(g: _Editable) -> None:
         g.replace([add, norm], [fused])
 
 
-def _by_pattern(g: _Editable, pattern: str, what: str) -> onnx.NodeProto:
+def _by_pattern(g: EditableGraph, pattern: str, what: str) -> onnx.NodeProto:
     found = [n for n in g.nodes if n.output and re.fullmatch(pattern, n.output[0])]
     if len(found) != 1:
         raise ServingGraphError(f"expected one {what} node (output {pattern!r}), found {len(found)}")
@@ -143,10 +106,10 @@ def _by_pattern(g: _Editable, pattern: str, what: str) -> onnx.NodeProto:
 
 def read_geometry(model: onnx.ModelProto) -> Geometry:
     """Heads, kv heads, head dim, hidden width and rotary frequencies of a twin layer graph."""
-    g = _Editable(model.graph.node, model.graph.initializer, copy=False)
+    g = EditableGraph(model.graph.node, model.graph.initializer, copy=False)
     shapes = {}
     for flat in ("q_flat", "k_flat"):
-        reshape = _only_consumer(g, flat, "Reshape")
+        reshape = only_consumer(g, flat, "Reshape")
         shape = g.const(reshape.input[1]) if reshape is not None else None
         if shape is None or len(shape) != 4:
             raise ServingGraphError(f"no per-head Reshape of {flat!r} in the layer graph")
@@ -160,7 +123,7 @@ def read_geometry(model: onnx.ModelProto) -> Geometry:
                     inv_freq=np.asarray(inv[0], dtype=np.float32).reshape(-1))
 
 
-def _attention(g: _Editable, geo: Geometry) -> None:
+def _attention(g: EditableGraph, geo: Geometry) -> None:
     """Replace everything from the q|k|v split to `ctx_flat_*` with one GroupQueryAttention node."""
     split = _by_pattern(g, "q_flat", "q|k|v Split")
     if list(split.output) != ["q_flat", "k_flat", "V_cache_out"]:
@@ -170,7 +133,7 @@ def _attention(g: _Editable, geo: Geometry) -> None:
     k_in = _by_pattern(g, r"k_rope_halves_\d+", "k rotary Split").input[0]
     heads_of: dict[str, onnx.NodeProto] = {}
     for name in ("q_flat", "k_flat"):
-        reshape = _only_consumer(g, name, "Reshape")
+        reshape = only_consumer(g, name, "Reshape")
         if reshape is None:
             raise ServingGraphError(f"{name} is not read by exactly one Reshape to heads")
         heads_of[name] = reshape
@@ -192,104 +155,7 @@ def _attention(g: _Editable, geo: Geometry) -> None:
     g.replace([ctx], [*extra, gqa])
 
 
-def _attr(node: onnx.NodeProto, name: str, default: int | None = None) -> int | None:
-    return next((a.i for a in node.attribute if a.name == name), default)
-
-
-def _set_attr(node: onnx.NodeProto, name: str, value: int) -> None:
-    kept = [a for a in node.attribute if a.name != name]
-    del node.attribute[:]
-    node.attribute.extend([*kept, helper.make_attribute(name, value)])
-
-
-def _int8_compute(g: _Editable) -> None:
-    """Run the fp32-compute 4-bit MatMulNBits at accuracy level 4 (int8 compute) on `_grid_split` rows.
-
-    With one input row, onnxruntime's fp32-compute 4-bit kernel costs ~4x its int8-compute kernel on x86-64
-    AVX2 (measured with 1.32: 445 vs 111 us for 576 x 3072), and the int8 kernel costs the same for two rows
-    as for one. Fed the input as is, the int8 kernel's own rounding of it changes SmolLM2's greedy tokens;
-    fed the grid and the remainder rows, the result stays within ~1e-5 of the float product.
-    """
-    splits: dict[str, str] = {}
-    for node in [n for n in g.nodes if n.op_type == "MatMulNBits"]:
-        k, block = _attr(node, "K"), _attr(node, "block_size")
-        if _attr(node, "bits") != 4 or _attr(node, "accuracy_level", 0) != 0 or k is None or block is None or k % block:
-            continue
-        _set_attr(node, "accuracy_level", 4)
-        x, y = node.input[0], node.output[0]
-        new: list[onnx.NodeProto] = []
-        if x not in splits:
-            splits[x], new = _grid_split(g, x, k, block)
-            _reuse_blocks(g, x, k, block)
-        node.input[0] = splits[x]
-        node.output[0] = f"{y}_rows2"
-        halves = helper.make_node("Split", [node.output[0]], [f"{y}_grid", f"{y}_rest"], name=f"{node.name}_halves",
-                                  axis=1)
-        users = g.consumers(y)
-        offset = users[0] if len(users) == 1 and users[0].op_type == "Add" else None
-        at = g.nodes.index(node)
-        g.nodes[at:at + 1] = [*new, node, halves]
-        if offset is not None:  # y + offset term: one Sum of the two halves and the offset term
-            others = [i for i in offset.input if i != y]
-            total = helper.make_node("Sum", [f"{y}_grid", f"{y}_rest", *others], list(offset.output),
-                                     name=f"{offset.name}_sum")
-            g.replace([offset], [total])
-        else:
-            total = helper.make_node("Add", [f"{y}_grid", f"{y}_rest"], [y], name=f"{node.name}_sum")
-            g.nodes.insert(g.nodes.index(halves) + 1, total)
-
-
-def _reuse_blocks(g: _Editable, x: str, k: int, block: int) -> None:
-    """Let the offset term's block sums read the split's [1, S, K / block, block] view of x, not their own."""
-    for reshape in g.consumers(x):
-        shape = g.const(reshape.input[1]) if reshape.op_type == "Reshape" and len(reshape.input) > 1 else None
-        if shape is not None and list(shape) == [0, 0, k // block, block]:
-            for user in g.consumers(reshape.output[0]):
-                user.input[:] = [f"{x}.blocks" if i == reshape.output[0] else i for i in user.input]
-
-
-def _identity_weights(g: _Editable, block: int) -> list[str]:
-    """A `block` x `block` identity (4-bit codes, unit scales, zero points 0), shared by the graph's grid splits."""
-    names = [f"grid_identity_{block}.{part}" for part in ("codes", "scales", "zero_points")]
-    if names[0] not in g.inits:
-        eye = np.eye(block, dtype=np.uint8)
-        values = [(eye[:, 0::2] | (eye[:, 1::2] << 4)).reshape(block, 1, block // 2),
-                  np.ones(block, dtype=np.float32),
-                  np.zeros(block, dtype=np.uint8)]  # one byte per row: a row is a single block
-        g.inits.update({name: numpy_helper.from_array(value, name) for name, value in zip(names, values, strict=True)})
-    return names
-
-
-def _grid_split(g: _Editable, x: str, k: int, block: int) -> tuple[str, list[onnx.NodeProto]]:
-    """x [1, S, K] -> [1, 2S, K]: x on the int8 grid of each block (absmax / 127 steps), then the remainder.
-
-    The grid row comes from the level-4 kernel itself: an identity MatMulNBits fed the blocks as rows returns each
-    rounded to its own grid (step absmax / 127; zero points 0, so no zero-point correction to cancel). The
-    projection kernel takes that row without rounding error and the remainder ~250x finer: the two products add
-    up to the float product within ~1e-5 of the block maximum (convert/graph.py spells the split out for heads).
-    """
-    def const(name: str, value: Any) -> str:
-        full = f"{x}.{name}"
-        g.inits[full] = numpy_helper.from_array(np.asarray(value), full)
-        return full
-
-    def node(op: str, inputs: list[str], out: str, **attrs: Any) -> onnx.NodeProto:
-        return helper.make_node(op, inputs, [f"{x}.{out}"], name=f"{x}.{out}_node", **attrs)
-
-    identity = _identity_weights(g, block)
-    p = f"{x}."
-    nodes = [
-        node("Reshape", [x, const("blocks_shape", np.array([0, 0, k // block, block], dtype=np.int64))], "blocks"),
-        node("MatMulNBits", [p + "blocks", *identity], "grid", domain=CONTRIB, K=block, N=block, bits=4,
-             block_size=block, accuracy_level=4),
-        node("Sub", [p + "blocks", p + "grid"], "rest"),
-        node("Concat", [p + "grid", p + "rest"], "both", axis=1),
-        node("Reshape", [p + "both", const("rows_shape", np.array([0, 0, k], dtype=np.int64))], "split"),
-    ]
-    return p + "split", nodes
-
-
-def _prune(g: _Editable, outputs: Iterable[str]) -> None:
+def _prune(g: EditableGraph, outputs: Iterable[str]) -> None:
     """Drop nodes and initializers that no wanted output depends on."""
     needed = set(outputs)
     kept: list[onnx.NodeProto] = []
@@ -301,7 +167,7 @@ def _prune(g: _Editable, outputs: Iterable[str]) -> None:
     g.inits = {k: v for k, v in g.inits.items() if k in needed}
 
 
-def _renamed(g: _Editable, rename: Any) -> tuple[list[onnx.NodeProto], dict[str, TensorProto]]:
+def _renamed(g: EditableGraph, rename: Any) -> tuple[list[onnx.NodeProto], dict[str, TensorProto]]:
     """The nodes with renamed tensors, and the initializers under their new names (the source tensors, uncopied)."""
     nodes = []
     for node in g.nodes:
@@ -329,7 +195,7 @@ def build_serving_graph(layers: Sequence[onnx.ModelProto], post: onnx.ModelProto
     sessions take the arrays with `SessionOptions.add_external_initializers`, which uses the memory as it is,
     so two sessions of the serving graph share one copy of the weights and no weight is serialized.
 
-    int8_rows: run the 4-bit projections at int8 compute on grid/remainder rows (`_int8_compute`): the
+    int8_rows: run the 4-bit projections at int8 compute on grid/remainder rows (`onnx_serving_rows.int8_compute`): the
     faster form for one row (decode); the fp32-compute kernel is the faster one for prefill chunks.
     """
     if not layers:
@@ -341,11 +207,11 @@ def build_serving_graph(layers: Sequence[onnx.ModelProto], post: onnx.ModelProto
     for i, model in enumerate(layers):
         if not np.array_equal(read_geometry(model).inv_freq, geo.inv_freq):
             raise ServingGraphError(f"layer {i} has other rotary frequencies than layer 0")
-        g = _Editable(model.graph.node, model.graph.initializer)
+        g = EditableGraph(model.graph.node, model.graph.initializer)
         _fuse_rms_norms(g)
         _attention(g, geo)
         if int8_rows:
-            _int8_compute(g)
+            int8_compute(g)
         _prune(g, ["output"])
         names = {"input": "input" if i == 0 else f"hidden_{i - 1}", "output": f"hidden_{i}",
                  "past_key": f"past_key_{i}", "past_value": f"past_value_{i}",
@@ -355,8 +221,9 @@ def build_serving_graph(layers: Sequence[onnx.ModelProto], post: onnx.ModelProto
         nodes += layer_nodes
         inits |= layer_inits
     # The post graph reads the last row of the final hidden state only.
-    p = _Editable(post.graph.node, post.graph.initializer)
+    p = EditableGraph(post.graph.node, post.graph.initializer)
     _fuse_rms_norms(p)
+    kernel_grid_heads(p)
     post_nodes, post_inits = _renamed(
         p, lambda n: {"input": "last_row", "output": "logits"}.get(n, f"post.{n}"))
     ends = {"last_start": [-1], "last_end": [np.iinfo(np.int64).max], "last_axis": [1]}
@@ -368,7 +235,7 @@ def build_serving_graph(layers: Sequence[onnx.ModelProto], post: onnx.ModelProto
     cos, sin = rotary_tables(geo.inv_freq, capacity)
     inits |= {"cos_cache": numpy_helper.from_array(cos, "cos_cache"),
               "sin_cache": numpy_helper.from_array(sin, "sin_cache")}
-    whole = _Editable(nodes, [], copy=False)
+    whole = EditableGraph(nodes, [], copy=False)
     whole.inits = inits
     _fuse_skip_norms(whole)
     vocab = post.graph.output[0].type.tensor_type.shape.dim[-1].dim_value
