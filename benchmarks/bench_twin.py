@@ -8,7 +8,8 @@ AX_LLM_ONNX_SPIN=0 runs it) and the fused layout, and host RSS after load. With 
 interpreter with llama-cpp-python), llama.cpp runs the same GGUF with the same thread count on the same token
 ids; the measurements alternate round by round (llama.cpp's threads spin, so its rate collapses whenever
 anything else runs: alternating spreads the load over both) and the medians over rounds and their ratio are
-printed with the load average during the run.
+printed with the load average during the run, and beside them the median of each round's own ratio (a round's
+two figures are minutes apart, so the machine's drift between rounds cancels out of it).
 --vendor-shapes adds the exact vendor-shape path the card uses (128-row padded chunks, full windows).
 """
 
@@ -176,6 +177,10 @@ def main() -> None:
             for key in ("decode", "prefill"):
                 results[f"ratio_{label}_to_llama_cpp_{key}"] = round(
                     float(results[f"{label}_{key}_tok_s"]) / float(results[f"llama_cpp_{key}_tok_s"]), 2)
+                # each round's two figures were taken minutes apart: their ratio cancels the machine's drift
+                paired = [ours[key] / base[key] for ours, base in zip(rounds[label], rounds["llama_cpp"], strict=True)]
+                results[f"ratio_{label}_to_llama_cpp_{key}_paired_median"] = round(statistics.median(paired), 2)
+                results[f"ratio_{label}_to_llama_cpp_{key}_paired_rounds"] = [round(r, 2) for r in paired]
     results["load_average_1min_during_rounds"] = [round(v, 1) for v in loads]
     if args.vendor_shapes:
         exact = OnnxDecoderStack(model.files.layers, model.files.post, threads=args.threads, exact_shapes=True)
