@@ -31,7 +31,9 @@ def card() -> SimCard:
 
 @pytest.fixture()
 def engine(tmp_path: Path, card: SimCard) -> Iterator[Engine]:
+    # The request timeout only stops a broken test from waiting forever; no test here expects it. A reset +
+    # reload + re-run takes ~1 s on x86-64 and over 10 s under qemu-user emulation (scripts/arm64_check.py).
     eng = Engine(ModelStore(tmp_path), backend="simulated", card=card, auto_pull=False, keep_alive=-1,
-                 request_timeout=10, health=CALM, recovery=POLICY)
+                 request_timeout=60, health=CALM, recovery=POLICY)
     yield eng
     eng.close()
