@@ -45,20 +45,14 @@ def int8_compute(g: EditableGraph) -> None:
             _reuse_blocks(g, x, k, block)
         node.input[0] = splits[x]
         node.output[0] = f"{y}_rows2"
-        halves = helper.make_node("Split", [node.output[0]], [f"{y}_grid", f"{y}_rest"], name=f"{node.name}_halves",
-                                  axis=1)
         users = g.consumers(y)
         offset = users[0] if len(users) == 1 and users[0].op_type == "Add" else None
         at = g.nodes.index(node)
-        g.nodes[at:at + 1] = [*new, node, halves]
         if offset is not None:  # y + offset term: one Sum of the two halves and the offset term
-            others = [i for i in offset.input if i != y]
-            total = helper.make_node("Sum", [f"{y}_grid", f"{y}_rest", *others], list(offset.output),
-                                     name=f"{offset.name}_sum")
-            g.replace([offset], [total])
+            g.nodes[at:at + 1] = [*new, node]
+            g.replace([offset], _sum_rows(node, [i for i in offset.input if i != y], list(offset.output)))
         else:
-            total = helper.make_node("Add", [f"{y}_grid", f"{y}_rest"], [y], name=f"{node.name}_sum")
-            g.nodes.insert(g.nodes.index(halves) + 1, total)
+            g.nodes[at:at + 1] = [*new, node, *_sum_rows(node, [], [y])]
 
 
 def kernel_grid_heads(g: EditableGraph) -> None:
@@ -77,12 +71,18 @@ def kernel_grid_heads(g: EditableGraph) -> None:
         if x is None or halves is None or total is None or k is None or block is None or k % block:
             continue
         node.input[0], new = grid_split(g, x, k, block)
-        y = node.output[0]
-        parts = helper.make_node("Split", [y], [f"{y}_grid", f"{y}_rest"], name=f"{node.name}_halves", axis=1)
-        add = helper.make_node("Add", [f"{y}_grid", f"{y}_rest"], list(total.output), name=f"{node.name}_sum")
         at = g.nodes.index(node)
         g.nodes[at:at] = new
-        g.replace([halves, total], [parts, add])
+        g.replace([halves, total], _sum_rows(node, [], list(total.output)))
+
+
+def _sum_rows(node: onnx.NodeProto, addends: list[str], outputs: list[str]) -> list[onnx.NodeProto]:
+    """The grid row's and the remainder row's products of `node` (its [1, 2S, N] output) summed, with `addends`."""
+    y = node.output[0]
+    halves = helper.make_node("Split", [y], [f"{y}_grid", f"{y}_rest"], name=f"{node.name}_halves", axis=1)
+    total = helper.make_node("Sum" if addends else "Add", [f"{y}_grid", f"{y}_rest", *addends], outputs,
+                             name=f"{node.name}_sum")
+    return [halves, total]
 
 
 def _converter_split_input(g: EditableGraph, rows: str) -> str | None:
@@ -108,7 +108,7 @@ def _reuse_blocks(g: EditableGraph, x: str, k: int, block: int) -> None:
 
 
 def _identity_weights(g: EditableGraph, block: int) -> list[str]:
-    """A `block` x `block` identity (4-bit codes, unit scales, zero points 0), shared by the graph's grid splits."""
+    """A `block` x `block` identity (4-bit codes, unit scales, zero points 0), one per source graph (0.5 kB)."""
     names = [f"grid_identity_{block}.{part}" for part in ("codes", "scales", "zero_points")]
     if names[0] not in g.inits:
         eye = np.eye(block, dtype=np.uint8)
